@@ -1,0 +1,44 @@
+"""Build the one extension, moetheory._core: the pure-C core in csrc/ plus its binding.
+
+BLAS comes from the scipy-openblas32 wheel by default (a build and run requirement).
+Set MOETHEORY_SYSTEM_BLAS=1 to build against a system OpenBLAS instead
+(``apt-get install libopenblas-dev``; cblas.h and -lopenblas must be found by the compiler).
+"""
+import glob
+import os
+
+import numpy
+from setuptools import Extension, setup
+
+CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fno-math-errno"]
+
+
+def blas_options():
+    if os.environ.get("MOETHEORY_SYSTEM_BLAS", "") not in ("", "0"):
+        return dict(define_macros=[("MT_SYSTEM_BLAS", "1")], libraries=["openblas"],
+                    include_dirs=["/usr/include/openblas", "/usr/include/x86_64-linux-gnu/openblas-pthread"])
+    import scipy_openblas32
+
+    lib_dir = scipy_openblas32.get_lib_dir()
+    # The library is found at run time because moetheory imports scipy_openblas32 first
+    # (it dlopens the library globally); the rpath is a fallback for a plain
+    # `import moetheory._core` from a standard site-packages layout.
+    return dict(
+        include_dirs=[scipy_openblas32.get_include_dir()],
+        library_dirs=[lib_dir],
+        libraries=[scipy_openblas32.get_library()],
+        extra_link_args=["-Wl,-rpath,$ORIGIN/../scipy_openblas32/lib"],
+    )
+
+
+blas = blas_options()
+core = Extension(
+    "moetheory._core",
+    sources=sorted(glob.glob("csrc/*.c")) + ["moetheory/_core.c"],
+    include_dirs=["csrc", numpy.get_include()] + blas.pop("include_dirs"),
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + blas.pop("define_macros", []),
+    extra_compile_args=CFLAGS,
+    **blas,
+)
+
+setup(ext_modules=[core])
