@@ -1,0 +1,21 @@
+/* A tiny test harness: CHECK records a failure and goes on; main returns mt_test_failures != 0. */
+#ifndef MT_TEST_H
+#define MT_TEST_H
+#include <math.h>
+#include <stdio.h>
+
+static int mt_test_failures = 0;
+
+#define CHECK(cond) do { if (!(cond)) { \
+    fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+    mt_test_failures++; } } while (0)
+
+#define CHECK_CLOSE(a, b, rtol) do { double a_ = (a), b_ = (b); \
+    if (!(fabs(a_ - b_) <= (rtol) * (fabs(a_) + fabs(b_)) + 1e-300) && !(a_ == b_)) { \
+    fprintf(stderr, "%s:%d: %s = %.17g, %s = %.17g differ beyond rtol %g\n", __FILE__, __LINE__, \
+            #a, a_, #b, b_, (double)(rtol)); mt_test_failures++; } } while (0)
+
+#define TEST_MAIN_END() do { \
+    if (mt_test_failures) fprintf(stderr, "%d check(s) failed\n", mt_test_failures); \
+    return mt_test_failures != 0; } while (0)
+#endif

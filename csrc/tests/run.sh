@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build every csrc/tests/test_*.c against the whole C core with AddressSanitizer and
+# UndefinedBehaviorSanitizer, run each, and fail if any build or run fails.
+# Usage: csrc/tests/run.sh [test_name ...]   (default: all)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+csrc=$(dirname "$here")
+out="$here/bin"
+mkdir -p "$out"
+py=${PYTHON:-python3}
+inc=$("$py" -c 'import scipy_openblas32 as s; print(s.get_include_dir())')
+lib=$("$py" -c 'import scipy_openblas32 as s; print(s.get_lib_dir())')
+cflags=(-std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer
+        -fsanitize=address,undefined -fno-sanitize-recover=all -I"$csrc" -I"$inc")
+ldflags=(-L"$lib" -lscipy_openblas -Wl,-rpath,"$lib" -lm)
+tests=("$@")
+if [ ${#tests[@]} -eq 0 ]; then
+  for f in "$here"/test_*.c; do tests+=("$(basename "$f" .c)"); done
+fi
+failed=0; passed=0
+for t in "${tests[@]}"; do
+  if ! gcc "${cflags[@]}" -o "$out/$t" "$here/$t.c" "$csrc"/*.c "${ldflags[@]}"; then
+    echo "BUILD FAILED: $t"; failed=$((failed + 1)); continue
+  fi
+  if ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$out/$t"; then
+    passed=$((passed + 1))
+  else
+    echo "FAILED: $t"; failed=$((failed + 1))
+  fi
+done
+echo "C tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
