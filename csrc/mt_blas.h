@@ -12,8 +12,10 @@
 
 #ifdef MT_SYSTEM_BLAS
 #define MT_CBLAS(name) cblas_##name
+#define MT_CBLAS_THREADS(name) openblas_##name
 #else
 #define MT_CBLAS(name) scipy_cblas_##name
+#define MT_CBLAS_THREADS(name) scipy_openblas_##name
 #endif
 
 /* C (m, n) = alpha * op(A) op(B) + beta * C, all row-major.
@@ -43,5 +45,9 @@ static inline void mt_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t 
     mt_gemm_strided(trans_a, trans_b, m, n, k, alpha, A, trans_a ? m : k, B, trans_b ? k : n,
                     beta, C, n);
 }
+
+/* BLAS threads for this process (OpenBLAS's own pool). */
+static inline void mt_blas_set_num_threads(int n) { MT_CBLAS_THREADS(set_num_threads)(n); }
+static inline int mt_blas_get_num_threads(void) { return MT_CBLAS_THREADS(get_num_threads)(); }
 
 #endif

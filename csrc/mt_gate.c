@@ -1,0 +1,143 @@
+#include "mt_gate.h"
+
+#include <math.h>
+
+#include "mt_act.h"
+
+/* One row's softmax; the max is subtracted so exp never overflows. */
+static void softmax_row(double *g, const double *s, size_t E)
+{
+    double mx = s[0];
+    for (size_t e = 1; e < E; e++) mx = s[e] > mx ? s[e] : mx;
+    double sum = 0.0;
+    for (size_t e = 0; e < E; e++) {
+        g[e] = exp(s[e] - mx);
+        sum += g[e];
+    }
+    double inv = 1.0 / sum;
+    for (size_t e = 0; e < E; e++) g[e] *= inv;
+}
+
+static void softmax_row_backward(double *ds, const double *dg, const double *g, size_t E)
+{
+    double dot = 0.0;
+    for (size_t e = 0; e < E; e++) dot += g[e] * dg[e];
+    for (size_t e = 0; e < E; e++) ds[e] = g[e] * (dg[e] - dot);
+}
+
+void mt_gate_softmax_forward(double *g, const double *s, size_t n, size_t E)
+{
+    for (size_t i = 0; i < n; i++) softmax_row(g + i * E, s + i * E, E);
+}
+
+void mt_gate_softmax_backward(double *ds, const double *dg, const double *g, size_t n, size_t E)
+{
+    for (size_t i = 0; i < n; i++) softmax_row_backward(ds + i * E, dg + i * E, g + i * E, E);
+}
+
+/* Insert e into the row's descending top-k list; strict '>' keeps the earlier (lower) index
+ * ahead on ties, because experts are visited in increasing index order. */
+static void topk_select(int *idx, const double *s, size_t E, size_t k)
+{
+    size_t filled = 0;
+    for (size_t e = 0; e < E; e++) {
+        if (filled == k && !(s[e] > s[idx[k - 1]])) continue;
+        size_t pos = filled < k ? filled++ : k - 1;
+        while (pos > 0 && s[e] > s[idx[pos - 1]]) {
+            idx[pos] = idx[pos - 1];
+            pos--;
+        }
+        idx[pos] = (int)e;
+    }
+}
+
+mt_status mt_gate_topk_forward(double *g, int *idx, const double *s, size_t n, size_t E, size_t k)
+{
+    if (k < 1 || k > E) return MT_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        const double *si = s + i * E;
+        double *gi = g + i * E;
+        int *ii = idx + i * k;
+        topk_select(ii, si, E, k);
+        for (size_t e = 0; e < E; e++) gi[e] = 0.0;
+        /* The top score is the row max, so it is the safe shift for either normalisation. */
+        double mx = si[ii[0]];
+        size_t norm_count = k == 1 ? E : k;
+        double sum = 0.0;
+        for (size_t j = 0; j < norm_count; j++) sum += exp(si[k == 1 ? j : (size_t)ii[j]] - mx);
+        for (size_t j = 0; j < k; j++) gi[ii[j]] = exp(si[ii[j]] - mx) / sum;
+    }
+    return MT_OK;
+}
+
+void mt_gate_topk_backward(double *ds, const double *dg, const double *g, const double *s,
+                           const int *idx, size_t n, size_t E, size_t k)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double *dgi = dg + i * E, *gi = g + i * E, *si = s + i * E;
+        const int *ii = idx + i * k;
+        double *dsi = ds + i * E;
+        for (size_t e = 0; e < E; e++) dsi[e] = 0.0;
+        if (k == 1) {
+            /* g_c = p_c with p the full softmax: d g_c / d s_j = p_c (delta_cj - p_j). */
+            size_t c = (size_t)ii[0];
+            double mx = si[c], sum = 0.0;
+            for (size_t e = 0; e < E; e++) sum += exp(si[e] - mx);
+            double w = dgi[c] * gi[c];
+            for (size_t e = 0; e < E; e++) dsi[e] = -w * exp(si[e] - mx) / sum;
+            dsi[c] += w;
+            continue;
+        }
+        double dot = 0.0;
+        for (size_t j = 0; j < k; j++) dot += gi[ii[j]] * dgi[ii[j]];
+        for (size_t j = 0; j < k; j++) {
+            size_t e = (size_t)ii[j];
+            dsi[e] = gi[e] * (dgi[e] - dot);
+        }
+    }
+}
+
+void mt_gate_hierarchical_forward(double *g, double *outer, double *inner, const double *u,
+                                  const double *v, size_t n, size_t E, size_t G)
+{
+    size_t per = E / G;
+    for (size_t i = 0; i < n; i++) {
+        softmax_row(outer + i * G, u + i * G, G);
+        for (size_t grp = 0; grp < G; grp++) {
+            size_t off = i * E + grp * per;
+            softmax_row(inner + off, v + off, per);
+            for (size_t j = 0; j < per; j++) g[off + j] = outer[i * G + grp] * inner[off + j];
+        }
+    }
+}
+
+void mt_gate_hierarchical_backward(double *du, double *dv, const double *dg, const double *outer,
+                                   const double *inner, size_t n, size_t E, size_t G)
+{
+    size_t per = E / G;
+    for (size_t i = 0; i < n; i++) {
+        /* d outer_grp = sum_j dg_j inner_j; d inner_j = dg_j outer_grp; then the two softmaxes. */
+        double *dui = du + i * G;
+        for (size_t grp = 0; grp < G; grp++) {
+            size_t off = i * E + grp * per;
+            double d_outer = 0.0;
+            for (size_t j = 0; j < per; j++) {
+                d_outer += dg[off + j] * inner[off + j];
+                dv[off + j] = dg[off + j] * outer[i * G + grp];
+            }
+            dui[grp] = d_outer;
+            softmax_row_backward(dv + off, dv + off, inner + off, per);
+        }
+        softmax_row_backward(dui, dui, outer + i * G, G);
+    }
+}
+
+void mt_gate_sigmoid_forward(double *g, const double *s, size_t n, size_t E)
+{
+    mt_act_forward(g, s, n * E, MT_ACT_SIGMOID);
+}
+
+void mt_gate_sigmoid_backward(double *ds, const double *dg, const double *g, size_t n, size_t E)
+{
+    for (size_t i = 0; i < n * E; i++) ds[i] = dg[i] * g[i] * (1.0 - g[i]);
+}

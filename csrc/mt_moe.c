@@ -1,0 +1,375 @@
+#include "mt_moe.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#include "mt_blas.h"
+#include "mt_gate.h"
+#include "mt_loss.h"
+#include "mt_rng.h"
+
+mt_status mt_moe_config_check(const mt_moe_config *c)
+{
+    if (!c || c->d_in < 1 || c->n_experts < 1 || c->d_out < 1) return MT_EINVAL;
+    if (c->expert == MT_EXPERT_FFN && c->hidden < 1) return MT_EINVAL;
+    if (c->expert != MT_EXPERT_FFN && c->expert != MT_EXPERT_LINEAR) return MT_EINVAL;
+    if ((int)c->activation < 0 || c->activation >= MT_ACT_COUNT) return MT_EINVAL;
+    if ((int)c->gate_activation < 0 || c->gate_activation >= MT_ACT_COUNT) return MT_EINVAL;
+    if (!(c->temperature > 0) || !isfinite(c->temperature)) return MT_EINVAL;
+    switch (c->gate) {
+    case MT_GATE_SOFTMAX:
+    case MT_GATE_SIGMOID:
+        return c->top_k == 0 ? MT_OK : MT_EINVAL;
+    case MT_GATE_TOPK:
+        return c->top_k >= 1 && c->top_k <= c->n_experts ? MT_OK : MT_EINVAL;
+    case MT_GATE_TEMPERATURE:
+        return c->top_k <= c->n_experts ? MT_OK : MT_EINVAL;
+    case MT_GATE_HIERARCHICAL:
+        return c->top_k == 0 && c->groups >= 1 && c->n_experts % c->groups == 0 ? MT_OK : MT_EINVAL;
+    }
+    return MT_EINVAL;
+}
+
+static void add_block(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
+                      size_t s2)
+{
+    mt_param_block *b = &L->block[L->n_blocks++];
+    b->name = name;
+    b->offset = L->n_params;
+    b->ndim = ndim;
+    b->shape[0] = s0;
+    b->shape[1] = s1;
+    b->shape[2] = s2;
+    size_t size = s0 * (ndim > 1 ? s1 : 1) * (ndim > 2 ? s2 : 1);
+    L->n_params += size;
+}
+
+void mt_moe_layout_of(mt_moe_layout *L, const mt_moe_config *c)
+{
+    size_t E = c->n_experts, d = c->d_in, H = c->hidden, o = c->d_out;
+    memset(L, 0, sizeof *L);
+    if (c->gate == MT_GATE_HIERARCHICAL) {
+        add_block(L, "router.outer.weight", 2, c->groups, d, 0);
+        if (c->bias) add_block(L, "router.outer.bias", 1, c->groups, 0, 0);
+        add_block(L, "router.inner.weight", 2, E, d, 0);
+        if (c->bias) add_block(L, "router.inner.bias", 1, E, 0, 0);
+    } else {
+        add_block(L, "router.weight", 2, E, d, 0);
+        if (c->bias) add_block(L, "router.bias", 1, E, 0, 0);
+    }
+    if (c->expert == MT_EXPERT_FFN) {
+        add_block(L, "experts.W1", 3, E, H, d);
+        if (c->bias) add_block(L, "experts.b1", 2, E, H, 0);
+        add_block(L, "experts.W2", 3, E, o, H);
+        if (c->bias) add_block(L, "experts.b2", 2, E, o, 0);
+    } else {
+        add_block(L, "experts.W", 3, E, o, d);
+        if (c->bias) add_block(L, "experts.b", 2, E, o, 0);
+    }
+}
+
+/* Offsets of the blocks the kernels need; SIZE_MAX for an absent one. */
+typedef struct {
+    size_t rw, rb, ow, ob, W1, b1, W2, b2;
+} offsets;
+
+static offsets offsets_of(const mt_moe_config *c)
+{
+    mt_moe_layout L;
+    mt_moe_layout_of(&L, c);
+    offsets off = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    for (size_t i = 0; i < L.n_blocks; i++) {
+        const char *n = L.block[i].name;
+        size_t o = L.block[i].offset;
+        if (!strcmp(n, "router.weight") || !strcmp(n, "router.inner.weight")) off.rw = o;
+        else if (!strcmp(n, "router.bias") || !strcmp(n, "router.inner.bias")) off.rb = o;
+        else if (!strcmp(n, "router.outer.weight")) off.ow = o;
+        else if (!strcmp(n, "router.outer.bias")) off.ob = o;
+        else if (!strcmp(n, "experts.W1") || !strcmp(n, "experts.W")) off.W1 = o;
+        else if (!strcmp(n, "experts.b1") || !strcmp(n, "experts.b")) off.b1 = o;
+        else if (!strcmp(n, "experts.W2")) off.W2 = o;
+        else if (!strcmp(n, "experts.b2")) off.b2 = o;
+    }
+    return off;
+}
+
+mt_status mt_moe_init(double *theta, const mt_moe_config *c, unsigned long long seed,
+                      unsigned long long stream)
+{
+    if (mt_moe_config_check(c) != MT_OK) return MT_EINVAL;
+    mt_moe_layout L;
+    mt_moe_layout_of(&L, c);
+    mt_rng rng;
+    mt_rng_init(&rng, (uint64_t)seed, (uint64_t)stream);
+    memset(theta, 0, L.n_params * sizeof *theta);
+    for (size_t i = 0; i < L.n_blocks; i++) {
+        const mt_param_block *b = &L.block[i];
+        if (strstr(b->name, "bias") || !strcmp(b->name, "experts.b1") ||
+            !strcmp(b->name, "experts.b2") || !strcmp(b->name, "experts.b"))
+            continue;
+        size_t fan_in = b->shape[b->ndim - 1];
+        size_t size = 1;
+        for (size_t j = 0; j < b->ndim; j++) size *= b->shape[j];
+        mt_rng_fill_normal(theta + b->offset, &rng, size, 0.0, 1.0 / sqrt((double)fan_in));
+    }
+    return MT_OK;
+}
+
+struct mt_moe_workspace {
+    size_t n_max;
+    mt_moe_config cfg;
+    double *s;       /* (n, E) router scores (inner scores for the hierarchical gate) */
+    double *t;       /* (n, E) temperature gate: act(s) / temperature */
+    double *u;       /* (n, G) hierarchical outer scores */
+    double *outer;   /* (n, G) hierarchical outer softmax */
+    double *inner;   /* (n, E) hierarchical inner softmax */
+    double *g;       /* (n, E) gates */
+    int *idx;        /* (n, k) top-k choices */
+    double *z;       /* (n, E*H) ffn pre-activations; reused as their gradient in backward */
+    double *a;       /* (n, H) one expert's activations, recomputed rather than stored for all */
+    double *o;       /* (n, E*d_out) expert outputs */
+    double *f;       /* (n, d_out) layer output */
+    double *df;      /* (n, d_out) */
+    double *dg;      /* (n, E) */
+    double *ds;      /* (n, E) */
+    double *du;      /* (n, G) */
+    double *dO;      /* (n, E*d_out) */
+    void *block;
+};
+
+mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c, size_t n_max)
+{
+    *out = NULL;
+    if (mt_moe_config_check(c) != MT_OK || n_max < 1) return MT_EINVAL;
+    size_t E = c->n_experts, G = c->gate == MT_GATE_HIERARCHICAL ? c->groups : 0;
+    size_t H = c->expert == MT_EXPERT_FFN ? c->hidden : 0, o = c->d_out, k = c->top_k;
+    size_t doubles = n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
+                              E * H /*z*/ + H /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
+                              E /*ds*/ + G /*du*/ + E * o /*dO*/);
+    mt_moe_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws) return MT_ENOMEM;
+    ws->block = malloc(doubles * sizeof(double) + n_max * (k ? k : 1) * sizeof(int));
+    if (!ws->block) {
+        free(ws);
+        return MT_ENOMEM;
+    }
+    double *p = ws->block;
+#define CARVE(field, count) do { ws->field = p; p += n_max * (count); } while (0)
+    CARVE(s, E); CARVE(t, E); CARVE(u, G); CARVE(outer, G); CARVE(inner, E); CARVE(g, E);
+    CARVE(z, E * H); CARVE(a, H); CARVE(o, E * o); CARVE(f, o); CARVE(df, o); CARVE(dg, E);
+    CARVE(ds, E); CARVE(du, G); CARVE(dO, E * o);
+#undef CARVE
+    ws->idx = (int *)p;
+    ws->n_max = n_max;
+    ws->cfg = *c;
+    *out = ws;
+    return MT_OK;
+}
+
+void mt_moe_workspace_free(mt_moe_workspace *ws)
+{
+    if (!ws) return;
+    free(ws->block);
+    free(ws);
+}
+
+size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws) { return ws ? ws->n_max : 0; }
+
+/* Each row of C (n, m) set to v (m,), or to 0 when v is NULL (no bias). */
+static void fill_rows(double *C, size_t ldc, const double *v, size_t n, size_t m)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v) memcpy(C + i * ldc, v, m * sizeof *C);
+        else memset(C + i * ldc, 0, m * sizeof *C);
+    }
+}
+
+/* out (m,) += column sums of A (n, m) with row stride lda */
+static void add_column_sums(double *out, const double *A, size_t lda, size_t n, size_t m)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < m; j++) out[j] += A[i * lda + j];
+}
+
+/* scores (n, r) = X W^T + b with W (r, d), b (r,) or absent */
+static void affine(double *scores, const double *X, const double *theta, size_t w, size_t b,
+                   size_t n, size_t d, size_t r)
+{
+    fill_rows(scores, r, b == SIZE_MAX ? NULL : theta + b, n, r);
+    mt_gemm(0, 1, n, r, d, 1.0, X, theta + w, 1.0, scores);
+}
+
+/* Backward of affine: grad[w] += dS^T X, grad[b] += colsum dS, dX += dS W (if dX) */
+static void affine_backward(double *grad, double *dX, const double *dS, const double *X,
+                            const double *theta, size_t w, size_t b, size_t n, size_t d, size_t r)
+{
+    mt_gemm(1, 0, r, d, n, 1.0, dS, X, 1.0, grad + w);
+    if (b != SIZE_MAX) add_column_sums(grad + b, dS, r, n, r);
+    if (dX) mt_gemm(0, 0, n, d, r, 1.0, dS, theta + w, 1.0, dX);
+}
+
+static mt_status check_call(const mt_moe_config *c, const mt_moe_workspace *ws, size_t n)
+{
+    if (!ws || n < 1 || n > ws->n_max) return MT_EINVAL;
+    /* The workspace was sized for one configuration; a call with another is a caller bug. */
+    const mt_moe_config *w = &ws->cfg;
+    if (w->d_in != c->d_in || w->n_experts != c->n_experts || w->hidden != c->hidden ||
+        w->d_out != c->d_out || w->groups != c->groups || w->top_k != c->top_k ||
+        w->gate != c->gate || w->expert != c->expert)
+        return MT_EINVAL;
+    return MT_OK;
+}
+
+mt_status mt_moe_forward(double *out, double *gates, const double *theta, const double *X,
+                         size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = check_call(c, ws, n);
+    if (st != MT_OK) return st;
+    const offsets off = offsets_of(c);
+    const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out;
+
+    /* Gates. */
+    switch (c->gate) {
+    case MT_GATE_HIERARCHICAL:
+        affine(ws->u, X, theta, off.ow, off.ob, n, d, c->groups);
+        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
+        mt_gate_hierarchical_forward(ws->g, ws->outer, ws->inner, ws->u, ws->s, n, E, c->groups);
+        break;
+    case MT_GATE_SOFTMAX:
+        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
+        mt_gate_softmax_forward(ws->g, ws->s, n, E);
+        break;
+    case MT_GATE_TOPK:
+        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
+        st = mt_gate_topk_forward(ws->g, ws->idx, ws->s, n, E, c->top_k);
+        break;
+    case MT_GATE_TEMPERATURE:
+        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
+        mt_act_forward(ws->t, ws->s, n * E, c->gate_activation);
+        for (size_t i = 0; i < n * E; i++) ws->t[i] /= c->temperature;
+        if (c->top_k) st = mt_gate_topk_forward(ws->g, ws->idx, ws->t, n, E, c->top_k);
+        else mt_gate_softmax_forward(ws->g, ws->t, n, E);
+        break;
+    case MT_GATE_SIGMOID:
+        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
+        mt_gate_sigmoid_forward(ws->g, ws->s, n, E);
+        break;
+    }
+    if (st != MT_OK) return st;
+
+    /* Experts: every expert on every row (dense compute, also for top-k). */
+    const size_t EO = E * O;
+    if (c->expert == MT_EXPERT_FFN) {
+        const size_t EH = E * H;
+        /* All experts' first layers in one product: W1 viewed as (E*H, d). */
+        affine(ws->z, X, theta, off.W1, off.b1, n, d, EH);
+        for (size_t e = 0; e < E; e++) {
+            mt_act_forward_2d(ws->a, H, ws->z + e * H, EH, n, H, c->activation);
+            double *oe = ws->o + e * O;
+            fill_rows(oe, EO, off.b2 == SIZE_MAX ? NULL : theta + off.b2 + e * O, n, O);
+            mt_gemm_strided(0, 1, n, O, H, 1.0, ws->a, H, theta + off.W2 + e * O * H, H, 1.0, oe,
+                            EO);
+        }
+    } else {
+        affine(ws->o, X, theta, off.W1, off.b1, n, d, EO);
+    }
+
+    /* Combine: f_i = sum_e g_ie o_ie. */
+    for (size_t i = 0; i < n; i++) {
+        double *fi = ws->f + i * O;
+        const double *gi = ws->g + i * E, *oi = ws->o + i * EO;
+        for (size_t j = 0; j < O; j++) fi[j] = 0.0;
+        for (size_t e = 0; e < E; e++) {
+            if (gi[e] == 0.0) continue;
+            for (size_t j = 0; j < O; j++) fi[j] += gi[e] * oi[e * O + j];
+        }
+    }
+    if (out) memcpy(out, ws->f, n * O * sizeof *out);
+    if (gates) memcpy(gates, ws->g, n * E * sizeof *gates);
+    return MT_OK;
+}
+
+mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const double *theta,
+                          const double *X, size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = check_call(c, ws, n);
+    if (st != MT_OK) return st;
+    const offsets off = offsets_of(c);
+    const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out, EO = E * O;
+
+    /* Through the combination: dg_ie = <dout_i, o_ie>, dO_ie = g_ie dout_i. */
+    for (size_t i = 0; i < n; i++) {
+        const double *di = dout + i * O, *gi = ws->g + i * E, *oi = ws->o + i * EO;
+        double *dgi = ws->dg + i * E, *dOi = ws->dO + i * EO;
+        for (size_t e = 0; e < E; e++) {
+            double acc = 0.0;
+            for (size_t j = 0; j < O; j++) {
+                acc += di[j] * oi[e * O + j];
+                dOi[e * O + j] = gi[e] * di[j];
+            }
+            dgi[e] = acc;
+        }
+    }
+
+    /* Experts. */
+    if (c->expert == MT_EXPERT_FFN) {
+        const size_t EH = E * H;
+        for (size_t e = 0; e < E; e++) {
+            const double *dOe = ws->dO + e * O;
+            double *ze = ws->z + e * H;
+            mt_act_forward_2d(ws->a, H, ze, EH, n, H, c->activation);
+            mt_gemm_strided(1, 0, O, H, n, 1.0, dOe, EO, ws->a, H, 1.0, grad + off.W2 + e * O * H, H);
+            if (off.b2 != SIZE_MAX) add_column_sums(grad + off.b2 + e * O, dOe, EO, n, O);
+            /* a now holds d loss / d a_e, and z_e becomes d loss / d z_e in place. */
+            mt_gemm_strided(0, 0, n, H, O, 1.0, dOe, EO, theta + off.W2 + e * O * H, H, 0.0, ws->a, H);
+            mt_act_backward_2d(ze, EH, ws->a, H, ze, EH, n, H, c->activation);
+        }
+        if (dX) memset(dX, 0, n * d * sizeof *dX);
+        affine_backward(grad, dX, ws->z, X, theta, off.W1, off.b1, n, d, EH);
+    } else {
+        if (dX) memset(dX, 0, n * d * sizeof *dX);
+        affine_backward(grad, dX, ws->dO, X, theta, off.W1, off.b1, n, d, EO);
+    }
+
+    /* Gates. */
+    switch (c->gate) {
+    case MT_GATE_HIERARCHICAL:
+        mt_gate_hierarchical_backward(ws->du, ws->ds, ws->dg, ws->outer, ws->inner, n, E, c->groups);
+        affine_backward(grad, dX, ws->du, X, theta, off.ow, off.ob, n, d, c->groups);
+        break;
+    case MT_GATE_SOFTMAX:
+        mt_gate_softmax_backward(ws->ds, ws->dg, ws->g, n, E);
+        break;
+    case MT_GATE_TOPK:
+        mt_gate_topk_backward(ws->ds, ws->dg, ws->g, ws->s, ws->idx, n, E, c->top_k);
+        break;
+    case MT_GATE_TEMPERATURE:
+        if (c->top_k) mt_gate_topk_backward(ws->ds, ws->dg, ws->g, ws->t, ws->idx, n, E, c->top_k);
+        else mt_gate_softmax_backward(ws->ds, ws->dg, ws->g, n, E);
+        for (size_t i = 0; i < n * E; i++) ws->ds[i] /= c->temperature;
+        mt_act_backward(ws->ds, ws->ds, ws->s, n * E, c->gate_activation);
+        break;
+    case MT_GATE_SIGMOID:
+        mt_gate_sigmoid_backward(ws->ds, ws->dg, ws->g, n, E);
+        break;
+    }
+    affine_backward(grad, dX, ws->ds, X, theta, off.rw, off.rb, n, d, E);
+    return MT_OK;
+}
+
+mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *theta,
+                                   const double *X, const double *y, size_t n,
+                                   const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = mt_moe_forward(NULL, NULL, theta, X, n, c, ws);
+    if (st != MT_OK) return st;
+    mt_moe_layout L;
+    mt_moe_layout_of(&L, c);
+    size_t len = n * c->d_out;
+    *loss = mt_loss_mse_forward(ws->f, y, len);
+    mt_loss_mse_backward(ws->df, ws->f, y, len);
+    memset(grad, 0, L.n_params * sizeof *grad);
+    return mt_moe_backward(grad, NULL, ws->df, theta, X, n, c, ws);
+}

@@ -1,0 +1,84 @@
+/* One Mixture-of-Experts layer: f(x) = sum_e g_e(x) h_e(x), forward and backward over a batch.
+ * Parameters live in one flat vector theta; mt_moe_layout says where each named block is.
+ * The exact conventions are in docs/model.md. */
+#ifndef MT_MOE_H
+#define MT_MOE_H
+
+#include <stddef.h>
+
+#include "mt_act.h"
+#include "mt_status.h"
+
+typedef enum {
+    MT_GATE_SOFTMAX = 0,
+    MT_GATE_TOPK,
+    MT_GATE_TEMPERATURE,   /* softmax(act(s) / temperature), optionally then top-k */
+    MT_GATE_HIERARCHICAL,  /* outer softmax over G groups times inner softmax within a group */
+    MT_GATE_SIGMOID        /* independent sigmoid per expert */
+} mt_gate_kind;
+
+typedef enum { MT_EXPERT_FFN = 0, MT_EXPERT_LINEAR } mt_expert_kind;
+
+typedef struct {
+    size_t d_in, n_experts, hidden, d_out;
+    size_t groups;         /* hierarchical only, divides n_experts */
+    size_t top_k;          /* 0 = dense; topk gate: 1..E; temperature gate: 0 or 1..E */
+    mt_gate_kind gate;
+    mt_expert_kind expert;
+    mt_act activation;     /* expert hidden activation (ffn) */
+    mt_act gate_activation;/* temperature gate: applied to scores before dividing by temperature */
+    double temperature;    /* > 0 */
+    int bias;              /* 0 removes every bias from theta */
+} mt_moe_config;
+
+/* Returns MT_EINVAL for any inconsistent field; the binding turns that into a message. */
+mt_status mt_moe_config_check(const mt_moe_config *cfg);
+
+#define MT_MAX_BLOCKS 8
+
+typedef struct {
+    const char *name;      /* e.g. "router.weight" */
+    size_t offset;         /* into theta */
+    size_t ndim;
+    size_t shape[3];
+} mt_param_block;
+
+typedef struct {
+    size_t n_blocks;
+    mt_param_block block[MT_MAX_BLOCKS];
+    size_t n_params;
+} mt_moe_layout;
+
+/* layout: filled with the named blocks of theta in order (docs/model.md) */
+void mt_moe_layout_of(mt_moe_layout *layout, const mt_moe_config *cfg);
+
+/* theta: (P,) initialised as docs/model.md says, from the counter-based RNG keyed by (seed, stream) */
+mt_status mt_moe_init(double *theta, const mt_moe_config *cfg, unsigned long long seed,
+                      unsigned long long stream);
+
+typedef struct mt_moe_workspace mt_moe_workspace;
+
+/* A workspace for batches of at most n_max rows; the only allocation the layer makes. */
+mt_status mt_moe_workspace_alloc(mt_moe_workspace **ws, const mt_moe_config *cfg, size_t n_max);
+void mt_moe_workspace_free(mt_moe_workspace *ws);
+size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws);
+
+/* out: (n, d_out); gates: (n, E) or NULL; theta: (P,); X: (n, d_in); 1 <= n <= capacity.
+ * Keeps what backward needs in ws. */
+mt_status mt_moe_forward(double *out, double *gates, const double *theta, const double *X,
+                         size_t n, const mt_moe_config *cfg, mt_moe_workspace *ws);
+
+/* Backward of the last forward (same theta and X; may be called once per forward because it
+ * reuses the cached activations as scratch). grad: (P,) accumulated (+=); dX: (n, d_in)
+ * written, or NULL when not needed; dout: (n, d_out) = d loss / d out. */
+mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const double *theta,
+                          const double *X, size_t n, const mt_moe_config *cfg,
+                          mt_moe_workspace *ws);
+
+/* loss: mean squared error of the forward against y: (n, d_out); grad: (P,) overwritten with
+ * d loss / d theta. */
+mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *theta,
+                                   const double *X, const double *y, size_t n,
+                                   const mt_moe_config *cfg, mt_moe_workspace *ws);
+
+#endif
