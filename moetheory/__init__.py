@@ -11,3 +11,8 @@ from .model import MoE
 
 __version__ = "0.1.0"
 __all__ = ["MoE", "set_num_threads", "get_num_threads"]
+
+from . import samplers  # noqa: E402
+from .train import History, train, train_online  # noqa: E402
+
+__all__ += ["samplers", "train", "train_online", "History"]

@@ -14,6 +14,9 @@
 
 #include "mt_blas.h"
 #include "mt_moe.h"
+#include "mt_train.h"
+
+#include <time.h>
 
 /* ---- names of the C enums, in enum order (the Python layer looks names up here) ---- */
 
@@ -378,6 +381,287 @@ static PyTypeObject LayerType = {
     .tp_getset = Layer_getset,
 };
 
+
+/* ---- the Trainer type: a training loop over one Layer, run in chunks ---- */
+
+typedef struct {
+    PyObject_HEAD
+    mt_trainer *trainer;
+    LayerObject *layer, *teacher;         /* strong references */
+    PyArrayObject *theta, *teacher_theta; /* strong references; theta is updated in place */
+    PyArrayObject *X, *y, *centres, *weights, *lr_scale; /* kept alive for the C loop */
+    mt_moe_model_ctx ctx, teacher_ctx;
+    mt_model model, teacher_model;
+    size_t batch;
+} TrainerObject;
+
+static void Trainer_dealloc(TrainerObject *self)
+{
+    mt_trainer_free(self->trainer);
+    Py_XDECREF(self->layer);
+    Py_XDECREF(self->teacher);
+    Py_XDECREF(self->theta);
+    Py_XDECREF(self->teacher_theta);
+    Py_XDECREF(self->X);
+    Py_XDECREF(self->y);
+    Py_XDECREF(self->centres);
+    Py_XDECREF(self->weights);
+    Py_XDECREF(self->lr_scale);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyArrayObject *optional_array(PyObject *obj, const char *name, int ndim, const npy_intp *shape,
+                                     const char *text)
+{
+    if (obj == Py_None) return NULL;
+    return as_float_array(obj, name, ndim, shape, text);
+}
+
+static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"layer", "theta", "X", "y", "teacher", "teacher_theta", "input",
+                             "scale", "centres", "weights", "noise_sd", "batch_size", "lr_scale",
+                             "seed", "project", "optimizer", "lr", "momentum", "beta1", "beta2",
+                             "eps", "weight_decay", "decoupled", "schedule", "step_size", "gamma",
+                             "total_steps", "lr_min", "t0", NULL};
+    PyObject *layer, *theta, *X = Py_None, *y = Py_None, *teacher = Py_None, *teacher_theta = Py_None;
+    PyObject *centres = Py_None, *weights = Py_None, *lr_scale = Py_None;
+    int input = 0, project = 0, kind = 0, decoupled = 0, schedule = 0;
+    double scale = 1.0, noise_sd = 0.0, lr = 1e-3, momentum = 0.0, beta1 = 0.9, beta2 = 0.999;
+    double eps = 1e-8, wd = 0.0, gamma = 1.0, lr_min = 0.0, t0 = 1.0;
+    Py_ssize_t batch = 0, step_size = 1, total_steps = 1;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!|OOOOidOOdnOKpiddddddpindndd", kwlist,
+                                     &LayerType, &layer, &PyArray_Type, &theta, &X, &y, &teacher,
+                                     &teacher_theta, &input, &scale, &centres, &weights, &noise_sd,
+                                     &batch, &lr_scale, &seed, &project, &kind, &lr, &momentum,
+                                     &beta1, &beta2, &eps, &wd, &decoupled, &schedule, &step_size,
+                                     &gamma, &total_steps, &lr_min, &t0))
+        return -1;
+    LayerObject *L = (LayerObject *)layer;
+    if (check_theta((PyArrayObject *)theta, L->layout.n_params) < 0) return -1;
+    if (!PyArray_ISWRITEABLE((PyArrayObject *)theta)) {
+        PyErr_SetString(PyExc_ValueError, "theta must be writable");
+        return -1;
+    }
+    if (batch < 0 || step_size < 1 || total_steps < 1) {
+        PyErr_SetString(PyExc_ValueError, "batch_size, step_size and total_steps must be positive");
+        return -1;
+    }
+    mt_train_data data = {0};
+    char text[80];
+    int online = teacher != Py_None;
+    if (online) {
+        if (!PyObject_TypeCheck(teacher, &LayerType)) {
+            PyErr_SetString(PyExc_TypeError, "teacher must be a moetheory model");
+            return -1;
+        }
+        LayerObject *T = (LayerObject *)teacher;
+        if (!PyArray_Check(teacher_theta) ||
+            check_theta((PyArrayObject *)teacher_theta, T->layout.n_params) < 0)
+            return -1;
+        if (T->cfg.d_in != L->cfg.d_in || T->cfg.d_out != L->cfg.d_out) {
+            PyErr_Format(PyExc_ValueError,
+                         "teacher must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
+                         L->cfg.d_in, L->cfg.d_out, T->cfg.d_in, T->cfg.d_out);
+            return -1;
+        }
+        if (batch < 1) {
+            PyErr_SetString(PyExc_ValueError, "online training needs batch_size >= 1");
+            return -1;
+        }
+        if (input == MT_INPUT_MIXTURE) {
+            npy_intp cs[2] = {-1, (npy_intp)L->cfg.d_in};
+            snprintf(text, sizeof text, "(C, %zu)", L->cfg.d_in);
+            self->centres = optional_array(centres, "centres", 2, cs, text);
+            if (!self->centres) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "a mixture input needs centres");
+                return -1;
+            }
+            npy_intp ws_[1] = {PyArray_DIM(self->centres, 0)};
+            snprintf(text, sizeof text, "(%zd,)", (Py_ssize_t)ws_[0]);
+            self->weights = optional_array(weights, "weights", 1, ws_, text);
+            if (!self->weights && PyErr_Occurred()) return -1;
+            data.centres = PyArray_DATA(self->centres);
+            data.weights = self->weights ? PyArray_DATA(self->weights) : NULL;
+            data.n_clusters = (size_t)ws_[0];
+        }
+        Py_INCREF(teacher);
+        self->teacher = T;
+        Py_INCREF(teacher_theta);
+        self->teacher_theta = (PyArrayObject *)teacher_theta;
+        self->teacher_ctx.cfg = T->cfg;
+        mt_moe_as_model(&self->teacher_model, &self->teacher_ctx);
+        data.online = 1;
+        data.input = (mt_input_kind)input;
+        data.scale = scale;
+        data.noise_sd = noise_sd;
+        data.teacher = &self->teacher_model;
+        data.teacher_theta = PyArray_DATA(self->teacher_theta);
+    } else {
+        npy_intp xs[2] = {-1, (npy_intp)L->cfg.d_in};
+        snprintf(text, sizeof text, "(n, %zu)", L->cfg.d_in);
+        self->X = as_float_array(X, "X", 2, xs, text);
+        if (!self->X) return -1;
+        npy_intp n = PyArray_DIM(self->X, 0);
+        npy_intp ys[2] = {n, (npy_intp)L->cfg.d_out};
+        int y_ndim = (L->cfg.d_out == 1 && PyArray_Check(y) && PyArray_NDIM((PyArrayObject *)y) == 1) ? 1 : 2;
+        snprintf(text, sizeof text, "(%zd, %zu)", (Py_ssize_t)n, L->cfg.d_out);
+        self->y = as_float_array(y, "y", y_ndim, ys, text);
+        if (!self->y) return -1;
+        if ((size_t)batch > (size_t)n) {
+            PyErr_Format(PyExc_ValueError, "batch_size must be at most n = %zd, got %zd",
+                         (Py_ssize_t)n, batch);
+            return -1;
+        }
+        data.X = PyArray_DATA(self->X);
+        data.y = PyArray_DATA(self->y);
+        data.n = (size_t)n;
+    }
+    if (lr_scale != Py_None) {
+        npy_intp ps[1] = {(npy_intp)L->layout.n_params};
+        snprintf(text, sizeof text, "(%zu,)", L->layout.n_params);
+        self->lr_scale = as_float_array(lr_scale, "lr_scale", 1, ps, text);
+        if (!self->lr_scale) return -1;
+    }
+    Py_INCREF(layer);
+    self->layer = L;
+    Py_INCREF(theta);
+    self->theta = (PyArrayObject *)theta;
+    self->ctx.cfg = L->cfg;
+    self->ctx.project_sphere = project;
+    mt_moe_as_model(&self->model, &self->ctx);
+    self->batch = batch ? (size_t)batch : data.n;
+    mt_opt_config opt = {.kind = (mt_opt_kind)kind, .lr = lr, .momentum = momentum,
+                         .beta1 = beta1, .beta2 = beta2, .eps = eps, .weight_decay = wd,
+                         .decoupled_decay = decoupled, .schedule = (mt_lr_schedule)schedule,
+                         .step_size = (size_t)step_size, .gamma = gamma,
+                         .total_steps = (size_t)total_steps, .lr_min = lr_min, .t0 = t0};
+    if (mt_opt_config_check(&opt) != MT_OK) {
+        PyErr_SetString(PyExc_ValueError, "invalid optimizer settings (learning rate, momentum, "
+                                          "betas, eps, weight decay or schedule out of range)");
+        return -1;
+    }
+    mt_status st = mt_trainer_alloc(&self->trainer, &self->model, &opt, &data, (size_t)batch,
+                                    self->lr_scale ? PyArray_DATA(self->lr_scale) : NULL, seed);
+    if (st != MT_OK) {
+        raise_status(st, "trainer");
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    struct timespec deadline;
+} chunk_budget;
+
+/* Ends a chunk when its wall-clock budget is spent, so the caller regains control (progress,
+ * callbacks, Ctrl-C) every few tens of milliseconds whatever the step cost. */
+static int budget_spent(void *ctx)
+{
+    chunk_budget *b = ctx;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > b->deadline.tv_sec ||
+           (now.tv_sec == b->deadline.tv_sec && now.tv_nsec >= b->deadline.tv_nsec);
+}
+
+static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
+{
+    Py_ssize_t steps;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "nd", &steps, &seconds)) return NULL;
+    if (steps < 0) {
+        PyErr_SetString(PyExc_ValueError, "steps must be >= 0");
+        return NULL;
+    }
+    if (check_theta(self->theta, self->layer->layout.n_params) < 0) return NULL;
+    npy_intp ls[1] = {steps};
+    PyArrayObject *losses = (PyArrayObject *)PyArray_SimpleNew(1, ls, NPY_DOUBLE);
+    if (!losses) return NULL;
+    if (ensure_workspace(self->layer, self->batch) < 0 ||
+        (self->teacher && ensure_workspace(self->teacher, self->batch) < 0)) {
+        Py_DECREF(losses);
+        return NULL;
+    }
+    if (acquire(self->layer) < 0) {
+        Py_DECREF(losses);
+        return NULL;
+    }
+    if (self->teacher && self->teacher != self->layer && acquire(self->teacher) < 0) {
+        self->layer->busy = 0;
+        Py_DECREF(losses);
+        return NULL;
+    }
+    /* The layers' workspaces may have been replaced by calls since the last chunk. */
+    self->ctx.ws = self->layer->ws;
+    self->ctx.cfg.temperature = self->layer->cfg.temperature;
+    if (self->teacher) self->teacher_ctx.ws = self->teacher->ws;
+    chunk_budget budget;
+    clock_gettime(CLOCK_MONOTONIC, &budget.deadline);
+    budget.deadline.tv_sec += (time_t)seconds;
+    budget.deadline.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+    if (budget.deadline.tv_nsec >= 1000000000L) {
+        budget.deadline.tv_sec++;
+        budget.deadline.tv_nsec -= 1000000000L;
+    }
+    size_t done = 0;
+    mt_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_trainer_run(self->trainer, PyArray_DATA(self->theta), PyArray_DATA(losses),
+                        (size_t)steps, &done, seconds > 0 ? budget_spent : NULL, &budget);
+    Py_END_ALLOW_THREADS
+    self->layer->busy = 0;
+    if (self->teacher) self->teacher->busy = 0;
+    if (st != MT_OK && st != MT_EINTERRUPTED) {
+        Py_DECREF(losses);
+        if (st == MT_ENONFINITE) {
+            PyErr_Format(PyExc_FloatingPointError,
+                         "training diverged: a loss or gradient was not finite after %zu steps of "
+                         "this chunk (the model holds the last finite parameters); lower the "
+                         "learning rate", done);
+            return NULL;
+        }
+        return raise_status(st, "train");
+    }
+    /* A copy of the completed prefix: the chunk may have stopped early on its budget. */
+    PyObject *slice = PySequence_GetSlice((PyObject *)losses, 0, (Py_ssize_t)done);
+    Py_DECREF(losses);
+    if (!slice) return NULL;
+    PyObject *copy = PyArray_NewCopy((PyArrayObject *)slice, NPY_CORDER);
+    Py_DECREF(slice);
+    return copy;
+}
+
+static PyObject *Trainer_get_steps(TrainerObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(mt_trainer_steps(self->trainer));
+}
+
+static PyMethodDef Trainer_methods[] = {
+    {"run", (PyCFunction)Trainer_run, METH_VARARGS,
+     "run(steps, seconds) -> losses: up to `steps` steps, stopping early once `seconds` of wall "
+     "time are spent (0 = no limit); returns the losses of the steps done."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Trainer_getset[] = {
+    {"steps", (getter)Trainer_get_steps, NULL, "steps completed", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject TrainerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "moetheory._core.Trainer",
+    .tp_basicsize = sizeof(TrainerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A training loop in C over one Layer, run in chunks.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Trainer_init,
+    .tp_dealloc = (destructor)Trainer_dealloc,
+    .tp_methods = Trainer_methods,
+    .tp_getset = Trainer_getset,
+};
+
 /* ---- module functions ---- */
 
 static PyObject *set_num_threads(PyObject *Py_UNUSED(m), PyObject *arg)
@@ -418,11 +702,13 @@ static PyObject *names_tuple(const char *const *names, size_t count)
 PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
-    if (PyType_Ready(&LayerType) < 0) return NULL;
+    if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&TrainerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
     Py_INCREF(&LayerType);
+    Py_INCREF(&TrainerType);
     if (PyModule_AddObject(m, "Layer", (PyObject *)&LayerType) < 0 ||
+        PyModule_AddObject(m, "Trainer", (PyObject *)&TrainerType) < 0 ||
         PyModule_AddObject(m, "ACTIVATIONS", names_tuple(ACT_NAMES, MT_ACT_COUNT)) < 0 ||
         PyModule_AddObject(m, "GATES", names_tuple(GATE_NAMES, 5)) < 0 ||
         PyModule_AddObject(m, "EXPERTS", names_tuple(EXPERT_NAMES, 2)) < 0) {

@@ -1,0 +1,306 @@
+/* Tests of mt_rng. Statistical checks use fixed seeds and a 5-standard-error band, stated next
+ * to each; with fixed seeds they are deterministic, the band says how far from the truth a
+ * correct generator may land. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mt_rng.h"
+#include "mt_test.h"
+
+#define NDRAW 1000000
+
+static void test_known_answers(void)
+{
+    /* Random123 tests/kat_vectors, the three "philox4x32 10" lines: counter, key -> output.
+     * Also re-derived with an independent Python transcription of philox.h. */
+    static const uint32_t ctr[3][4] = {{0, 0, 0, 0},
+                                       {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu},
+                                       {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}};
+    static const uint32_t key[3][2] = {{0, 0}, {0xffffffffu, 0xffffffffu},
+                                       {0xa4093822u, 0x299f31d0u}};
+    static const uint32_t want[3][4] = {{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u},
+                                        {0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu},
+                                        {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}};
+    for (int v = 0; v < 3; v++) {
+        uint32_t out[4];
+        mt_philox4x32_10(out, ctr[v], key[v]);
+        for (int j = 0; j < 4; j++) CHECK(out[j] == want[v][j]);
+        /* in place, as the header allows */
+        uint32_t io[4] = {ctr[v][0], ctr[v][1], ctr[v][2], ctr[v][3]};
+        mt_philox4x32_10(io, io, key[v]);
+        for (int j = 0; j < 4; j++) CHECK(io[j] == want[v][j]);
+    }
+}
+
+static void test_counter_layout(void)
+{
+    /* The documented layout: key = seed (low word first), counter = {block, stream}. */
+    uint64_t seed = 0x299f31d0a4093822ull, stream = 0x0370734413198a2eull;
+    mt_rng r;
+    mt_rng_init(&r, seed, stream);
+    uint32_t key[2] = {0xa4093822u, 0x299f31d0u};
+    for (uint64_t b = 0; b < 3; b++) {
+        uint32_t ctr[4] = {(uint32_t)b, 0, 0x13198a2eu, 0x03707344u}, want[4];
+        mt_philox4x32_10(want, ctr, key);
+        for (int j = 0; j < 4; j++) CHECK(mt_rng_next_u32(&r) == want[j]);
+    }
+    /* Block 0 of (seed, stream) equals the third known-answer vector when block 0 is replaced by
+     * the vector's counter low half: seek there with skip (in four calls, since one call's word
+     * count cannot reach past block 2^62) and compare. */
+    mt_rng_init(&r, seed, stream);
+    for (int i = 0; i < 4; i++) mt_rng_skip(&r, 0x85a308d3243f6a88ull);
+    CHECK(mt_rng_next_u32(&r) == 0xd16cfe09u);
+    CHECK(mt_rng_next_u32(&r) == 0x94fdccebu);
+    CHECK(mt_rng_next_u32(&r) == 0x5001e420u);
+    CHECK(mt_rng_next_u32(&r) == 0x24126ea1u);
+
+    /* u64 = first word | second word << 32, straddling a block boundary too. */
+    mt_rng a, b;
+    mt_rng_init(&a, 7, 3);
+    mt_rng_init(&b, 7, 3);
+    (void)mt_rng_next_u32(&a);
+    (void)mt_rng_next_u32(&b);
+    for (int i = 0; i < 5; i++) {
+        uint64_t lo = mt_rng_next_u32(&a), hi = mt_rng_next_u32(&a);
+        CHECK(mt_rng_next_u64(&b) == (lo | (hi << 32)));
+    }
+}
+
+static void test_reproducible_and_distinct(void)
+{
+    mt_rng a, b, c, d;
+    mt_rng_init(&a, 12345, 0);
+    mt_rng_init(&b, 12345, 0);
+    mt_rng_init(&c, 12345, 1);
+    mt_rng_init(&d, 12346, 0);
+    int same_stream = 0, same_seed = 0;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t x = mt_rng_next_u64(&a), y = mt_rng_next_u64(&b);
+        CHECK(x == y);
+        same_stream += mt_rng_next_u64(&c) == x;
+        same_seed += mt_rng_next_u64(&d) == x;
+    }
+    /* 64-bit collisions between unrelated sequences have probability ~1e-16 here. */
+    CHECK(same_stream == 0);
+    CHECK(same_seed == 0);
+
+    /* Mixed calls replay bitwise, including the cached normal. */
+    mt_rng_init(&a, 99, 5);
+    mt_rng_init(&b, 99, 5);
+    for (int i = 0; i < 100; i++) {
+        double ua = mt_rng_uniform(&a), ub = mt_rng_uniform(&b);
+        double na = mt_rng_normal(&a), nb = mt_rng_normal(&b);
+        CHECK(memcmp(&ua, &ub, sizeof ua) == 0);
+        CHECK(memcmp(&na, &nb, sizeof na) == 0);
+        CHECK(mt_rng_randint(&a, 10 + (uint64_t)i) == mt_rng_randint(&b, 10 + (uint64_t)i));
+    }
+    /* A copy replays from the copy point. */
+    c = a;
+    for (int i = 0; i < 10; i++) CHECK(mt_rng_next_u32(&a) == mt_rng_next_u32(&c));
+}
+
+static void test_skip_and_derive(void)
+{
+    enum { N = 64 };
+    uint32_t ref[N + 1];
+    mt_rng r;
+    mt_rng_init(&r, 2024, 17);
+    for (int i = 0; i <= N; i++) ref[i] = mt_rng_next_u32(&r);
+    /* skip(n) from every in-block offset, over block boundaries */
+    for (uint64_t start = 0; start < 8; start++)
+        for (uint64_t n = 0; start + n < N; n++) {
+            mt_rng s;
+            mt_rng_init(&s, 2024, 17);
+            for (uint64_t i = 0; i < start; i++) (void)mt_rng_next_u32(&s);
+            mt_rng_skip(&s, n);
+            CHECK(mt_rng_next_u32(&s) == ref[start + n]);
+        }
+    /* skip drops the cached normal: the next normal comes from fresh words */
+    mt_rng s, t;
+    mt_rng_init(&s, 1, 1);
+    (void)mt_rng_normal(&s);  /* uses words 0..3, caches the sine value */
+    mt_rng_skip(&s, 0);
+    mt_rng_init(&t, 1, 1);
+    mt_rng_skip(&t, 4);
+    double x = mt_rng_normal(&s), y = mt_rng_normal(&t);
+    CHECK(memcmp(&x, &y, sizeof x) == 0);
+
+    /* derive: deterministic, independent of the parent's position, distinct per index */
+    mt_rng p, c1, c1b, c2;
+    mt_rng_init(&p, 77, 3);
+    mt_rng_derive(&c1, &p, 0);
+    (void)mt_rng_next_u64(&p);
+    mt_rng_derive(&c1b, &p, 0);
+    mt_rng_derive(&c2, &p, 1);
+    CHECK(c1.stream == c1b.stream);
+    CHECK(c1.stream != c2.stream);
+    CHECK(c1.stream != 3);
+    CHECK(c1.key[0] == p.key[0] && c1.key[1] == p.key[1]);
+    mt_rng_init(&p, 77, 3);
+    int same = 0;
+    for (int i = 0; i < 100; i++) {
+        uint64_t a = mt_rng_next_u64(&c1), b = mt_rng_next_u64(&c1b);
+        CHECK(a == b);
+        same += a == mt_rng_next_u64(&c2);
+        same += a == mt_rng_next_u64(&p);
+    }
+    CHECK(same == 0);
+}
+
+static void test_uniform_moments(void)
+{
+    /* U(0,1): mean 1/2, variance 1/12. SE of the mean sqrt(1/12 / n); the sample second central
+     * moment (mean known) has SE sqrt((mu4 - sigma^4) / n) with mu4 = 1/80. Band: 5 SE. */
+    mt_rng r;
+    mt_rng_init(&r, 20240601, 0);
+    double s1 = 0.0, s2 = 0.0, lo = 1.0, hi = 0.0;
+    for (int i = 0; i < NDRAW; i++) {
+        double u = mt_rng_uniform(&r);
+        s1 += u;
+        s2 += (u - 0.5) * (u - 0.5);
+        if (u < lo) lo = u;
+        if (u > hi) hi = u;
+    }
+    double n = NDRAW;
+    CHECK(lo > 0.0 && hi < 1.0);
+    CHECK(fabs(s1 / n - 0.5) < 5.0 * sqrt(1.0 / 12.0 / n));
+    CHECK(fabs(s2 / n - 1.0 / 12.0) < 5.0 * sqrt((1.0 / 80.0 - 1.0 / 144.0) / n));
+    /* 53 bits: every value is a multiple of 2^-53, and the low bit is used. */
+    int odd = 0;
+    for (int i = 0; i < 1000; i++) {
+        double k = mt_rng_uniform(&r) * 0x1.0p53;
+        CHECK(k == floor(k) && k >= 1.0 && k <= 0x1.0p53 - 1.0);
+        odd += fmod(k, 2.0) == 1.0;
+    }
+    CHECK(odd > 400 && odd < 600);  /* Binomial(1000, 1/2): mean 500, sd 15.8 */
+
+    /* fill_uniform maps to [lo, hi] with mean (lo + hi) / 2 */
+    enum { M = 100000 };
+    double *buf = malloc(M * sizeof *buf);
+    CHECK(buf != NULL);
+    if (!buf) return;
+    CHECK(mt_rng_fill_uniform(buf, &r, M, -3.0, 5.0) == MT_OK);
+    double m = 0.0;
+    int inside = 1;
+    for (int i = 0; i < M; i++) {
+        m += buf[i];
+        inside &= buf[i] >= -3.0 && buf[i] <= 5.0;
+    }
+    CHECK(inside);
+    CHECK(fabs(m / M - 1.0) < 5.0 * 8.0 * sqrt(1.0 / 12.0 / M));
+    mt_rng before = r;
+    CHECK(mt_rng_fill_uniform(buf, &r, M, 1.0, 1.0) == MT_EINVAL);
+    CHECK(mt_rng_fill_uniform(buf, &r, M, 2.0, 1.0) == MT_EINVAL);
+    CHECK(mt_rng_fill_uniform(buf, &r, M, NAN, 1.0) == MT_EINVAL);
+    CHECK(mt_rng_fill_uniform(buf, &r, M, -INFINITY, 1.0) == MT_EINVAL);
+    CHECK(mt_rng_fill_uniform(buf, &r, M, -1e308, 1e308) == MT_EINVAL);  /* width overflows */
+    CHECK(mt_rng_fill_uniform(NULL, &r, 1, 0.0, 1.0) == MT_EINVAL);
+    CHECK(mt_rng_fill_uniform(NULL, &r, 0, 0.0, 1.0) == MT_OK);
+    CHECK(memcmp(&before, &r, sizeof r) == 0);  /* rejected calls draw nothing */
+    free(buf);
+}
+
+static void test_normal_moments(void)
+{
+    /* N(0,1): E z = 0 (SE 1/sqrt n), E z^2 = 1 (SE sqrt(2/n)), E z^4 = 3 (SE sqrt((105-9)/n)),
+     * the raw fourth moment being the kurtosis with mean and variance known. Band: 5 SE.
+     * A generator returning only the cosine half, or a uniform rescaled to variance 1 (E z^4 =
+     * 1.8), fails the fourth-moment check by far. */
+    double *z = malloc(NDRAW * sizeof *z);
+    CHECK(z != NULL);
+    if (!z) return;
+    mt_rng r;
+    mt_rng_init(&r, 31415, 2);
+    CHECK(mt_rng_fill_normal(z, &r, NDRAW, 0.0, 1.0) == MT_OK);
+    double s1 = 0.0, s2 = 0.0, s4 = 0.0, even = 0.0, odd = 0.0;
+    for (int i = 0; i < NDRAW; i++) {
+        s1 += z[i];
+        s2 += z[i] * z[i];
+        s4 += z[i] * z[i] * z[i] * z[i];
+        if (i % 2) odd += z[i] * z[i]; else even += z[i] * z[i];
+    }
+    double n = NDRAW;
+    CHECK(fabs(s1 / n) < 5.0 / sqrt(n));
+    CHECK(fabs(s2 / n - 1.0) < 5.0 * sqrt(2.0 / n));
+    CHECK(fabs(s4 / n - 3.0) < 5.0 * sqrt(96.0 / n));
+    /* the cached (sine) halves alone are standard normal too */
+    CHECK(fabs(odd / (n / 2) - 1.0) < 5.0 * sqrt(2.0 / (n / 2)));
+    CHECK(fabs(even / (n / 2) - 1.0) < 5.0 * sqrt(2.0 / (n / 2)));
+    /* cos/sin of one pair are uncorrelated: E[z0 z1] = 0, SE 1/sqrt(n/2) */
+    double c = 0.0;
+    for (int i = 0; i + 1 < NDRAW; i += 2) c += z[i] * z[i + 1];
+    CHECK(fabs(c / (n / 2)) < 5.0 / sqrt(n / 2));
+
+    /* fill_normal is n calls to mt_rng_normal, and honours mean/sd exactly */
+    mt_rng a, b;
+    mt_rng_init(&a, 5, 5);
+    mt_rng_init(&b, 5, 5);
+    (void)mt_rng_normal(&a);  /* leave a cached value behind so fill starts with it */
+    (void)mt_rng_normal(&b);
+    double f[7];
+    CHECK(mt_rng_fill_normal(f, &a, 7, 2.0, 3.0) == MT_OK);
+    for (int i = 0; i < 7; i++) CHECK(f[i] == 2.0 + 3.0 * mt_rng_normal(&b));
+    CHECK(mt_rng_normal(&a) == mt_rng_normal(&b));  /* same cache state afterwards */
+
+    /* Box-Muller as documented: from the first two uniforms */
+    mt_rng_init(&a, 8, 9);
+    mt_rng_init(&b, 8, 9);
+    double u1 = mt_rng_uniform(&b), u2 = mt_rng_uniform(&b);
+    double rad = sqrt(-2.0 * log(u1)), ang = 6.283185307179586476925286766559 * u2;
+    CHECK(mt_rng_normal(&a) == rad * cos(ang));
+    CHECK(mt_rng_normal(&a) == rad * sin(ang));
+
+    mt_rng before = a;
+    CHECK(mt_rng_fill_normal(f, &a, 7, 0.0, -1.0) == MT_EINVAL);
+    CHECK(mt_rng_fill_normal(f, &a, 7, NAN, 1.0) == MT_EINVAL);
+    CHECK(mt_rng_fill_normal(f, &a, 7, 0.0, INFINITY) == MT_EINVAL);
+    CHECK(memcmp(&before, &a, sizeof a) == 0);
+    CHECK(mt_rng_fill_normal(f, &a, 7, 1.5, 0.0) == MT_OK);
+    for (int i = 0; i < 7; i++) CHECK(f[i] == 1.5);
+    free(z);
+}
+
+static void test_randint(void)
+{
+    mt_rng r;
+    mt_rng_init(&r, 4242, 0);
+    CHECK(mt_rng_randint(&r, 0) == 0);
+    for (int i = 0; i < 100; i++) CHECK(mt_rng_randint(&r, 1) == 0);
+
+    /* Chi-square over bound 7 with 7e5 draws: df 6, reject above 38.26 (upper 1e-6 tail). */
+    enum { B = 7, N = 700000 };
+    long count[B] = {0};
+    for (int i = 0; i < N; i++) {
+        uint64_t k = mt_rng_randint(&r, B);
+        CHECK(k < B);
+        if (k < B) count[k]++;
+    }
+    double chi2 = 0.0, e = (double)N / B;
+    for (int k = 0; k < B; k++) chi2 += (count[k] - e) * (count[k] - e) / e;
+    CHECK(chi2 < 38.26);
+
+    /* Bias that a chi-square on a small bound cannot see: bound = 3 * 2^62. Plain x mod bound
+     * would put values below 2^62 with probability 1/2; rejection gives exactly 1/3.
+     * 1e5 draws: SE sqrt(2/9 / 1e5) = 0.0015; band 5 SE. */
+    uint64_t big = 3ull << 62;
+    long below = 0;
+    for (int i = 0; i < 100000; i++) {
+        uint64_t k = mt_rng_randint(&r, big);
+        CHECK(k < big);
+        below += k < (1ull << 62);
+    }
+    CHECK(fabs(below / 1e5 - 1.0 / 3.0) < 5.0 * sqrt(2.0 / 9.0 / 1e5));
+}
+
+int main(void)
+{
+    test_known_answers();
+    test_counter_layout();
+    test_reproducible_and_distinct();
+    test_skip_and_derive();
+    test_uniform_moments();
+    test_normal_moments();
+    test_randint();
+    TEST_MAIN_END();
+}
