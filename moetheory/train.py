@@ -5,6 +5,8 @@ released; between chunks the progress bar moves, snapshots are taken, the callba
 Ctrl-C is honoured. Chunking never changes the result: the optimizer and RNG state live in C.
 """
 import fnmatch
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -118,6 +120,12 @@ def _run(model, trainer, steps, record_every, record, progress, callback, chunk_
     interrupted = False
     bar = _progress_bar(progress, steps, desc)
     start = time.perf_counter()
+    # Ctrl-C only sets a flag while a chunk runs; the loop raises KeyboardInterrupt itself
+    # between chunks, so the history always matches the steps applied to the model.
+    pending = []
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum)) \
+        if in_main else None
     try:
         while done < steps:
             limit = steps - done
@@ -132,6 +140,8 @@ def _run(model, trainer, steps, record_every, record, progress, callback, chunk_
                 record_steps.append(done)
                 for name in names:
                     snaps[name].append(model.params[name].copy())
+            if pending:
+                raise KeyboardInterrupt
             if callback is not None and callback(done, chunk) is False:
                 interrupted = True
                 break
@@ -139,6 +149,8 @@ def _run(model, trainer, steps, record_every, record, progress, callback, chunk_
         exc.history = _history(losses, record_steps, snaps, start, True)
         raise
     finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         if bar is not None:
             bar.close()
     return _history(losses, record_steps, snaps, start, interrupted)
