@@ -1,0 +1,16 @@
+"""One module per paper. Each registers a reproduction: a function
+``reproduce(out_dir, quick, progress) -> summary rows (list of dicts)`` that writes its PNGs and
+CSVs into out_dir. ``moetheory reproduce NAME`` and ``moetheory reproduce all`` call them."""
+import importlib
+
+# name -> (module, paper). Modules are imported only when their reproduction runs.
+REPRODUCTIONS = {}
+
+
+def register(name, module, paper):
+    REPRODUCTIONS[name] = (module, paper)
+
+
+def get(name):
+    module, _ = REPRODUCTIONS[name]
+    return importlib.import_module(f"{__name__}.{module}").reproduce
