@@ -166,15 +166,16 @@ class MoE:
     @classmethod
     def load(cls, path):
         """Read a model written by `save`; a damaged file raises ValueError."""
-        try:
-            with np.load(os.fspath(path), allow_pickle=False) as f:
-                fmt, version = str(f["format"]), int(f["version"])
-                config = json.loads(str(f["config"]))
-                theta = np.array(f["theta"])
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable moetheory model file: {exc}") from None
+        # The file is opened here, not by np.load, so it is closed even when the archive is
+        # damaged and np.load fails halfway.
+        with open(os.fspath(path), "rb") as handle:
+            try:
+                with np.load(handle, allow_pickle=False) as f:
+                    fmt, version = str(f["format"]), int(f["version"])
+                    config = json.loads(str(f["config"]))
+                    theta = np.array(f["theta"])
+            except Exception as exc:
+                raise ValueError(f"{path} is not a readable moetheory model file: {exc}") from None
         if fmt != _FORMAT or version != _VERSION:
             raise ValueError(f"{path}: format {fmt!r} version {version} is not {_FORMAT!r} "
                              f"version {_VERSION}")
