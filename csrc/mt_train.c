@@ -87,7 +87,11 @@ mt_status mt_trainer_alloc(mt_trainer **out, const mt_model *model, const mt_opt
 {
     *out = NULL;
     if (!model || !opt || !data || !model->loss_and_grad) return MT_EINVAL;
-    if (data->online) {
+    if (data->online && data->source) {
+        if (batch_size < 1 || !data->source->draw || data->source->d_in != model->d_in ||
+            data->source->d_out != model->d_out)
+            return MT_EINVAL;
+    } else if (data->online) {
         if (batch_size < 1 || !data->teacher || !data->teacher->forward || !data->teacher_theta)
             return MT_EINVAL;
         if (data->teacher->d_in != model->d_in || data->teacher->d_out != model->d_out)
@@ -160,6 +164,7 @@ static mt_status sample_batch(mt_trainer *t)
 {
     const mt_train_data *d = &t->data;
     size_t n = t->batch, din = t->model.d_in;
+    if (d->source) return d->source->draw(d->source->ctx, t->Xb, t->yb, &t->rng, n);
     mt_status st = MT_OK;
     switch (d->input) {
     case MT_INPUT_GAUSSIAN: st = mt_sample_gaussian(t->Xb, &t->rng, n, din, d->scale); break;

@@ -38,8 +38,17 @@ void mt_moe_as_model(mt_model *model, mt_moe_model_ctx *ctx);
 
 typedef enum { MT_INPUT_GAUSSIAN = 0, MT_INPUT_MIXTURE, MT_INPUT_UNIFORM } mt_input_kind;
 
+/* A data source that draws (X, y) jointly, for tasks whose targets are not a function of x
+ * alone (a latent cluster, say). draw: X (n, d_in), y (n, d_out), from the trainer's rng. */
+typedef struct {
+    size_t d_in, d_out;
+    mt_status (*draw)(void *ctx, double *X, double *y, void *rng, size_t n);
+    void *ctx;
+} mt_source;
+
 /* Where batches come from. Fixed data: X (n, d_in), y (n, d_out), referenced, not copied.
- * Online: x from the input distribution, y = teacher(x) + noise_sd * N(0, 1). */
+ * Online: from `source` when it is set (rng is an mt_rng *), else x from the input
+ * distribution and y = teacher(x) + noise_sd * N(0, 1). */
 typedef struct {
     const double *X, *y;
     size_t n;
@@ -50,6 +59,7 @@ typedef struct {
     const double *centres;   /* MIXTURE: (C, d_in) */
     const double *weights;   /* MIXTURE: (C,) or NULL for uniform */
     size_t n_clusters;
+    const mt_source *source; /* online: draws (X, y) itself; the fields below are then unused */
     const mt_model *teacher; /* online: targets */
     const double *teacher_theta;
     double noise_sd;
