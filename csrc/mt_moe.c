@@ -136,6 +136,8 @@ struct mt_moe_workspace {
     double *ds;      /* (n, E) */
     double *du;      /* (n, G) */
     double *dO;      /* (n, E*d_out) */
+    double *theta_eff; /* (P,) normalize: theta with direction rows divided by their norms */
+    double *grad_eff;  /* (P,) normalize: gradient with respect to theta_eff */
     void *block;
 };
 
@@ -145,7 +147,10 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     if (mt_moe_config_check(c) != MT_OK || n_max < 1) return MT_EINVAL;
     size_t E = c->n_experts, G = c->gate == MT_GATE_HIERARCHICAL ? c->groups : 0;
     size_t H = c->expert == MT_EXPERT_FFN ? c->hidden : 0, o = c->d_out, k = c->top_k;
-    size_t doubles = n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
+    mt_moe_layout L;
+    mt_moe_layout_of(&L, c);
+    size_t P = c->normalize ? L.n_params : 0;
+    size_t doubles = 2 * P + n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
                               E * H /*z*/ + H /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
                               E /*ds*/ + G /*du*/ + E * o /*dO*/);
     mt_moe_workspace *ws = calloc(1, sizeof *ws);
@@ -161,6 +166,9 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     CARVE(z, E * H); CARVE(a, H); CARVE(o, E * o); CARVE(f, o); CARVE(df, o); CARVE(dg, E);
     CARVE(ds, E); CARVE(du, G); CARVE(dO, E * o);
 #undef CARVE
+    ws->theta_eff = P ? p : NULL;
+    ws->grad_eff = P ? p + P : NULL;
+    p += 2 * P;
     ws->idx = (int *)p;
     ws->n_max = n_max;
     ws->cfg = *c;
@@ -217,16 +225,109 @@ static mt_status check_call(const mt_moe_config *c, const mt_moe_workspace *ws, 
     const mt_moe_config *w = &ws->cfg;
     if (w->d_in != c->d_in || w->n_experts != c->n_experts || w->hidden != c->hidden ||
         w->d_out != c->d_out || w->groups != c->groups || w->top_k != c->top_k ||
-        w->gate != c->gate || w->expert != c->expert)
+        w->gate != c->gate || w->expert != c->expert || w->normalize != c->normalize ||
+        w->bias != c->bias)
         return MT_EINVAL;
     return MT_OK;
 }
+
+/* Blocks whose rows are directions acting on x: normalised when cfg->normalize is set. */
+static int is_direction_block(const char *name)
+{
+    return !strcmp(name, "router.weight") || !strcmp(name, "router.inner.weight") ||
+           !strcmp(name, "router.outer.weight") || !strcmp(name, "experts.W1") ||
+           !strcmp(name, "experts.W");
+}
+
+/* theta_eff = theta with each direction row w replaced by w / |w|. */
+static mt_status normalize_directions(double *theta_eff, const double *theta, const mt_moe_config *c)
+{
+    mt_moe_layout L;
+    mt_moe_layout_of(&L, c);
+    memcpy(theta_eff, theta, L.n_params * sizeof *theta);
+    for (size_t b = 0; b < L.n_blocks; b++) {
+        if (!is_direction_block(L.block[b].name)) continue;
+        size_t rows = L.block[b].ndim == 3 ? L.block[b].shape[0] * L.block[b].shape[1]
+                                           : L.block[b].shape[0];
+        for (size_t r = 0; r < rows; r++) {
+            double *w = theta_eff + L.block[b].offset + r * c->d_in;
+            double norm = 0.0;
+            for (size_t j = 0; j < c->d_in; j++) norm += w[j] * w[j];
+            norm = sqrt(norm);
+            if (!(norm > 0)) return MT_EINVAL; /* a zero row has no direction */
+            for (size_t j = 0; j < c->d_in; j++) w[j] /= norm;
+        }
+    }
+    return MT_OK;
+}
+
+/* grad += d loss / d theta from grad_eff = d loss / d theta_eff: for a direction row,
+ * d (w / |w|) / d w = (I - u u^T) / |w| with u = w / |w|. */
+static void fold_normalized_gradient(double *grad, const double *grad_eff, const double *theta,
+                                     const double *theta_eff, const mt_moe_config *c)
+{
+    mt_moe_layout L;
+    mt_moe_layout_of(&L, c);
+    for (size_t b = 0; b < L.n_blocks; b++) {
+        const mt_param_block *blk = &L.block[b];
+        size_t size = blk->shape[0] * (blk->ndim > 1 ? blk->shape[1] : 1) *
+                      (blk->ndim > 2 ? blk->shape[2] : 1);
+        if (!is_direction_block(blk->name)) {
+            for (size_t i = 0; i < size; i++) grad[blk->offset + i] += grad_eff[blk->offset + i];
+            continue;
+        }
+        for (size_t r = 0; r < size / c->d_in; r++) {
+            size_t off = blk->offset + r * c->d_in;
+            const double *u = theta_eff + off, *g = grad_eff + off, *w = theta + off;
+            double norm = 0.0, dot = 0.0;
+            for (size_t j = 0; j < c->d_in; j++) {
+                norm += w[j] * w[j];
+                dot += g[j] * u[j];
+            }
+            norm = sqrt(norm);
+            for (size_t j = 0; j < c->d_in; j++) grad[off + j] += (g[j] - dot * u[j]) / norm;
+        }
+    }
+}
+
+static mt_status forward_impl(double *out, double *gates, const double *theta, const double *X,
+                              size_t n, const mt_moe_config *c, mt_moe_workspace *ws);
+static mt_status backward_impl(double *grad, double *dX, const double *dout, const double *theta,
+                               const double *X, size_t n, const mt_moe_config *c,
+                               mt_moe_workspace *ws);
 
 mt_status mt_moe_forward(double *out, double *gates, const double *theta, const double *X,
                          size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
 {
     mt_status st = check_call(c, ws, n);
     if (st != MT_OK) return st;
+    if (c->normalize) {
+        st = normalize_directions(ws->theta_eff, theta, c);
+        if (st != MT_OK) return st;
+        theta = ws->theta_eff;
+    }
+    return forward_impl(out, gates, theta, X, n, c, ws);
+}
+
+mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const double *theta,
+                          const double *X, size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = check_call(c, ws, n);
+    if (st != MT_OK) return st;
+    if (!c->normalize) return backward_impl(grad, dX, dout, theta, X, n, c, ws);
+    mt_moe_layout L;
+    mt_moe_layout_of(&L, c);
+    memset(ws->grad_eff, 0, L.n_params * sizeof *grad);
+    st = backward_impl(ws->grad_eff, dX, dout, ws->theta_eff, X, n, c, ws);
+    if (st != MT_OK) return st;
+    fold_normalized_gradient(grad, ws->grad_eff, theta, ws->theta_eff, c);
+    return MT_OK;
+}
+
+static mt_status forward_impl(double *out, double *gates, const double *theta, const double *X,
+                              size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = MT_OK;
     const offsets off = offsets_of(c);
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out;
 
@@ -291,11 +392,10 @@ mt_status mt_moe_forward(double *out, double *gates, const double *theta, const 
     return MT_OK;
 }
 
-mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const double *theta,
-                          const double *X, size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+static mt_status backward_impl(double *grad, double *dX, const double *dout, const double *theta,
+                               const double *X, size_t n, const mt_moe_config *c,
+                               mt_moe_workspace *ws)
 {
-    mt_status st = check_call(c, ws, n);
-    if (st != MT_OK) return st;
     const offsets off = offsets_of(c);
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out, EO = E * O;
 

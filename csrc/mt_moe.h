@@ -29,6 +29,8 @@ typedef struct {
     mt_act gate_activation;/* temperature gate: applied to scores before dividing by temperature */
     double temperature;    /* > 0 */
     int bias;              /* 0 removes every bias from theta */
+    int normalize;         /* 1: every weight row acting on x (router rows, expert first-layer
+                              rows) is used as w / |w|; gradients pass through the normalisation */
 } mt_moe_config;
 
 /* Returns MT_EINVAL for any inconsistent field; the binding turns that into a message. */

@@ -24,7 +24,7 @@ def one_of(name, value, choices):
 
 
 def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
-               gate_activation, groups, d_out, bias):
+               gate_activation, groups, d_out, bias, normalize=False):
     """Check every field of an MoE configuration; return it as a plain dict."""
     d_in = positive_int("d_in", d_in)
     n_experts = positive_int("n_experts", n_experts)
@@ -35,6 +35,8 @@ def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, tempera
     gate = one_of("gate", gate, GATES)
     if not isinstance(bias, (bool, numbers.Integral)):
         raise TypeError(f"bias must be True or False, got {bias!r}")
+    if not isinstance(normalize, (bool, numbers.Integral)):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
             not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -62,7 +64,8 @@ def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, tempera
         raise ValueError(f"groups applies to gate='hierarchical' only, not gate={gate!r}")
     return dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden,
                 activation=activation, gate=gate, top_k=top_k, temperature=float(temperature),
-                gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bool(bias))
+                gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bool(bias),
+                normalize=bool(normalize))
 
 
 def core_layer(config):
@@ -70,4 +73,5 @@ def core_layer(config):
     c = config
     return _core.Layer(c["d_in"], c["n_experts"], c["expert"], c["hidden"], c["activation"],
                        c["gate"], c["top_k"] or 0, c["temperature"],
-                       c["gate_activation"] or "identity", c["groups"] or 0, c["d_out"], c["bias"])
+                       c["gate_activation"] or "identity", c["groups"] or 0, c["d_out"], c["bias"],
+                       c["normalize"])

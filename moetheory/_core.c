@@ -15,6 +15,8 @@
 #include "mt_blas.h"
 #include "mt_moe.h"
 #include "mt_train.h"
+#include "mt_em.h"
+#include "mt_cluster.h"
 
 #include <time.h>
 
@@ -103,6 +105,20 @@ fail:
     return NULL;
 }
 
+/* Targets may be (n,) when d_out == 1, else (n, d_out): the number of dimensions to expect. */
+static int target_ndim(PyObject *y, size_t d_out)
+{
+    if (d_out != 1) return 2;
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(y, NULL, 0, 0, 0, NULL);
+    if (!arr) {
+        PyErr_Clear();
+        return 2; /* as_float_array reports the problem */
+    }
+    int ndim = PyArray_NDIM(arr) == 1 ? 1 : 2;
+    Py_DECREF(arr);
+    return ndim;
+}
+
 /* theta must be exactly the model's own vector: float64, 1-D, C-contiguous, length P, finite. */
 static int check_theta(PyArrayObject *theta, size_t P)
 {
@@ -143,14 +159,14 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"d_in", "n_experts", "expert", "hidden", "activation", "gate",
                              "top_k", "temperature", "gate_activation", "groups", "d_out",
-                             "bias", NULL};
+                             "bias", "normalize", NULL};
     Py_ssize_t d_in, E, hidden, top_k, groups, d_out;
     const char *expert, *act, *gate, *gate_act;
     double temperature;
-    int bias;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnsnssndsnnp", kwlist, &d_in, &E, &expert,
+    int bias, normalize = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnsnssndsnnp|p", kwlist, &d_in, &E, &expert,
                                      &hidden, &act, &gate, &top_k, &temperature, &gate_act,
-                                     &groups, &d_out, &bias))
+                                     &groups, &d_out, &bias, &normalize))
         return -1;
     int ie = lookup(EXPERT_NAMES, 2, expert), ia = lookup(ACT_NAMES, MT_ACT_COUNT, act);
     int ig = lookup(GATE_NAMES, 5, gate), iga = lookup(ACT_NAMES, MT_ACT_COUNT, gate_act);
@@ -163,7 +179,8 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw)
         .d_in = (size_t)d_in, .n_experts = (size_t)E, .hidden = (size_t)hidden,
         .d_out = (size_t)d_out, .groups = (size_t)groups, .top_k = (size_t)top_k,
         .gate = (mt_gate_kind)ig, .expert = (mt_expert_kind)ie, .activation = (mt_act)ia,
-        .gate_activation = (mt_act)iga, .temperature = temperature, .bias = bias};
+        .gate_activation = (mt_act)iga, .temperature = temperature, .bias = bias,
+        .normalize = normalize};
     if (mt_moe_config_check(&c) != MT_OK) {
         PyErr_SetString(PyExc_ValueError, "invalid MoE configuration");
         return -1;
@@ -312,11 +329,7 @@ static PyObject *Layer_loss_and_grad(LayerObject *self, PyObject *args)
     size_t n = (size_t)PyArray_DIM(X, 0);
     /* y is (n, d_out), or (n,) when d_out == 1 */
     npy_intp ys[2] = {(npy_intp)n, (npy_intp)self->cfg.d_out};
-    int y_ndim = 2;
-    if (self->cfg.d_out == 1 && PyArray_Check(y_obj) && PyArray_NDIM((PyArrayObject *)y_obj) == 1)
-        y_ndim = 1;
-    else if (self->cfg.d_out == 1 && !PyArray_Check(y_obj))
-        y_ndim = 1;
+    int y_ndim = target_ndim(y_obj, self->cfg.d_out);
     char ytext[80];
     if (self->cfg.d_out == 1)
         snprintf(ytext, sizeof ytext, "(%zu,) or (%zu, 1)", n, n);
@@ -382,6 +395,209 @@ static PyTypeObject LayerType = {
 };
 
 
+/* ---- clustered single-index task ---- */
+/* ClusterTask: the task of csrc/mt_cluster.h over private copies of its arrays (so it cannot
+ * change under a running trainer), with draw(n, seed) for evaluation and its mt_source for
+ * Trainer(source=...). The object is read-only after __init__, so several trainers may share it
+ * from several threads. */
+
+typedef struct {
+    PyObject_HEAD
+    mt_cluster_task task;
+    mt_source src;
+    PyArrayObject *centres, *w, *coef, *w_g, *s, *g_coef; /* owned copies */
+} ClusterTaskObject;
+
+static void ClusterTask_dealloc(ClusterTaskObject *self)
+{
+    Py_XDECREF(self->centres);
+    Py_XDECREF(self->w);
+    Py_XDECREF(self->coef);
+    Py_XDECREF(self->w_g);
+    Py_XDECREF(self->s);
+    Py_XDECREF(self->g_coef);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A checked float64 copy that nobody else holds (as_float_array may return obj itself). */
+static PyArrayObject *private_copy(PyObject *obj, const char *name, int ndim, const npy_intp *shape,
+                                   const char *text)
+{
+    PyArrayObject *a = as_float_array(obj, name, ndim, shape, text);
+    if (!a) return NULL;
+    PyArrayObject *copy = (PyArrayObject *)PyArray_NewCopy(a, NPY_CORDER);
+    Py_DECREF(a);
+    return copy;
+}
+
+static int ClusterTask_init(ClusterTaskObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"centres", "w", "coef", "rho", "noise_sd", "w_g", "s", "g_coef",
+                             NULL};
+    PyObject *centres, *w, *coef, *w_g = Py_None, *s = Py_None, *g_coef = Py_None;
+    double rho, noise_sd = 0.0;
+    char text[80];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|dOOO", kwlist, &centres, &w, &coef, &rho,
+                                     &noise_sd, &w_g, &s, &g_coef))
+        return -1;
+    if (self->centres) {
+        PyErr_SetString(PyExc_RuntimeError, "ClusterTask is already initialised");
+        return -1;
+    }
+    npy_intp cs[2] = {-1, -1};
+    self->centres = private_copy(centres, "centres", 2, cs, "(C, d)");
+    if (!self->centres) return -1;
+    npy_intp C = PyArray_DIM(self->centres, 0), d = PyArray_DIM(self->centres, 1);
+    npy_intp ws[2] = {C, d};
+    snprintf(text, sizeof text, "(%zd, %zd)", (Py_ssize_t)C, (Py_ssize_t)d);
+    self->w = private_copy(w, "w", 2, ws, text);
+    if (!self->w) return -1;
+    npy_intp ks[2] = {C, -1};
+    snprintf(text, sizeof text, "(%zd, degree + 1)", (Py_ssize_t)C);
+    self->coef = private_copy(coef, "coef", 2, ks, text);
+    if (!self->coef) return -1;
+    if (PyArray_DIM(self->coef, 1) > MT_CLUSTER_MAX_DEGREE + 1) {
+        PyErr_Format(PyExc_ValueError, "coef: the link degree must be at most %d, got %zd",
+                     MT_CLUSTER_MAX_DEGREE, (Py_ssize_t)PyArray_DIM(self->coef, 1) - 1);
+        return -1;
+    }
+    if (!isfinite(rho)) {
+        PyErr_Format(PyExc_ValueError, "rho must be finite, got %g", rho);
+        return -1;
+    }
+    if (!(isfinite(noise_sd) && noise_sd >= 0)) {
+        PyErr_Format(PyExc_ValueError, "noise_sd must be a finite number >= 0, got %g", noise_sd);
+        return -1;
+    }
+    int global = w_g != Py_None;
+    if (global != (s != Py_None) || global != (g_coef != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "w_g, s and g_coef must be given together (or none)");
+        return -1;
+    }
+    if (global) {
+        npy_intp gs[1] = {d};
+        snprintf(text, sizeof text, "(%zd,)", (Py_ssize_t)d);
+        self->w_g = private_copy(w_g, "w_g", 1, gs, text);
+        if (!self->w_g) return -1;
+        npy_intp ss[1] = {C};
+        snprintf(text, sizeof text, "(%zd,)", (Py_ssize_t)C);
+        self->s = private_copy(s, "s", 1, ss, text);
+        if (!self->s) return -1;
+        npy_intp gcs[1] = {-1};
+        self->g_coef = private_copy(g_coef, "g_coef", 1, gcs, "(degree + 1,)");
+        if (!self->g_coef) return -1;
+        if (PyArray_DIM(self->g_coef, 0) > MT_CLUSTER_MAX_DEGREE + 1) {
+            PyErr_Format(PyExc_ValueError, "g_coef: the link degree must be at most %d, got %zd",
+                         MT_CLUSTER_MAX_DEGREE, (Py_ssize_t)PyArray_DIM(self->g_coef, 0) - 1);
+            return -1;
+        }
+    }
+    mt_cluster_task t = {.d = (size_t)d, .C = (size_t)C, .rho = rho, .noise_sd = noise_sd,
+                         .centres = PyArray_DATA(self->centres), .w = PyArray_DATA(self->w),
+                         .coef = PyArray_DATA(self->coef),
+                         .degree = (size_t)PyArray_DIM(self->coef, 1) - 1};
+    if (global) {
+        t.w_g = PyArray_DATA(self->w_g);
+        t.s = PyArray_DATA(self->s);
+        t.g_coef = PyArray_DATA(self->g_coef);
+        t.g_degree = (size_t)PyArray_DIM(self->g_coef, 0) - 1;
+    }
+    if (mt_cluster_check(&t) != MT_OK) {
+        raise_status(MT_EINVAL, "ClusterTask");
+        return -1;
+    }
+    self->task = t;
+    mt_cluster_as_source(&self->src, &self->task);
+    return 0;
+}
+
+static int cluster_ready(ClusterTaskObject *self)
+{
+    if (!self->task.centres) { /* set only when __init__ succeeded */
+        PyErr_SetString(PyExc_ValueError, "ClusterTask was not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *ClusterTask_draw(ClusterTaskObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"n", "seed", "stream", NULL};
+    Py_ssize_t n;
+    unsigned long long seed, stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nK|K", kwlist, &n, &seed, &stream)) return NULL;
+    if (cluster_ready(self) < 0) return NULL;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "n must be >= 0, got %zd", n);
+        return NULL;
+    }
+    npy_intp xs[2] = {n, (npy_intp)self->task.d}, ys[1] = {n};
+    PyArrayObject *X = (PyArrayObject *)PyArray_SimpleNew(2, xs, NPY_DOUBLE);
+    PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(1, ys, NPY_DOUBLE);
+    PyArrayObject *c = (PyArrayObject *)PyArray_SimpleNew(1, ys, NPY_INT);
+    PyObject *result = NULL, *c64 = NULL;
+    if (!X || !y || !c) goto done;
+    mt_rng r;
+    mt_rng_init(&r, (uint64_t)seed, (uint64_t)stream);
+    mt_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_cluster_draw(PyArray_DATA(X), PyArray_DATA(y), PyArray_DATA(c), &r, &self->task,
+                         (size_t)n);
+    Py_END_ALLOW_THREADS
+    if (st != MT_OK) {
+        raise_status(st, "ClusterTask.draw");
+        goto done;
+    }
+    c64 = PyArray_Cast(c, NPY_INT64);
+    if (!c64) goto done;
+    result = PyTuple_Pack(3, (PyObject *)X, (PyObject *)y, c64);
+done:
+    Py_XDECREF(X);
+    Py_XDECREF(y);
+    Py_XDECREF(c);
+    Py_XDECREF(c64);
+    return result;
+}
+
+static PyObject *ClusterTask_get_d(ClusterTaskObject *self, void *Py_UNUSED(closure))
+{
+    if (cluster_ready(self) < 0) return NULL;
+    return PyLong_FromSize_t(self->task.d);
+}
+
+static PyObject *ClusterTask_get_C(ClusterTaskObject *self, void *Py_UNUSED(closure))
+{
+    if (cluster_ready(self) < 0) return NULL;
+    return PyLong_FromSize_t(self->task.C);
+}
+
+static PyMethodDef ClusterTask_methods[] = {
+    {"draw", (PyCFunction)(void (*)(void))ClusterTask_draw, METH_VARARGS | METH_KEYWORDS,
+     "draw(n, seed, stream=0) -> (X (n, d), y (n,), c (n,) int64): n samples from the "
+     "generator keyed by (seed, stream), in the draw order of csrc/mt_cluster.h."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef ClusterTask_getset[] = {
+    {"d", (getter)ClusterTask_get_d, NULL, "input dimension", NULL},
+    {"n_clusters", (getter)ClusterTask_get_C, NULL, "number of clusters C", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject ClusterTaskType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "moetheory._core.ClusterTask",
+    .tp_basicsize = sizeof(ClusterTaskObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ClusterTask(centres (C, d), w (C, d), coef (C, p + 1), rho, noise_sd=0, w_g=None, "
+              "s=None, g_coef=None): the clustered single-index task of csrc/mt_cluster.h.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ClusterTask_init,
+    .tp_dealloc = (destructor)ClusterTask_dealloc,
+    .tp_methods = ClusterTask_methods,
+    .tp_getset = ClusterTask_getset,
+};
+
+/* ---- end clustered single-index task ---- */
+
 /* ---- the Trainer type: a training loop over one Layer, run in chunks ---- */
 
 typedef struct {
@@ -390,6 +606,7 @@ typedef struct {
     LayerObject *layer, *teacher;         /* strong references */
     PyArrayObject *theta, *teacher_theta; /* strong references; theta is updated in place */
     PyArrayObject *X, *y, *centres, *weights, *lr_scale; /* kept alive for the C loop */
+    PyObject *source; /* a ClusterTask drawing the online data, or NULL; strong reference */
     mt_moe_model_ctx ctx, teacher_ctx;
     mt_model model, teacher_model;
     size_t batch;
@@ -407,6 +624,7 @@ static void Trainer_dealloc(TrainerObject *self)
     Py_XDECREF(self->centres);
     Py_XDECREF(self->weights);
     Py_XDECREF(self->lr_scale);
+    Py_XDECREF(self->source);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -423,20 +641,21 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
                              "scale", "centres", "weights", "noise_sd", "batch_size", "lr_scale",
                              "seed", "project", "optimizer", "lr", "momentum", "beta1", "beta2",
                              "eps", "weight_decay", "decoupled", "schedule", "step_size", "gamma",
-                             "total_steps", "lr_min", "t0", NULL};
+                             "total_steps", "lr_min", "t0", "source", NULL};
     PyObject *layer, *theta, *X = Py_None, *y = Py_None, *teacher = Py_None, *teacher_theta = Py_None;
+    PyObject *source = Py_None;
     PyObject *centres = Py_None, *weights = Py_None, *lr_scale = Py_None;
     int input = 0, project = 0, kind = 0, decoupled = 0, schedule = 0;
     double scale = 1.0, noise_sd = 0.0, lr = 1e-3, momentum = 0.0, beta1 = 0.9, beta2 = 0.999;
     double eps = 1e-8, wd = 0.0, gamma = 1.0, lr_min = 0.0, t0 = 1.0;
     Py_ssize_t batch = 0, step_size = 1, total_steps = 1;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!|OOOOidOOdnOKpiddddddpindndd", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!|OOOOidOOdnOKpiddddddpindnddO", kwlist,
                                      &LayerType, &layer, &PyArray_Type, &theta, &X, &y, &teacher,
                                      &teacher_theta, &input, &scale, &centres, &weights, &noise_sd,
                                      &batch, &lr_scale, &seed, &project, &kind, &lr, &momentum,
                                      &beta1, &beta2, &eps, &wd, &decoupled, &schedule, &step_size,
-                                     &gamma, &total_steps, &lr_min, &t0))
+                                     &gamma, &total_steps, &lr_min, &t0, &source))
         return -1;
     LayerObject *L = (LayerObject *)layer;
     if (check_theta((PyArrayObject *)theta, L->layout.n_params) < 0) return -1;
@@ -451,7 +670,35 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
     mt_train_data data = {0};
     char text[80];
     int online = teacher != Py_None;
-    if (online) {
+    if (source != Py_None) {
+        /* online data drawn jointly by a ClusterTask (csrc/mt_cluster.h) */
+        if (!PyObject_TypeCheck(source, &ClusterTaskType)) {
+            PyErr_Format(PyExc_TypeError, "source must be a moetheory._core.ClusterTask, got %s",
+                         Py_TYPE(source)->tp_name);
+            return -1;
+        }
+        ClusterTaskObject *S = (ClusterTaskObject *)source;
+        if (cluster_ready(S) < 0) return -1;
+        if (online || X != Py_None || y != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "give either source, or teacher, or X and y");
+            return -1;
+        }
+        if (S->src.d_in != L->cfg.d_in || S->src.d_out != L->cfg.d_out) {
+            PyErr_Format(PyExc_ValueError,
+                         "source must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
+                         L->cfg.d_in, L->cfg.d_out, S->src.d_in, S->src.d_out);
+            return -1;
+        }
+        if (batch < 1) {
+            PyErr_SetString(PyExc_ValueError, "online training needs batch_size >= 1");
+            return -1;
+        }
+        Py_INCREF(source);
+        Py_XDECREF(self->source);
+        self->source = source;
+        data.online = 1;
+        data.source = &S->src;
+    } else if (online) {
         if (!PyObject_TypeCheck(teacher, &LayerType)) {
             PyErr_SetString(PyExc_TypeError, "teacher must be a moetheory model");
             return -1;
@@ -506,7 +753,7 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         if (!self->X) return -1;
         npy_intp n = PyArray_DIM(self->X, 0);
         npy_intp ys[2] = {n, (npy_intp)L->cfg.d_out};
-        int y_ndim = (L->cfg.d_out == 1 && PyArray_Check(y) && PyArray_NDIM((PyArrayObject *)y) == 1) ? 1 : 2;
+        int y_ndim = target_ndim(y, L->cfg.d_out);
         snprintf(text, sizeof text, "(%zd, %zu)", (Py_ssize_t)n, L->cfg.d_out);
         self->y = as_float_array(y, "y", y_ndim, ys, text);
         if (!self->y) return -1;
@@ -662,6 +909,211 @@ static PyTypeObject TrainerType = {
     .tp_getset = Trainer_getset,
 };
 
+/* ---- EM ---- */
+/* em_fit and em_loglik: the softmax-gated Gaussian MoE EM of csrc/mt_em.h. The flat parameter
+ * vector is mt_em.h's: beta0 (K,), beta1 (K, d), a (K, d), b (K,), [c (K,)], sigma2 (K,).
+ * Arguments are checked here so that errors name the argument; the C core checks again. */
+
+static const char *const EM_EXPERT_NAMES[] = {"linear", "ffn"};
+static const char *const EM_ACT_NAMES[] = {"sigmoid", "tanh"};
+
+/* Polled by mt_em_fit without the GIL every MT_EM_POLL_EVERY iterations: takes the GIL and
+ * runs the Python signal handlers; a raised exception (KeyboardInterrupt) stays set in this
+ * thread and stops the fit. Outside the main thread PyErr_CheckSignals does nothing. */
+static int em_poll_signals(void *Py_UNUSED(ctx))
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = PyErr_CheckSignals() != 0;
+    PyGILState_Release(g);
+    return stop;
+}
+
+/* Shared parsing of (theta, X, y, K, expert, act, outer_scale): fills opt's model fields and
+ * returns 0, or sets an exception and returns -1. *theta_out, *X_out, *y_out: new references. */
+static int em_parse(PyObject *theta_obj, PyObject *X_obj, PyObject *y_obj, Py_ssize_t K,
+                    const char *expert, const char *act, int outer_scale, mt_em_options *opt,
+                    PyArrayObject **theta_out, PyArrayObject **X_out, PyArrayObject **y_out)
+{
+    *theta_out = *X_out = *y_out = NULL;
+    int ie = lookup(EM_EXPERT_NAMES, 2, expert), ia = lookup(EM_ACT_NAMES, 2, act);
+    if (ie < 0) {
+        PyErr_Format(PyExc_ValueError, "expert must be 'linear' or 'ffn', got '%s'", expert);
+        return -1;
+    }
+    if (ia < 0) {
+        PyErr_Format(PyExc_ValueError, "act must be 'sigmoid' or 'tanh', got '%s'", act);
+        return -1;
+    }
+    if (outer_scale && ie != MT_EM_FFN) {
+        PyErr_SetString(PyExc_ValueError, "outer_scale needs expert='ffn'");
+        return -1;
+    }
+    if (K < 1) {
+        PyErr_Format(PyExc_ValueError, "K must be >= 1, got %zd", K);
+        return -1;
+    }
+    npy_intp xs[2] = {-1, -1};
+    *X_out = as_float_array(X_obj, "X", 2, xs, "(n, d)");
+    if (!*X_out) return -1;
+    size_t n = (size_t)PyArray_DIM(*X_out, 0), d = (size_t)PyArray_DIM(*X_out, 1);
+    char text[80];
+    npy_intp ys[1] = {(npy_intp)n};
+    snprintf(text, sizeof text, "(%zu,)", n);
+    *y_out = as_float_array(y_obj, "y", 1, ys, text);
+    if (!*y_out) return -1;
+    size_t P = mt_em_params_size(d, (size_t)K, outer_scale);
+    npy_intp ts[1] = {(npy_intp)P};
+    snprintf(text, sizeof text, "(%zu,) = (K (2 d + 3)%s,)", P, outer_scale ? " + K" : "");
+    *theta_out = as_float_array(theta_obj, "theta", 1, ts, text);
+    if (!*theta_out) return -1;
+    mt_em_params p;
+    mt_em_params_view(&p, PyArray_DATA(*theta_out), d, (size_t)K, outer_scale);
+    for (size_t k = 0; k < (size_t)K; k++) {
+        if (!(p.sigma2[k] > 0)) {
+            PyErr_Format(PyExc_ValueError, "theta: sigma2[%zu] must be > 0, got %g", k,
+                         p.sigma2[k]);
+            return -1;
+        }
+    }
+    int ref_ok = p.beta0[K - 1] == 0.0;
+    for (size_t j = 0; j < d; j++) ref_ok = ref_ok && p.beta1[(size_t)(K - 1) * d + j] == 0.0;
+    if (!ref_ok) {
+        PyErr_SetString(PyExc_ValueError, "theta: the reference gate row (beta0[K-1], "
+                                          "beta1[K-1]) must be zero");
+        return -1;
+    }
+    opt->expert = (mt_em_expert)ie;
+    opt->act = (mt_em_act)ia;
+    opt->outer_scale = outer_scale;
+    return 0;
+}
+
+static PyObject *em_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"theta", "X", "y", "K", "expert", "act", "outer_scale", "max_iter",
+                             "tol", "gate_steps", "expert_steps", NULL};
+    PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
+    PyArrayObject *theta = NULL, *X = NULL, *y = NULL, *fitted = NULL, *trace = NULL;
+    PyObject *trace_done = NULL;
+    mt_em_workspace *ws = NULL;
+    Py_ssize_t K;
+    const char *expert = "linear", *act = "sigmoid";
+    int outer_scale = 0, max_iter = 2000, gate_steps = MT_EM_GATE_STEPS;
+    int expert_steps = MT_EM_EXPERT_STEPS;
+    double tol = 1e-6;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOn|sspidii", kwlist, &theta_obj, &X_obj,
+                                     &y_obj, &K, &expert, &act, &outer_scale, &max_iter, &tol,
+                                     &gate_steps, &expert_steps))
+        return NULL;
+    mt_em_options opt;
+    mt_em_options_default(&opt);
+    if (max_iter < 1) {
+        PyErr_Format(PyExc_ValueError, "max_iter must be >= 1, got %d", max_iter);
+        return NULL;
+    }
+    if (!(tol >= 0) || !isfinite(tol)) {
+        PyErr_Format(PyExc_ValueError, "tol must be a finite number >= 0, got %g", tol);
+        return NULL;
+    }
+    if (gate_steps < 0 || expert_steps < 0) {
+        PyErr_Format(PyExc_ValueError, "gate_steps and expert_steps must be >= 0, got %d and %d",
+                     gate_steps, expert_steps);
+        return NULL;
+    }
+    if (em_parse(theta_obj, X_obj, y_obj, K, expert, act, outer_scale, &opt, &theta, &X, &y) < 0)
+        goto done;
+    opt.max_iter = max_iter;
+    opt.tol = tol;
+    opt.gate_steps = gate_steps;
+    opt.expert_steps = expert_steps;
+    opt.interrupt = em_poll_signals;
+    size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1);
+    /* the fit works on a copy: the caller's theta is never written */
+    fitted = (PyArrayObject *)PyArray_NewCopy(theta, NPY_CORDER);
+    npy_intp trs[1] = {(npy_intp)max_iter};
+    trace = (PyArrayObject *)PyArray_SimpleNew(1, trs, NPY_DOUBLE);
+    if (!fitted || !trace) goto done;
+    mt_status st = mt_em_workspace_alloc(&ws, n, d, (size_t)K);
+    if (st != MT_OK) {
+        raise_status(st, "em_fit workspace");
+        goto done;
+    }
+    mt_em_params p;
+    mt_em_params_view(&p, PyArray_DATA(fitted), d, (size_t)K, outer_scale);
+    int n_iter = 0, converged = 0;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_em_fit(&p, PyArray_DATA(trace), &n_iter, &converged, PyArray_DATA(X),
+                   PyArray_DATA(y), n, d, (size_t)K, &opt, ws);
+    Py_END_ALLOW_THREADS
+    if (st != MT_OK) {
+        if (st == MT_EINTERRUPTED && PyErr_Occurred()) goto done; /* the handler's exception */
+        raise_status(st, "em_fit");
+        goto done;
+    }
+    trace_done = PySequence_GetSlice((PyObject *)trace, 0, (Py_ssize_t)n_iter);
+    if (!trace_done) goto done;
+    result = Py_BuildValue("(NNiO)", (PyObject *)fitted,
+                           PyArray_NewCopy((PyArrayObject *)trace_done, NPY_CORDER), n_iter,
+                           converged ? Py_True : Py_False);
+    if (result) fitted = NULL; /* the tuple owns it now */
+done:
+    mt_em_workspace_free(ws);
+    Py_XDECREF(theta);
+    Py_XDECREF(X);
+    Py_XDECREF(y);
+    Py_XDECREF(fitted);
+    Py_XDECREF(trace);
+    Py_XDECREF(trace_done);
+    return result;
+}
+
+static PyObject *em_loglik(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"theta", "X", "y", "K", "expert", "act", "outer_scale", NULL};
+    PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
+    PyArrayObject *theta = NULL, *X = NULL, *y = NULL, *resp = NULL;
+    mt_em_workspace *ws = NULL;
+    Py_ssize_t K;
+    const char *expert = "linear", *act = "sigmoid";
+    int outer_scale = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOn|ssp", kwlist, &theta_obj, &X_obj, &y_obj,
+                                     &K, &expert, &act, &outer_scale))
+        return NULL;
+    mt_em_options opt;
+    mt_em_options_default(&opt);
+    if (em_parse(theta_obj, X_obj, y_obj, K, expert, act, outer_scale, &opt, &theta, &X, &y) < 0)
+        goto done;
+    size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1);
+    npy_intp rs[2] = {(npy_intp)n, (npy_intp)K};
+    resp = (PyArrayObject *)PyArray_SimpleNew(2, rs, NPY_DOUBLE);
+    if (!resp) goto done;
+    mt_status st = mt_em_workspace_alloc(&ws, n, d, (size_t)K);
+    if (st != MT_OK) {
+        raise_status(st, "em_loglik workspace");
+        goto done;
+    }
+    mt_em_params p;
+    mt_em_params_view(&p, PyArray_DATA(theta), d, (size_t)K, outer_scale);
+    double ll = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_em_loglik(&ll, PyArray_DATA(resp), &p, PyArray_DATA(X), PyArray_DATA(y), n, d,
+                      (size_t)K, &opt, ws);
+    Py_END_ALLOW_THREADS
+    if (st != MT_OK) {
+        raise_status(st, "em_loglik");
+        goto done;
+    }
+    result = Py_BuildValue("(dO)", ll, (PyObject *)resp);
+done:
+    mt_em_workspace_free(ws);
+    Py_XDECREF(theta);
+    Py_XDECREF(X);
+    Py_XDECREF(y);
+    Py_XDECREF(resp);
+    return result;
+}
+/* ---- end EM ---- */
+
 /* ---- module functions ---- */
 
 static PyObject *set_num_threads(PyObject *Py_UNUSED(m), PyObject *arg)
@@ -684,6 +1136,13 @@ static PyObject *get_num_threads(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ign
 static PyMethodDef module_methods[] = {
     {"set_num_threads", set_num_threads, METH_O, "Set the number of BLAS threads."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "The number of BLAS threads."},
+    {"em_fit", (PyCFunction)(void (*)(void))em_fit, METH_VARARGS | METH_KEYWORDS,
+     "em_fit(theta, X, y, K, expert='linear', act='sigmoid', outer_scale=False, max_iter=2000, "
+     "tol=1e-6, gate_steps=5, expert_steps=5) -> (theta_fitted, trace (n_iter,), n_iter, "
+     "converged): EM for the softmax-gated Gaussian MoE (csrc/mt_em.h); theta is not modified."},
+    {"em_loglik", (PyCFunction)(void (*)(void))em_loglik, METH_VARARGS | METH_KEYWORDS,
+     "em_loglik(theta, X, y, K, expert='linear', act='sigmoid', outer_scale=False) -> "
+     "(loglik, resp (n, K)): the summed log-likelihood and the responsibilities."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "moetheory._core",
@@ -702,13 +1161,17 @@ static PyObject *names_tuple(const char *const *names, size_t count)
 PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
-    if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&TrainerType) < 0) return NULL;
+    if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&TrainerType) < 0 ||
+        PyType_Ready(&ClusterTaskType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
     Py_INCREF(&LayerType);
     Py_INCREF(&TrainerType);
+    Py_INCREF(&ClusterTaskType);
     if (PyModule_AddObject(m, "Layer", (PyObject *)&LayerType) < 0 ||
         PyModule_AddObject(m, "Trainer", (PyObject *)&TrainerType) < 0 ||
+        PyModule_AddObject(m, "ClusterTask", (PyObject *)&ClusterTaskType) < 0 ||
         PyModule_AddObject(m, "ACTIVATIONS", names_tuple(ACT_NAMES, MT_ACT_COUNT)) < 0 ||
         PyModule_AddObject(m, "GATES", names_tuple(GATE_NAMES, 5)) < 0 ||
         PyModule_AddObject(m, "EXPERTS", names_tuple(EXPERT_NAMES, 2)) < 0) {

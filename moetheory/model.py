@@ -46,6 +46,12 @@ class MoE:
         Output dimension.
     bias : bool
         False removes every bias (router and experts).
+    normalize : bool
+        True uses every weight row that acts on x (router rows, expert first-layer rows) as a
+        direction w / |w| inside the model; gradients pass through the normalisation. (The
+        alternative, projecting rows back to the sphere after each step, is
+        ``train(..., project="sphere")``; the two agree under gradient flow, not under
+        discrete steps.)
     seed : int
         Seed of the initialisation.
 
@@ -66,11 +72,12 @@ class MoE:
 
     def __init__(self, d_in, n_experts, *, expert="ffn", hidden=8, activation="relu",
                  gate="softmax", top_k=None, temperature=1.0, gate_activation=None, groups=None,
-                 d_out=1, bias=True, seed=0):
+                 d_out=1, bias=True, normalize=False, seed=0):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self._config = _config.moe_config(d_in, n_experts, expert, hidden, activation, gate,
-                                          top_k, temperature, gate_activation, groups, d_out, bias)
+                                          top_k, temperature, gate_activation, groups, d_out, bias,
+                                          normalize)
         self._layer = _config.core_layer(self._config)
         self._theta = np.empty(self._layer.n_params)
         self._layer.init_params(self._theta, int(seed))

@@ -72,6 +72,9 @@ class GaussianMixture:
 
 def core_arguments(sampler):
     """Keyword arguments of the C trainer that describe `sampler`."""
+    source = getattr(sampler, "core_source", None)
+    if source is not None:  # a task that draws (X, y) jointly in C (moetheory.tasks)
+        return dict(source=source)
     if not isinstance(sampler, (Gaussian, Uniform, GaussianMixture)):
         raise TypeError("sampler must be a moetheory.samplers.Gaussian, Uniform or "
                         f"GaussianMixture, got {type(sampler).__name__}")

@@ -44,7 +44,8 @@ def _expert_variants():
 
 
 def config_grid():
-    """The full grid: gate variant x expert variant x d_out in {1, 3} x bias."""
+    """The full grid: gate variant x expert variant x d_out in {1, 3} x bias, plus the
+    normalised-direction parametrisation once per gate x expert variant (d_out 3, with bias)."""
     grid = []
     for gv in _gate_variants():
         for ev in _expert_variants():
@@ -52,6 +53,8 @@ def config_grid():
                 for bias in (True, False):
                     grid.append(reference.make_config(D_IN, N_EXPERTS, hidden=HIDDEN,
                                                       d_out=d_out, bias=bias, **gv, **ev))
+            grid.append(reference.make_config(D_IN, N_EXPERTS, hidden=HIDDEN, d_out=3,
+                                              bias=True, normalize=True, **gv, **ev))
     return grid
 
 
@@ -66,6 +69,8 @@ def config_id(config):
     parts.append(config["activation"] if config["expert"] == "ffn" else "linear")
     parts.append(f"o{config['d_out']}")
     parts.append("bias" if config["bias"] else "nobias")
+    if config["normalize"]:
+        parts.append("normalized")
     return "-".join(parts)
 
 

@@ -33,7 +33,11 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid", "identity") + HE
 GATES = ("softmax", "topk", "temperature", "hierarchical", "sigmoid")
 EXPERTS = ("ffn", "linear")
 CONFIG_KEYS = ("d_in", "n_experts", "expert", "hidden", "activation", "gate", "top_k",
-               "temperature", "gate_activation", "groups", "d_out", "bias")
+               "temperature", "gate_activation", "groups", "d_out", "bias", "normalize")
+
+# With normalize=True these blocks' rows (each acting on x) are used as w / |w|.
+DIRECTION_BLOCKS = ("router.weight", "router.outer.weight", "router.inner.weight", "experts.W1",
+                    "experts.W")
 LEAKY_SLOPE = 0.01
 
 
@@ -43,11 +47,12 @@ LEAKY_SLOPE = 0.01
 
 def make_config(d_in, n_experts, *, expert="ffn", hidden=8, activation="relu", gate="softmax",
                 top_k=None, temperature=1.0, gate_activation=None, groups=None, d_out=1,
-                bias=True):
+                bias=True, normalize=False):
     """A full config dict with the same defaults as ``moetheory.MoE`` (seed excluded)."""
     config = dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden,
                   activation=activation, gate=gate, top_k=top_k, temperature=temperature,
-                  gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bias)
+                  gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bias,
+                  normalize=normalize)
     validate_config(config)
     return config
 
@@ -409,16 +414,43 @@ def _as_X(X, config):
     return X
 
 
+def _directions(theta, config):
+    """theta with each direction row divided by its norm when config["normalize"]."""
+    if not config.get("normalize"):
+        return theta
+    theta = np.array(theta, dtype=np.float64)
+    params = unpack(theta, config)
+    for name in DIRECTION_BLOCKS:
+        if name in params:
+            w = params[name]
+            w /= np.linalg.norm(w, axis=-1, keepdims=True)
+    return theta
+
+
+def _fold_directions(grad_eff, theta, config):
+    """Chain rule through u = w / |w|: dL/dw = (dL/du - (dL/du . u) u) / |w|."""
+    if not config.get("normalize"):
+        return grad_eff
+    grad = grad_eff.copy()
+    g, raw = unpack(grad, config), unpack(np.asarray(theta, dtype=np.float64), config)
+    for name in DIRECTION_BLOCKS:
+        if name in g:
+            norm = np.linalg.norm(raw[name], axis=-1, keepdims=True)
+            u = raw[name] / norm
+            g[name][...] = (g[name] - np.sum(g[name] * u, axis=-1, keepdims=True) * u) / norm
+    return grad
+
+
 def gates(theta, X, config):
     """Gate weights g, shape (n, E)."""
-    params = unpack(theta, config)
+    params = unpack(_directions(theta, config), config)
     g, _ = _gate_forward(params, _as_X(X, config), config)
     return g
 
 
 def forward(theta, X, config):
     """f(X) = sum_e g_e(X) h_e(X), shape (n, d_out)."""
-    params = unpack(theta, config)
+    params = unpack(_directions(theta, config), config)
     X = _as_X(X, config)
     g, _ = _gate_forward(params, X, config)
     h, _ = _experts_forward(params, X, config)
@@ -443,6 +475,7 @@ def mse(f, y):
 
 def loss_and_grad(theta, X, y, config):
     """(MSE loss, dL/dtheta) by hand-written backpropagation; grad has theta's layout."""
+    raw_theta, theta = theta, _directions(theta, config)
     params = unpack(theta, config)
     X = _as_X(X, config)
     n, o = X.shape[0], config["d_out"]
@@ -459,7 +492,7 @@ def loss_and_grad(theta, X, y, config):
     dh = g.T[:, :, None] * df[None, :, :]                               # dL/dh, (E, n, o)
     _gate_backward(dg, gcache, params, X, config, grads)
     _experts_backward(dh, hcache, params, X, config, grads)
-    return loss, grad
+    return loss, _fold_directions(grad, raw_theta, config)
 
 
 def finite_difference_grad(f, theta, h=1e-6):

@@ -58,8 +58,21 @@ def _slow_topk(t, k):
     return g
 
 
+def _slow_directions(theta, config):
+    """Row-by-row w / |w| of the direction blocks, with math.sqrt (normalize=True only)."""
+    theta = np.array(theta, dtype=float)
+    if config["normalize"]:
+        P = ref.unpack(theta, config)
+        for name in ref.DIRECTION_BLOCKS:
+            if name in P:
+                rows = P[name].reshape(-1, config["d_in"])
+                for row in rows:
+                    row /= math.sqrt(sum(v * v for v in row))
+    return theta
+
+
 def slow_gates(theta, X, config):
-    P = ref.unpack(theta, config)
+    P = ref.unpack(_slow_directions(theta, config), config)
     E, bias = config["n_experts"], config["bias"]
     out = np.zeros((X.shape[0], E))
     for i, x in enumerate(X):
@@ -94,7 +107,7 @@ def slow_gates(theta, X, config):
 
 
 def slow_forward(theta, X, config):
-    P = ref.unpack(theta, config)
+    P = ref.unpack(_slow_directions(theta, config), config)
     E, o, bias = config["n_experts"], config["d_out"], config["bias"]
     g = slow_gates(theta, X, config)
     out = np.zeros((X.shape[0], o))

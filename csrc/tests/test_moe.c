@@ -92,6 +92,14 @@ int main(void)
     c1.gate = MT_GATE_TOPK;
     c1.top_k = 1;
     check_gradient(c1);
+    /* Normalised directions: the gradient passes through w / |w|. */
+    mt_moe_config cn = base();
+    cn.normalize = 1;
+    check_gradient(cn);
+    cn.gate = MT_GATE_HIERARCHICAL;
+    cn.groups = 2;
+    cn.expert = MT_EXPERT_LINEAR;
+    check_gradient(cn);
 
     /* Top-k ties go to the lowest index, and the gates of the chosen renormalise. */
     double s[6] = {1.0, 3.0, 3.0, 0.5, 3.0, -1.0}, g[6];
