@@ -14,3 +14,6 @@ def register(name, module, paper):
 def get(name):
     module, _ = REPRODUCTIONS[name]
     return importlib.import_module(f"{__name__}.{module}").reproduce
+register("softmax-rates", "softmax_rates", "Paper 002: convergence rates of softmax-gated MoE (least squares and EM)")
+register("latent-clusters", "latent_clusters", "Paper 001: MoE detects latent cluster structure (Kawata et al.)")
+register("soft-routed", "soft_routed", "Paper 000: Guided by the Experts (Liao & Kyrillidis)")

@@ -1,0 +1,634 @@
+"""Estimators for mixtures of experts: least squares on the C loss, and EM for Gaussian MoE.
+
+* :func:`least_squares` minimises the model's mean squared error (the C core's loss and
+  gradient) with ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``, over a chosen subset
+  of the parameters (:func:`free_mask`). This is how the papers' experts without an outer scale,
+  ``sigmoid(a x + b)``, are fitted: an FFN expert with one hidden neuron whose ``experts.W2`` is
+  held at 1 and ``experts.b2`` at 0, and a softmax gate whose reference (last) expert's gate
+  parameters are held at 0.
+* :func:`em` runs the C EM of ``csrc/mt_em.h`` (softmax-gated Gaussian MoE with linear or
+  one-neuron FFN experts, the last expert the gate's reference) through ``moetheory._core``.
+* :func:`draw_regression` draws (X, y) from a truth model plus Gaussian noise.
+
+Both estimators take restarts (``n_init``) and keep the best start (lowest loss, highest
+log-likelihood); both report the trace of the best start and whether it converged.
+"""
+import fnmatch
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from scipy.optimize import minimize
+
+from . import _core
+from .model import MoE
+
+__all__ = ["LeastSquaresResult", "EMResult", "free_mask", "least_squares", "em",
+           "em_loglik", "em_params_size", "em_unpack", "em_pack", "draw_regression"]
+
+
+# --------------------------------------------------------------------------- validation
+
+def _int_at_least(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    return int(value)
+
+
+def _nonneg_real(name, value, positive=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _data(X, y, d=None):
+    """X as (n, d) float64 and y as (n,) float64, finite, with messages naming the argument."""
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.dtype.kind not in "iuf":
+        raise ValueError(f"X must be real numbers, got dtype {X.dtype}")
+    if y.dtype.kind not in "iuf":
+        raise ValueError(f"y must be real numbers, got dtype {y.dtype}")
+    if X.ndim != 2 or X.shape[0] == 0 or (d is not None and X.shape[1] != d):
+        want = f"(n, {d})" if d is not None else "(n, d)"
+        raise ValueError(f"X must have shape {want} with n >= 1, got {X.shape}")
+    n = X.shape[0]
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},) or ({n}, 1) to match X, got {y.shape}")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X must be finite (no NaN or infinity)")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y must be finite (no NaN or infinity)")
+    return X, y
+
+
+# --------------------------------------------------------------------------- free coordinates
+
+_PATTERN = re.compile(r"^(?P<neg>!?)(?P<name>[^\[\]]+)(?:\[(?P<index>-?\d+)\])?$")
+
+
+def free_mask(model, free=None):
+    """Boolean mask over ``model.theta`` of the coordinates an estimator may change.
+
+    Parameters
+    ----------
+    model : MoE
+        The model whose parameter layout is used.
+    free : None, array_like of bool of shape (P,), str, or sequence of str
+        None: every coordinate is free. A boolean mask: used as is (a copy). Patterns: each is a
+        parameter name or an ``fnmatch`` pattern over the names of ``model.params``
+        (``"router.*"``, ``"experts.W1"``), optionally followed by ``[i]`` to select the i-th
+        entry along the first axis only (negative i counts from the end, so
+        ``"router.weight[-1]"`` is the last expert's gate weight row). A pattern starting with
+        ``!`` removes what it selects. Patterns are applied in order, starting from nothing free
+        (or from everything free when the first pattern is a removal).
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (P,)
+        True where the coordinate is free.
+
+    Examples
+    --------
+    The papers' ``sigmoid(a x + b)`` experts under a softmax gate with the last expert as the
+    reference: ``free_mask(model, ["router.*", "experts.W1", "experts.b1",
+    "!router.*[-1]"])``.
+    """
+    P = model.n_params
+    if free is None:
+        return np.ones(P, dtype=bool)
+    if isinstance(free, str):
+        free = [free]
+    if isinstance(free, np.ndarray) or (isinstance(free, (list, tuple)) and free
+                                        and all(isinstance(v, (bool, np.bool_)) for v in free)):
+        mask = np.asarray(free)
+        if mask.dtype != bool or mask.shape != (P,):
+            raise ValueError(f"free must be a boolean mask of shape ({P},) or parameter-name "
+                             f"patterns, got dtype {mask.dtype} and shape {mask.shape}")
+        return mask.copy()
+    try:
+        patterns = list(free)
+    except TypeError:
+        raise ValueError(f"free must be None, a boolean mask of shape ({P},) or a sequence of "
+                         f"parameter-name patterns, got {free!r}") from None
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"free must be None, a boolean mask of shape ({P},) or a non-empty "
+                         f"sequence of parameter-name patterns, got {free!r}")
+    marks = {name: np.zeros(view.shape, dtype=bool) for name, view in model.params.items()}
+    if patterns[0].startswith("!"):
+        for m in marks.values():
+            m[...] = True
+    for pat in patterns:
+        match = _PATTERN.match(pat)
+        if not match:
+            raise ValueError(f"free: bad pattern {pat!r} (expected NAME, NAME[i] or !NAME[i])")
+        names = [n for n in marks if fnmatch.fnmatchcase(n, match["name"])]
+        if not names:
+            raise ValueError(f"free: pattern {pat!r} matches no parameter; the names are "
+                             f"{', '.join(marks)}")
+        value = not match["neg"]
+        for name in names:
+            if match["index"] is None:
+                marks[name][...] = value
+            else:
+                i = int(match["index"])
+                rows = marks[name].shape[0]
+                if not -rows <= i < rows:
+                    raise ValueError(f"free: index {i} in {pat!r} is out of range for {name} "
+                                     f"with {rows} rows")
+                marks[name][i] = value
+    mask = np.zeros(P, dtype=bool)
+    for name, view in model.params.items():
+        # the views are into theta: their offsets locate the block
+        offset = (view.__array_interface__["data"][0] -
+                  model.theta.__array_interface__["data"][0]) // model.theta.itemsize
+        mask[offset:offset + view.size] = marks[name].ravel()
+    return mask
+
+
+# --------------------------------------------------------------------------- least squares
+
+@dataclass
+class LeastSquaresResult:
+    """Result of :func:`least_squares`.
+
+    Attributes
+    ----------
+    model : MoE
+        A new model holding the fitted parameters (the input model is not modified).
+    loss : float
+        Final mean squared error (mean over the n entries).
+    trace : ndarray, shape (n_iter + 1,)
+        Loss at the start and after each L-BFGS-B iteration of the best start.
+    converged : bool
+        True when L-BFGS-B stopped on its gradient or function tolerance (not its iteration
+        cap or a line-search failure).
+    n_iter : int
+        L-BFGS-B iterations of the best start.
+    message : str
+        The optimiser's message for the best start.
+    best_init : int
+        Index of the start kept.
+    losses : ndarray, shape (n_init,)
+        Final loss of every start.
+    """
+
+    model: MoE
+    loss: float
+    trace: np.ndarray
+    converged: bool
+    n_iter: int
+    message: str
+    best_init: int = 0
+    losses: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+
+def _clone(model):
+    copy = MoE(**model.config)
+    copy.theta = model.theta
+    return copy
+
+
+def _start_theta(model, init, r, rng, mask, seed):
+    """The starting theta of start r (see least_squares for the rules)."""
+    base = model.theta.copy()
+    if init is None:
+        if r == 0:
+            return base
+        fresh = MoE(**model.config, seed=seed + r).theta
+        base[mask] = fresh[mask]
+        return base
+    if callable(init):
+        theta = np.asarray(init(rng), dtype=np.float64)
+        what = "init(rng)"
+    else:
+        theta = np.asarray(init, dtype=np.float64)
+        what = "init"
+    if theta.shape != base.shape:
+        raise ValueError(f"{what} must have shape {base.shape} (the model's theta), got "
+                         f"{theta.shape}")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError(f"{what} must be finite")
+    return theta
+
+
+def least_squares(model, X, y, *, free=None, init=None, bounds=None, n_init=1, max_iter=2000,
+                  gtol=1e-10, ftol=1e-15, maxcor=20, seed=0):
+    """Least-squares fit of an MoE by L-BFGS-B on the C core's loss and gradient.
+
+    Minimises L(theta) = mean_i (f(x_i; theta) - y_i)^2 over the free coordinates of theta;
+    the other coordinates keep their starting values exactly.
+
+    Parameters
+    ----------
+    model : MoE
+        Gives the architecture, the values of the fixed coordinates, and (with ``init=None``)
+        the first start. It is not modified.
+    X : array_like, shape (n, d_in)
+    y : array_like, shape (n,) or (n, 1)
+        Targets (d_out = 1), or shape (n, d_out) for a model with several outputs.
+    free : None, bool mask (P,), or patterns
+        Coordinates to optimise: see :func:`free_mask`.
+    init : None, array_like of shape (P,), or callable
+        None: start 0 is ``model.theta``; start r >= 1 replaces the free coordinates by the
+        core's default initialisation with seed ``seed + r``. An array: the start (only with
+        ``n_init=1``). A callable ``init(rng) -> theta (P,)`` is called once per start with a
+        ``numpy.random.Generator`` seeded by ``seed`` (near-truth initialisations, as the papers
+        do, are callables).
+    bounds : None or (low, high), each a float or array_like of shape (P,)
+        Box constraints on theta (applied to the free coordinates; use -inf / inf for none).
+        The theory's parameter space is compact: over-specified fits without a box can send a
+        redundant atom to infinity (a saturated expert under a vanishing gate fitting noise).
+        Every start must lie inside the box.
+    n_init : int, default 1
+        Number of starts; the fit with the lowest final loss is returned.
+    max_iter : int, default 2000
+        L-BFGS-B iteration cap per start.
+    gtol : float, default 1e-10
+        L-BFGS-B projected-gradient tolerance (absolute, on the MSE's gradient).
+    ftol : float, default 1e-15
+        L-BFGS-B relative reduction tolerance. The default is tight because over-specified fits
+        sit in flat valleys where a loose stop leaves optimisation error larger than the
+        statistical error being measured.
+    maxcor : int, default 20
+        L-BFGS memory.
+    seed : int, default 0
+        Seed of the restarts (see ``init``).
+
+    Returns
+    -------
+    LeastSquaresResult
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: bad shapes or non-finite data, a bad ``free`` or ``init``, no free
+        coordinate, or non-positive ``n_init``/``max_iter``/tolerances.
+    """
+    if not isinstance(model, MoE):
+        raise ValueError(f"model must be a moetheory.MoE, got {type(model).__name__}")
+    n_init = _int_at_least("n_init", n_init, 1)
+    max_iter = _int_at_least("max_iter", max_iter, 1)
+    maxcor = _int_at_least("maxcor", maxcor, 1)
+    gtol = _nonneg_real("gtol", gtol)
+    ftol = _nonneg_real("ftol", ftol)
+    seed = _seed(seed)
+    cfg = model.config
+    if cfg["d_out"] == 1:
+        X, y = _data(X, y, cfg["d_in"])
+    else:
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != cfg["d_in"] or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (n, {cfg['d_in']}), got {X.shape}")
+        if y.shape != (X.shape[0], cfg["d_out"]):
+            raise ValueError(f"y must have shape ({X.shape[0]}, {cfg['d_out']}), got {y.shape}")
+    mask = free_mask(model, free)
+    if not mask.any():
+        raise ValueError("free selects no coordinate: nothing to fit")
+    if init is not None and not callable(init) and n_init > 1:
+        raise ValueError("n_init > 1 needs init=None or a callable init(rng) (a fixed array "
+                         "would give the same start every time)")
+    P = model.n_params
+    if bounds is not None:
+        try:
+            low, high = bounds
+            low = np.broadcast_to(np.asarray(low, dtype=np.float64), (P,))
+            high = np.broadcast_to(np.asarray(high, dtype=np.float64), (P,))
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds must be a pair (low, high) of floats or arrays of shape "
+                             f"({P},), got {bounds!r}") from None
+        if np.any(np.isnan(low)) or np.any(np.isnan(high)) or np.any(low > high):
+            raise ValueError("bounds must satisfy low <= high with no NaN")
+        box = list(zip(np.where(np.isfinite(low), low, None)[mask],
+                       np.where(np.isfinite(high), high, None)[mask]))
+    else:
+        box = None
+    rng = np.random.default_rng(seed)
+    work = _clone(model)
+    best = None
+    losses = np.empty(n_init)
+    for r in range(n_init):
+        theta0 = _start_theta(model, init, r, rng, mask, seed)
+        if bounds is not None and np.any((theta0 < low) | (theta0 > high)):
+            raise ValueError(f"start {r} lies outside bounds (init must be inside the box)")
+        work.theta = theta0
+        fixed = theta0.copy()
+        last = {}
+
+        def fun(z):
+            fixed[mask] = z
+            work.theta = fixed
+            loss, grad = work.loss_and_grad(X, y)
+            last["z"], last["loss"] = z.copy(), loss
+            return loss, grad[mask]
+
+        trace = [fun(theta0[mask])[0]]
+
+        def callback(zk):
+            if "z" in last and np.array_equal(zk, last["z"]):
+                trace.append(last["loss"])
+            else:
+                trace.append(fun(zk)[0])
+
+        with np.errstate(over="ignore"):
+            res = minimize(fun, theta0[mask], method="L-BFGS-B", jac=True, callback=callback,
+                           bounds=box,
+                           options=dict(maxiter=max_iter, gtol=gtol, ftol=ftol,
+                                        maxcor=maxcor))
+        fixed[mask] = res.x
+        work.theta = fixed
+        final = float(work.loss_and_grad(X, y)[0])
+        losses[r] = final
+        if best is None or final < best.loss:
+            best = LeastSquaresResult(model=_clone(work), loss=final, trace=np.asarray(trace),
+                                      converged=bool(res.status == 0), n_iter=int(res.nit),
+                                      message=str(res.message), best_init=r)
+    best.losses = losses
+    return best
+
+
+# --------------------------------------------------------------------------- EM
+
+_EM_EXPERTS = ("linear", "ffn")
+_EM_ACTS = ("sigmoid", "tanh")
+
+
+def em_params_size(d, K, outer_scale=False):
+    """Length of the EM's flat parameter vector: K (2 d + 3) (+ K with ``outer_scale``)."""
+    return K * (2 * d + 3) + (K if outer_scale else 0)
+
+
+def em_unpack(theta, d, K, outer_scale=False):
+    """Named views into the EM's flat parameter vector (the layout of ``csrc/mt_em.h``).
+
+    Parameters
+    ----------
+    theta : ndarray, shape (em_params_size(d, K, outer_scale),)
+    d, K : int
+        Input dimension and number of experts.
+    outer_scale : bool
+        FFN experts with an outer scale c.
+
+    Returns
+    -------
+    dict
+        ``beta0`` (K,) gate intercepts, ``beta1`` (K, d) gate slopes (row K-1, the reference,
+        is 0), ``a`` (K, d) expert slopes, ``b`` (K,) expert intercepts, ``c`` (K,) or None,
+        ``sigma2`` (K,) noise variances.
+    """
+    theta = np.asarray(theta)
+    P = em_params_size(d, K, outer_scale)
+    if theta.shape != (P,):
+        raise ValueError(f"theta must have shape ({P},) for d = {d}, K = {K}, got {theta.shape}")
+    out, o = {}, 0
+    for name, size, shape in (("beta0", K, (K,)), ("beta1", K * d, (K, d)),
+                              ("a", K * d, (K, d)), ("b", K, (K,))):
+        out[name] = theta[o:o + size].reshape(shape)
+        o += size
+    out["c"] = theta[o:o + K] if outer_scale else None
+    o += K if outer_scale else 0
+    out["sigma2"] = theta[o:o + K]
+    return out
+
+
+def em_pack(beta0, beta1, a, b, sigma2, c=None):
+    """The flat EM parameter vector of the given pieces (the inverse of :func:`em_unpack`)."""
+    parts = [beta0, beta1, a, b] + ([c] if c is not None else []) + [sigma2]
+    return np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in parts])
+
+
+@dataclass
+class EMResult:
+    """Result of :func:`em`.
+
+    Attributes
+    ----------
+    theta : ndarray, shape (P,)
+        Fitted flat parameters (layout of :func:`em_unpack`).
+    params : dict
+        Named views into ``theta`` (:func:`em_unpack`).
+    loglik : float
+        Log-likelihood (a sum over the n samples) of the fitted parameters.
+    trace : ndarray, shape (n_iter,)
+        Log-likelihood after each EM iteration of the best start.
+    converged : bool
+        The relative change of the log-likelihood fell below ``tol``.
+    n_iter : int
+        EM iterations of the best start.
+    best_init : int
+        Index of the start kept.
+    logliks : ndarray, shape (n_init,)
+        Final log-likelihood of every start.
+    """
+
+    theta: np.ndarray
+    params: dict
+    loglik: float
+    trace: np.ndarray
+    converged: bool
+    n_iter: int
+    best_init: int = 0
+    logliks: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+
+def _em_options(K, expert, act, outer_scale):
+    K = _int_at_least("K", K, 1)
+    if expert not in _EM_EXPERTS:
+        raise ValueError(f"expert must be one of {_EM_EXPERTS}, got {expert!r}")
+    if act not in _EM_ACTS:
+        raise ValueError(f"act must be one of {_EM_ACTS}, got {act!r}")
+    if outer_scale and expert != "ffn":
+        raise ValueError("outer_scale needs expert='ffn'")
+    return K, bool(outer_scale)
+
+
+def _em_theta(theta, d, K, outer_scale, what="init"):
+    theta = np.asarray(theta, dtype=np.float64)
+    P = em_params_size(d, K, outer_scale)
+    if theta.shape != (P,):
+        raise ValueError(f"{what} must have shape ({P},) = (K (2 d + 3)"
+                         f"{' + K' if outer_scale else ''},) for d = {d}, K = {K}, "
+                         f"got {theta.shape}")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError(f"{what} must be finite")
+    p = em_unpack(theta, d, K, outer_scale)
+    if np.any(p["sigma2"] <= 0):
+        raise ValueError(f"{what}: every sigma2 must be > 0, got {p['sigma2']}")
+    if p["beta0"][K - 1] != 0 or np.any(p["beta1"][K - 1] != 0):
+        raise ValueError(f"{what}: the reference gate row (beta0[K-1], beta1[K-1]) must be 0")
+    return theta
+
+
+def em_loglik(theta, X, y, K, *, expert="linear", act="sigmoid", outer_scale=False):
+    """Log-likelihood and responsibilities of the softmax-gated Gaussian MoE (C core).
+
+    Parameters
+    ----------
+    theta : array_like, shape (em_params_size(d, K, outer_scale),)
+    X : array_like, shape (n, d)
+    y : array_like, shape (n,)
+    K : int
+    expert, act, outer_scale
+        As for :func:`em`.
+
+    Returns
+    -------
+    loglik : float
+        sum_i log p(y_i | x_i), with the Gaussian constant.
+    resp : ndarray, shape (n, K)
+        Posterior expert probabilities.
+    """
+    K, outer_scale = _em_options(K, expert, act, outer_scale)
+    X, y = _data(X, y)
+    theta = _em_theta(theta, X.shape[1], K, outer_scale, what="theta")
+    return _core.em_loglik(theta, X, y, K, expert, act, outer_scale)
+
+
+def em(X, y, K, *, init, expert="linear", act="sigmoid", outer_scale=False, n_init=1,
+       max_iter=2000, tol=1e-6, gate_steps=5, expert_steps=5, seed=0):
+    """EM for the softmax-gated Gaussian mixture of experts (the C core's ``mt_em_fit``).
+
+    The model (``csrc/mt_em.h``): p(y | x) = sum_k pi_k(x) N(y; m_k(x), sigma2_k) with
+    pi = softmax(beta0 + beta1 x), the last expert the reference (its gate row is 0), and
+    m_k(x) = a_k^T x + b_k (``"linear"``), act(a_k^T x + b_k) (``"ffn"``) or
+    c_k act(a_k^T x + b_k) (``"ffn"`` with ``outer_scale``).
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    y : array_like, shape (n,)
+    K : int
+        Number of fitted experts (over-specified fits, K larger than the truth's, work).
+    init : array_like of shape (P,), or callable
+        The start (flat, :func:`em_pack`), or ``init(rng) -> theta (P,)`` called once per start
+        with a ``numpy.random.Generator`` seeded by ``seed`` (so each restart draws a fresh
+        near-truth or random initialisation). Required: EM needs a start.
+    expert : {"linear", "ffn"}
+    act : {"sigmoid", "tanh"}
+        FFN activation.
+    outer_scale : bool
+        FFN experts with an outer scale c_k.
+    n_init : int, default 1
+        Number of starts (a callable ``init`` is needed for more than one); the start with the
+        highest final log-likelihood is kept.
+    max_iter : int, default 2000
+        EM iterations at most per start (CRPE-SGaME's 2000).
+    tol : float, default 1e-6
+        Stop when |L_{t+1} - L_t| < tol |L_t| (CRPE-SGaME's 1e-6).
+    gate_steps, expert_steps : int, default 5
+        Newton (IRLS) steps on the gate and Gauss-Newton steps per FFN expert per M-step.
+    seed : int, default 0
+        Seed of the generator passed to a callable ``init``.
+
+    Returns
+    -------
+    EMResult
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: bad shapes, non-finite values, sigma2 <= 0, a non-zero reference
+        gate row, unknown expert/act, bad counts or tolerances.
+    FloatingPointError
+        If a log-likelihood becomes NaN or infinite.
+    """
+    K, outer_scale = _em_options(K, expert, act, outer_scale)
+    n_init = _int_at_least("n_init", n_init, 1)
+    max_iter = _int_at_least("max_iter", max_iter, 1)
+    gate_steps = _int_at_least("gate_steps", gate_steps, 0)
+    expert_steps = _int_at_least("expert_steps", expert_steps, 0)
+    tol = _nonneg_real("tol", tol)
+    seed = _seed(seed)
+    X, y = _data(X, y)
+    d = X.shape[1]
+    if init is None:
+        raise ValueError("init is required: a flat start of shape (K (2 d + 3),) or a callable "
+                         "init(rng)")
+    if not callable(init):
+        init = _em_theta(init, d, K, outer_scale)
+        if n_init > 1:
+            raise ValueError("n_init > 1 needs a callable init(rng) (a fixed array would give "
+                             "the same start every time)")
+    rng = np.random.default_rng(seed)
+    best, logliks = None, np.empty(n_init)
+    for r in range(n_init):
+        theta0 = _em_theta(init(rng), d, K, outer_scale, "init(rng)") if callable(init) else init
+        theta, trace, n_iter, converged = _core.em_fit(
+            theta0, X, y, K, expert, act, outer_scale, max_iter, tol, gate_steps, expert_steps)
+        ll = float(trace[-1])
+        logliks[r] = ll
+        if best is None or ll > best.loglik:
+            best = EMResult(theta=theta, params=em_unpack(theta, d, K, outer_scale), loglik=ll,
+                            trace=trace, converged=bool(converged), n_iter=int(n_iter),
+                            best_init=r)
+    best.logliks = logliks
+    return best
+
+
+# --------------------------------------------------------------------------- data
+
+def draw_regression(truth, n, *, noise_sd, seed=0, low=0.0, high=1.0, design="uniform"):
+    """Regression data from a truth MoE plus Gaussian noise: y = f*(x) + noise_sd * eps.
+
+    Drawn with NumPy's ``default_rng(seed)`` (PCG64), not with the C core's counter-based
+    generator: data for a rate sweep are drawn once per (n, replication) cell, so the generator
+    is not on a hot path, and seeding by the cell keeps each cell reproducible on its own.
+
+    Parameters
+    ----------
+    truth : MoE
+        The regression function f* (d_out = 1).
+    n : int
+        Number of samples, >= 1.
+    noise_sd : float
+        Standard deviation of the Gaussian noise, >= 0.
+    seed : int, default 0
+    low, high : float
+        The input box [low, high]^d (default [0, 1], the papers' X ~ Uniform[0, 1]).
+    design : {"uniform", "linspace"}
+        X ~ Uniform[low, high]^d, or (d = 1 only) an even grid of n points in [low, high].
+
+    Returns
+    -------
+    X : ndarray, shape (n, d)
+    y : ndarray, shape (n,)
+    """
+    if not isinstance(truth, MoE):
+        raise ValueError(f"truth must be a moetheory.MoE, got {type(truth).__name__}")
+    if truth.config["d_out"] != 1:
+        raise ValueError(f"truth must have d_out = 1, got {truth.config['d_out']}")
+    n = _int_at_least("n", n, 1)
+    noise_sd = _nonneg_real("noise_sd", noise_sd)
+    seed = _seed(seed)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"low and high must be finite with low < high, got {low}, {high}")
+    d = truth.config["d_in"]
+    rng = np.random.default_rng(seed)
+    if design == "uniform":
+        X = rng.uniform(low, high, size=(n, d))
+    elif design == "linspace":
+        if d != 1:
+            raise ValueError(f"design='linspace' needs d_in = 1, got {d}")
+        X = np.linspace(low, high, n)[:, None]
+    else:
+        raise ValueError(f"design must be 'uniform' or 'linspace', got {design!r}")
+    y = truth(X)[:, 0] + noise_sd * rng.standard_normal(n)
+    return X, y

@@ -1,0 +1,154 @@
+"""Paper 002 rate claims (moetheory.experiments.softmax_rates), with tolerances fixed from the
+theory before any run.
+
+Default run (quick grid: 6 values of n log-spaced in [1e3, 3e4], seed 0, the truth of the
+module docstring, least squares by L-BFGS-B from near-truth starts):
+
+* exact-specified sigmoid experts (k = 2, 16 replications): D1 slope within 0.1 of -1/2, and
+  the 95% bootstrap CI excludes -1/4 (an n^-1/4 or flat curve fails);
+* over-specified sigmoid experts (k = 3, 8 replications): the mean per-atom parameter error in
+  multi-atom cells has slope within 0.1 of -1/4 (so n^-1/2 and flat curves fail); the D1 slope
+  within 0.1 of -1/2;
+* linear vs sigmoid experts, both over-specified (k = 3), same grid and seeds: the slope of the
+  multi-atom-cell parameter error is flatter for linear experts by at least 0.1. Over-specified
+  because the theory's slow rate for linear experts comes from the PDE coupling
+  d h / d a = x d h / d b between the gate's beta_1 and the expert, which only bites when several
+  fitted atoms share a true atom (an exact fit has single-atom cells and first-order terms, which
+  stay linearly independent);
+* the identifiability check separates the families (sigmoid/tanh/GELU full rank, linear not);
+* the CRPE-SGaME EM exact fit (K = 2, 8 values of n in [1e2, 1e4], 20 replications): D1 slope
+  within 0.1 of -1/2, CI excluding -1/4.
+
+A claim that did not reproduce is marked xfail(strict=True) with the measured numbers; the
+tolerance is left as the theory states it. The full protocol (n from 1e3 to 1e5, 40
+replications; EM 200 values of n up to 1e5) is marked slow.
+"""
+import numpy as np
+import pytest
+
+from moetheory.experiments import softmax_rates as sr
+from moetheory.stats import fit_slope
+
+WORKERS = 2
+
+
+def slope(table, column):
+    ok = np.isfinite(table[column]) & (table[column] > 0)
+    return fit_slope(table["n"][ok], table[column][ok], seed=0)
+
+
+@pytest.fixture(scope="module")
+def exact_ffn():
+    return sr.run(sr.RatesConfig(n_grid=sr.QUICK_GRID, reps=16, k_fit=2), workers=WORKERS)
+
+
+@pytest.fixture(scope="module")
+def over_ffn():
+    return sr.run(sr.RatesConfig(n_grid=sr.QUICK_GRID, reps=8, k_fit=3), workers=WORKERS)
+
+
+@pytest.fixture(scope="module")
+def over_linear():
+    return sr.run(sr.RatesConfig(n_grid=sr.QUICK_GRID, reps=8, k_fit=3, expert="linear"),
+                  workers=WORKERS)
+
+
+def test_run_returns_tidy_table():
+    config = sr.RatesConfig(n_grid=(200, 400), reps=2, k_fit=3, max_iter=50)
+    table = sr.run(config, workers=1)
+    for key in ("n", "rep", "D1", "err_single", "err_multi", "converged", "n_iter"):
+        assert table[key].shape == (4,), key
+    assert sorted(zip(table["n"], table["rep"])) == [(200, 0), (200, 1), (400, 0), (400, 1)]
+    assert np.all(table["D1"] > 0)
+
+
+@pytest.mark.parametrize("field, value", [("gate", "laplace"), ("expert", "poly"),
+                                          ("k_fit", 1), ("reps", 0), ("n_grid", (100,)),
+                                          ("gate_bias", (-4.0, 1.0))])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        sr.RatesConfig(**{field: value}).check()
+
+
+def test_exact_ffn_rate(exact_ffn):
+    fit = slope(exact_ffn, "D1")
+    assert abs(fit.slope + 0.5) <= 0.1, fit
+    assert fit.ci_high < -0.25, fit
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced on the quick grid (seed 0): multi-atom parameter error "
+    "slope -0.44, CI [-0.87, -0.21], r2 0.57; the redundant atom often leaves the true atom "
+    "(mean error ~5 up to n = 1.5e4, ~1 at n = 3e4): pre-asymptotic, see the issue note"))
+def test_over_ffn_multi_atom_rate(over_ffn):
+    fit = slope(over_ffn, "err_multi")
+    assert abs(fit.slope + 0.25) <= 0.1, fit
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced on the quick grid (seed 0): over-specified D1 slope -1.31, CI [-1.81, "
+    "-0.51], r2 0.89: mean D1 dominated by fits whose redundant atom drifted (D1 ~ 1-50 at "
+    "n <= 7.7e3, ~0.15 at n >= 1.5e4)"))
+def test_over_ffn_d1_rate(over_ffn):
+    fit = slope(over_ffn, "D1")
+    assert abs(fit.slope + 0.5) <= 0.1, fit
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced on the quick grid (seed 0): multi-atom parameter error slopes linear -1.74 "
+    "(CI [-1.98, -1.24]) vs sigmoid -0.44 (CI [-0.87, -0.21]); linear is steeper, not "
+    "flatter; both curves are transients (large drifts at small n that stop by n = 1.5e4 "
+    "for linear)"))
+def test_linear_flatter_than_ffn(over_ffn, over_linear):
+    ffn, lin = slope(over_ffn, "err_multi"), slope(over_linear, "err_multi")
+    assert lin.slope - ffn.slope >= 0.1, (lin, ffn)
+
+
+def test_identifiability_separates_families():
+    rows = {r["family"]: r for r in sr.identifiability_table()}
+    for fam in ("ffn-sigmoid", "ffn-tanh", "ffn-gelu"):
+        assert rows[fam]["identifiable"], rows[fam]
+    assert not rows["linear"]["identifiable"], rows["linear"]
+    assert rows["linear"]["rank"] < rows["linear"]["columns"]
+
+
+def test_em_exact_rate():
+    grid = tuple(int(v) for v in np.unique(np.round(np.logspace(2, 4, 8))))
+    table = sr.run_em(sr.EMRatesConfig(k_fit=2, n_grid=grid, reps=20), workers=WORKERS)
+    fit = slope(table, "D1")
+    assert abs(fit.slope + 0.5) <= 0.1, fit
+    assert fit.ci_high < -0.25, fit
+
+
+# ---------------------------------------------------------------- full protocol (slow)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k_fit", [2, 3])
+def test_full_protocol_ffn(k_fit):
+    table = sr.run(sr.RatesConfig(n_grid=sr.FULL_GRID, reps=40, k_fit=k_fit), workers=WORKERS)
+    assert abs(slope(table, "D1").slope + 0.5) <= 0.1
+    if k_fit == 3:
+        assert abs(slope(table, "err_multi").slope + 0.25) <= 0.1
+
+
+@pytest.mark.slow
+def test_full_protocol_linear_flatter():
+    kw = dict(n_grid=sr.FULL_GRID, reps=40, k_fit=3)
+    ffn = slope(sr.run(sr.RatesConfig(**kw), workers=WORKERS), "err_multi")
+    lin = slope(sr.run(sr.RatesConfig(expert="linear", **kw), workers=WORKERS), "err_multi")
+    assert lin.slope - ffn.slope >= 0.1
+
+
+@pytest.mark.slow
+def test_full_protocol_em_exact():
+    fit = slope(sr.run_em(sr.EMRatesConfig(k_fit=2), workers=WORKERS), "D1")
+    assert abs(fit.slope + 0.5) <= 0.1 and fit.ci_high < -0.25
+
+
+@pytest.mark.slow
+def test_reproduce_quick_writes_files(tmp_path):
+    rows = sr.reproduce(str(tmp_path), quick=True, progress=False)
+    for name in ("ls_rates.png", "ls_rates.csv", "em_rates.png", "em_rates.csv",
+                 "identifiability.csv"):
+        assert (tmp_path / name).exists(), name
+    assert any(r["setting"].startswith("ls exact sigmoid") for r in rows)
