@@ -1,0 +1,377 @@
+"""Paper 001 (Kawata, Matsutani, Kinoshita, Nishikawa, Suzuki, arXiv 2506.01656): an MoE detects
+the latent cluster structure of a clustered single-index task; a vanilla network of the same
+width does not, for the same SGD budget.
+
+Task (:class:`moetheory.tasks.ClusteredSingleIndex`): c ~ Uniform{1..C}, x | c ~ N(rho v_c, I_d),
+y = f_c(w_c^T x) + s_c g(w_g^T x) + N(0, zeta^2), with v_c, w_c, w_g orthonormal.
+
+Choices the paper does not give (stated here, in the notebook and in the report)
+---------------------------------------------------------------------------------
+- Links: f_c = g = He_k / sqrt(k!) (so |beta_{c,k}| = |gamma_k| = 1), information exponent k
+  (``link_degree``; 2 by default so the quick run finishes; 3 in the slow runs); global signs
+  s_c = (-1)^c (C even, so sum_c s_c = 0); global term on (``global_scale`` = 1); zeta = 0.
+- rho = 3 (cluster means 3 standard deviations from the origin; clusters are linearly
+  separable by the router with error ~ Phi(-rho / sqrt 2) per pair).
+- MoE: C experts, each a two-layer ReLU network of `hidden` = 8 neurons with output weights
+  and biases; dense softmax router with a linear score (router.weight x + router.bias); the
+  package's default initialisation (docs/model.md). Vanilla: ``MoE(d, 1, hidden=C * hidden)``,
+  i.e. one expert of the same total width (gate identically 1); same activation and init law.
+- SGD (no momentum), batch 64, learning rate ``lr`` = 0.02 * 16 / d (lr proportional to 1/d,
+  the single-index scaling under which online SGD needs ~ d^{k-1} steps, d log d at k = 2).
+- Schedules: "joint" trains everything for sum(stage_steps) steps; "stagewise" trains
+  (1) the experts only (router frozen at its random init) for stage_steps[0], (2) the router only
+  for stage_steps[1], (3) everything for stage_steps[2]. The vanilla network always trains for
+  sum(stage_steps) steps: the same number of SGD steps on the same number of samples.
+- Online: fresh batches drawn in C every step. Finite-sample: ``n_train`` samples drawn once,
+  mini-batches without replacement, epochs as needed.
+
+Measurements
+------------
+- alignment[c]: max over every first-layer neuron of the model (all experts) of
+  |cos(W1 row, w_c)| -- the same statistic for both models. ``expert_alignment`` (C, C): max
+  over the neurons of expert e of |cos(., w_c)|; ``matched_alignment[c]``: that of the expert the
+  router sends cluster c to (best assignment of clusters to experts).
+- router accuracy: fraction of test points whose argmax gate is the expert assigned to their
+  latent cluster, under the assignment of clusters to experts that maximises it (Hungarian
+  algorithm on the confusion matrix); chance is about 1/C.
+- test loss: MSE on 4000 held-out samples (the target includes no noise when zeta = 0).
+- steps to recovery: the first checkpoint at which min_c alignment[c] > 0.9, over a grid of d;
+  the log-log slope of steps on d with a bootstrap CI (moetheory.stats.fit_slope), against the
+  theory's k - 1 (k > 2) or 1 (k = 2, where steps ~ d log d; the fit of steps / log d is also given).
+"""
+import csv
+import os
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .. import stats
+from ..model import MoE
+from ..tasks import ClusteredSingleIndex
+from ..train import train, train_online
+
+RECOVERY = 0.9  # alignment threshold of "recovered"
+
+
+@dataclass
+class Config:
+    """One run of the comparison (see the module docstring for why each default)."""
+    d: int = 16
+    n_clusters: int = 4
+    rho: float = 3.0
+    link_degree: int = 2
+    global_scale: float = 1.0
+    noise: float = 0.0
+    hidden: int = 8
+    activation: str = "relu"
+    batch_size: int = 64
+    lr: float = None                 # None: 0.02 * 16 / d
+    schedule: str = "stagewise"      # or "joint"
+    stage_steps: tuple = (4000, 1000, 3000)
+    n_train: int = None              # None: online; else a fixed training set of this size
+    record_every: int = 250
+    n_test: int = 4000
+    task_seed: int = 0
+    seed: int = 1
+
+    def learning_rate(self):
+        return 0.02 * 16 / self.d if self.lr is None else float(self.lr)
+
+
+def make_task(cfg):
+    k = cfg.link_degree
+    g = np.zeros(k + 1)
+    g[k] = cfg.global_scale
+    s = (-1.0) ** np.arange(cfg.n_clusters)
+    s = s - s.mean()
+    return ClusteredSingleIndex(cfg.d, cfg.n_clusters, cfg.rho, link_degrees=k,
+                                global_coefficients=g if cfg.global_scale else None,
+                                signs=s, noise=cfg.noise, seed=cfg.task_seed)
+
+
+def make_models(cfg):
+    """(moe, vanilla): C experts of `hidden` neurons with a softmax router, and one expert of
+    C * hidden neurons, both initialised from cfg.seed."""
+    moe = MoE(cfg.d, cfg.n_clusters, expert="ffn", hidden=cfg.hidden, activation=cfg.activation,
+              gate="softmax", seed=cfg.seed)
+    vanilla = MoE(cfg.d, 1, expert="ffn", hidden=cfg.n_clusters * cfg.hidden,
+                  activation=cfg.activation, gate="softmax", seed=cfg.seed)
+    return moe, vanilla
+
+
+def expert_alignment(model, directions):
+    """(E, C): max over expert e's first-layer neurons of |cos(neuron, w_c)|."""
+    W1 = model.params["experts.W1"]                       # (E, H, d)
+    norms = np.linalg.norm(W1, axis=-1, keepdims=True)
+    cos = np.abs((W1 / np.where(norms > 0, norms, 1.0)) @ directions.T)   # (E, H, C)
+    return cos.max(axis=1)
+
+
+def router_assignment(model, X, c, n_clusters):
+    """(accuracy, perm) with perm[c] the expert assigned to cluster c (Hungarian on counts)."""
+    top = model.gates(X).argmax(axis=1)
+    E = model.config["n_experts"]
+    counts = np.zeros((n_clusters, E))
+    np.add.at(counts, (c, top), 1.0)
+    rows, cols = linear_sum_assignment(-counts)
+    perm = np.full(n_clusters, -1)
+    perm[rows] = cols
+    return counts[rows, cols].sum() / len(c), perm
+
+
+def _stages(cfg):
+    if cfg.schedule == "joint":
+        return [((), sum(cfg.stage_steps))]
+    if cfg.schedule == "stagewise":
+        s1, s2, s3 = cfg.stage_steps
+        return [(("router.*",), s1), (("experts.*",), s2), ((), s3)]
+    raise ValueError(f"schedule must be 'joint' or 'stagewise', got {cfg.schedule!r}")
+
+
+def _train_piece(model, cfg, task, data, steps, frozen, seed):
+    kw = dict(optimizer="sgd", lr=cfg.learning_rate(), steps=steps, frozen=list(frozen),
+              seed=seed, progress=False)
+    if data is None:
+        return train_online(model, task, batch_size=cfg.batch_size, **kw)
+    return train(model, data[0], data[1], batch_size=cfg.batch_size, **kw)
+
+
+def run(cfg, progress=False):
+    """Train the MoE and the vanilla network on the task of `cfg`; record every
+    cfg.record_every steps.
+
+    Returns
+    -------
+    dict with
+        steps : (R,) steps done at each record (0 first)
+        stage : (R,) stage (1, 2, 3; 0 at step 0) of the MoE at each record
+        alignment_moe, alignment_vanilla : (R, C) max over the model's neurons of |cos(., w_c)|
+        matched_alignment : (R, C) alignment of the expert the router assigns to cluster c
+        router_accuracy : (R,)
+        loss_moe, loss_vanilla : (R,) test MSE
+        expert_alignment : (C, C) final, experts x clusters
+        config : dict
+    """
+    task = make_task(cfg)
+    moe, vanilla = make_models(cfg)
+    Xt, yt, ct = task.draw(cfg.n_test, cfg.seed, stream=1)
+    data = None
+    if cfg.n_train is not None:
+        X, y, _ = task.draw(cfg.n_train, cfg.seed, stream=2)
+        data = (X, y)
+    W = task.directions
+    out = {k: [] for k in ("steps", "stage", "alignment_moe", "alignment_vanilla",
+                           "matched_alignment", "router_accuracy", "loss_moe", "loss_vanilla")}
+
+    def record(step, stage):
+        acc, perm = router_assignment(moe, Xt, ct, cfg.n_clusters)
+        A = expert_alignment(moe, W)
+        out["steps"].append(step)
+        out["stage"].append(stage)
+        out["alignment_moe"].append(A.max(axis=0))
+        out["matched_alignment"].append(A[perm, np.arange(cfg.n_clusters)])
+        out["alignment_vanilla"].append(expert_alignment(vanilla, W)[0])
+        out["router_accuracy"].append(acc)
+        out["loss_moe"].append(np.mean((moe(Xt)[:, 0] - yt) ** 2))
+        out["loss_vanilla"].append(np.mean((vanilla(Xt)[:, 0] - yt) ** 2))
+
+    record(0, 0)
+    step = 0
+    piece = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(cfg.stage_steps), desc=f"latent-clusters d={cfg.d}", leave=False)
+    for stage, (frozen, n_steps) in enumerate(_stages(cfg), start=1 if cfg.schedule == "stagewise" else 3):
+        left = n_steps
+        while left > 0:
+            k = min(cfg.record_every, left)
+            # Both models see the same samples: the same trainer seed draws the same batches.
+            seed = cfg.seed * 1_000_003 + piece
+            _train_piece(moe, cfg, task, data, k, frozen, seed)
+            _train_piece(vanilla, cfg, task, data, k, (), seed)
+            piece += 1
+            step += k
+            left -= k
+            record(step, stage)
+            if bar is not None:
+                bar.update(k)
+    if bar is not None:
+        bar.close()
+    res = {k: np.asarray(v) for k, v in out.items()}
+    res["expert_alignment"] = expert_alignment(moe, W)
+    res["config"] = asdict(cfg)
+    return res
+
+
+def steps_to_recovery(cfg, max_steps, check_every, threshold=RECOVERY):
+    """Online SGD steps until min_c alignment[c] > threshold for the MoE (checked every
+    `check_every` steps), under cfg.schedule with stage 1 lasting until recovery (stagewise:
+    experts only, router frozen; joint: everything). Returns (steps or nan, final min alignment)."""
+    task = make_task(cfg)
+    moe, _ = make_models(cfg)
+    frozen = ("router.*",) if cfg.schedule == "stagewise" else ()
+    step, piece = 0, 0
+    while step < max_steps:
+        _train_piece(moe, cfg, task, None, check_every, frozen, cfg.seed * 1_000_003 + piece)
+        piece += 1
+        step += check_every
+        a = expert_alignment(moe, task.directions).max(axis=0).min()
+        if a > threshold:
+            return float(step), float(a)
+    return float("nan"), float(a)
+
+
+def recovery_sweep(base, ds, seeds, max_steps, check_every, progress=False):
+    """Tidy columns d, seed, steps (nan = not recovered within max_steps), final_alignment."""
+    rows = {"d": [], "seed": [], "steps": [], "final_alignment": []}
+    cells = [(d, s) for d in ds for s in seeds]
+    it = cells
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(cells, desc="steps to recovery", leave=False)
+    for d, s in it:
+        cfg = replace(base, d=int(d), seed=int(s))
+        steps, a = steps_to_recovery(cfg, max_steps(d), check_every(d))
+        rows["d"].append(d)
+        rows["seed"].append(s)
+        rows["steps"].append(steps)
+        rows["final_alignment"].append(a)
+    return {k: np.asarray(v, dtype=float) for k, v in rows.items()}
+
+
+def theory_exponent(k):
+    """Online steps ~ d^{k-1} for information exponent k > 2, d log d for k = 2 (exponent 1)."""
+    return float(max(k - 1, 1))
+
+
+def fit_recovery(sweep):
+    """fit_slope of steps on d over the recovered runs (None when fewer than 2 distinct d)."""
+    ok = np.isfinite(sweep["steps"])
+    if len(np.unique(sweep["d"][ok])) < 2:
+        return None, None
+    d, steps = sweep["d"][ok], sweep["steps"][ok]
+    return stats.fit_slope(d, steps), stats.fit_slope(d, steps / np.log(d))
+
+
+# ---- figures ----
+
+def _plt():
+    from .. import plot
+    return plot._pyplot()
+
+
+def plot_training(res, path):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    s = res["steps"]
+    C = res["alignment_moe"].shape[1]
+    for c in range(C):
+        axes[0].plot(s, res["alignment_moe"][:, c], color=f"C{c}", label=f"MoE, w_{c + 1}")
+        axes[0].plot(s, res["alignment_vanilla"][:, c], color=f"C{c}", ls="--",
+                     label=f"vanilla, w_{c + 1}")
+    d = res["config"]["d"]
+    axes[0].axhline(1 / np.sqrt(d), color="0.5", lw=0.8, ls=":", label="1/sqrt(d)")
+    axes[0].axhline(RECOVERY, color="0.3", lw=0.8)
+    axes[0].set(xlabel="SGD steps", ylabel="max |cos(neuron, w_c)|", title="alignment", ylim=(0, 1.02))
+    axes[0].legend(fontsize=6, ncol=2)
+    axes[1].plot(s, res["loss_moe"], label="MoE")
+    axes[1].plot(s, res["loss_vanilla"], ls="--", label="vanilla")
+    axes[1].set(xlabel="SGD steps", ylabel="test MSE", title="test loss", yscale="log")
+    axes[1].legend(fontsize=7)
+    axes[2].plot(s, res["router_accuracy"], label="router accuracy")
+    axes[2].axhline(1 / C, color="0.5", ls=":", label="chance 1/C")
+    axes[2].set(xlabel="SGD steps", ylabel="accuracy vs latent c", title="router", ylim=(0, 1.02))
+    _stage_lines(axes, res)
+    axes[2].legend(fontsize=7)
+    cfg = res["config"]
+    fig.suptitle(f"d={cfg['d']}, C={cfg['n_clusters']}, k={cfg['link_degree']}, rho={cfg['rho']}, "
+                 f"{cfg['schedule']}, {'online' if cfg['n_train'] is None else 'n=%d' % cfg['n_train']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _stage_lines(axes, res):
+    st = res["stage"]
+    for i in range(1, len(st)):
+        if st[i] != st[i - 1] and st[i - 1] != 0:
+            for ax in axes:
+                ax.axvline(res["steps"][i - 1], color="0.8", lw=0.8)
+
+
+def plot_recovery(sweep, fit, k, path):
+    from .. import plot
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ok = np.isfinite(sweep["steps"])
+    plot.rate_panel(ax, sweep["d"][ok], sweep["steps"][ok], fit=fit, theory_slope=theory_exponent(k),
+                    label="MoE steps to recovery", ylabel="online SGD steps")
+    ax.set_xlabel("d")
+    ax.set_title(f"steps until every w_c has alignment > {RECOVERY} (k={k})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- the reproduction ----
+
+def quick_settings():
+    base = Config()
+    sweep = dict(ds=(10, 14, 20, 28), seeds=(1, 2), max_steps=lambda d: 400 * d,
+                 check_every=lambda d: 10 * d)
+    return base, sweep
+
+
+def full_settings():
+    base = Config(d=32, stage_steps=(20000, 4000, 16000), record_every=1000)
+    sweep = dict(ds=(12, 16, 24, 32, 48, 64), seeds=(1, 2, 3, 4), max_steps=lambda d: 1000 * d,
+                 check_every=lambda d: 10 * d)
+    return base, sweep
+
+
+def reproduce(out_dir, quick=True, progress=True):
+    """Write the figures and a CSV into out_dir; return summary rows (list of dicts)."""
+    os.makedirs(out_dir, exist_ok=True)
+    base, sw = quick_settings() if quick else full_settings()
+    variants = [("stagewise-online", base),
+                ("joint-online", replace(base, schedule="joint")),
+                ("stagewise-finite", replace(base, n_train=base.batch_size * sum(base.stage_steps) // 4))]
+    rows = []
+    for name, cfg in variants:
+        res = run(cfg, progress=progress)
+        plot_training(res, os.path.join(out_dir, f"training_{name}.png"))
+        rows.append(dict(variant=name, d=cfg.d, C=cfg.n_clusters, k=cfg.link_degree,
+                         steps=int(res["steps"][-1]),
+                         moe_min_alignment=float(res["alignment_moe"][-1].min()),
+                         vanilla_min_alignment=float(res["alignment_vanilla"][-1].min()),
+                         moe_matched_min_alignment=float(res["matched_alignment"][-1].min()),
+                         router_accuracy=float(res["router_accuracy"][-1]),
+                         loss_moe=float(res["loss_moe"][-1]),
+                         loss_vanilla=float(res["loss_vanilla"][-1])))
+    sweep = recovery_sweep(base, sw["ds"], sw["seeds"], sw["max_steps"], sw["check_every"],
+                           progress=progress)
+    fit, fit_log = fit_recovery(sweep)
+    with open(os.path.join(out_dir, "recovery.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(sweep))
+        w.writerows(zip(*sweep.values()))
+    if fit is not None:
+        plot_recovery(sweep, fit, base.link_degree, os.path.join(out_dir, "steps_to_recovery.png"))
+    rows.append(dict(variant="steps-to-recovery", k=base.link_degree,
+                     fitted_exponent=fit.slope if fit else float("nan"),
+                     ci_low=fit.ci_low if fit else float("nan"),
+                     ci_high=fit.ci_high if fit else float("nan"),
+                     fitted_exponent_over_log_d=fit_log.slope if fit_log else float("nan"),
+                     theory_exponent=theory_exponent(base.link_degree),
+                     recovered=int(np.isfinite(sweep["steps"]).sum()), runs=len(sweep["steps"])))
+    with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
+        keys = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return rows
