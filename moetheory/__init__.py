@@ -7,10 +7,11 @@ A C core (forward, backward, training loops, estimation) under a NumPy API. See 
 import scipy_openblas32 as _openblas  # noqa: F401
 
 from ._core import get_num_threads, set_num_threads
+from .deep import DeepMoE, count_paths
 from .model import MoE
 
 __version__ = "0.1.0"
-__all__ = ["MoE", "set_num_threads", "get_num_threads"]
+__all__ = ["MoE", "DeepMoE", "count_paths", "set_num_threads", "get_num_threads"]
 
 from . import samplers  # noqa: E402
 from .train import History, train, train_online  # noqa: E402

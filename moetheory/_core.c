@@ -15,6 +15,7 @@
 #include "mt_blas.h"
 #include "mt_moe.h"
 #include "mt_train.h"
+#include "mt_deep.h"
 #include "mt_em.h"
 #include "mt_cluster.h"
 
@@ -598,7 +599,271 @@ static PyTypeObject ClusterTaskType = {
 
 /* ---- end clustered single-index task ---- */
 
-/* ---- the Trainer type: a training loop over one Layer, run in chunks ---- */
+/* ---- the Stack type: a deep MoE, a plain stack of Layers ---- */
+
+typedef struct {
+    PyObject_HEAD
+    mt_deep_config cfg;
+    size_t offsets[MT_DEEP_MAX_LAYERS + 1];
+    mt_moe_layout layout[MT_DEEP_MAX_LAYERS];
+    mt_deep_workspace *ws;
+    int busy;
+} StackObject;
+
+static int Stack_init(StackObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"layers", NULL};
+    PyObject *layers;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &layers)) return -1;
+    PyObject *seq = PySequence_Fast(layers, "layers must be a sequence of moetheory._core.Layer");
+    if (!seq) return -1;
+    Py_ssize_t L = PySequence_Fast_GET_SIZE(seq);
+    int rc = -1;
+    if (L < 1 || L > MT_DEEP_MAX_LAYERS) {
+        PyErr_Format(PyExc_ValueError, "layers must hold 1 to %d layers, got %zd",
+                     MT_DEEP_MAX_LAYERS, L);
+        goto done;
+    }
+    mt_deep_config cfg = {.n_layers = (size_t)L};
+    for (Py_ssize_t l = 0; l < L; l++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, l);
+        if (!PyObject_TypeCheck(item, &LayerType)) {
+            PyErr_Format(PyExc_TypeError, "layers[%zd] must be a moetheory._core.Layer", l);
+            goto done;
+        }
+        cfg.layer[l] = ((LayerObject *)item)->cfg;
+        if (l > 0 && cfg.layer[l].d_in != cfg.layer[l - 1].d_out) {
+            PyErr_Format(PyExc_ValueError,
+                         "layer %zd takes d_in = %zu inputs but layer %zd gives d_out = %zu",
+                         l, cfg.layer[l].d_in, l - 1, cfg.layer[l - 1].d_out);
+            goto done;
+        }
+    }
+    if (mt_deep_config_check(&cfg) != MT_OK) {
+        PyErr_SetString(PyExc_ValueError, "invalid deep MoE configuration");
+        goto done;
+    }
+    mt_deep_workspace_free(self->ws);
+    self->ws = NULL;
+    self->cfg = cfg;
+    mt_deep_offsets(self->offsets, &cfg);
+    for (size_t l = 0; l < cfg.n_layers; l++) mt_moe_layout_of(&self->layout[l], &cfg.layer[l]);
+    rc = 0;
+done:
+    Py_DECREF(seq);
+    return rc;
+}
+
+static void Stack_dealloc(StackObject *self)
+{
+    mt_deep_workspace_free(self->ws);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static size_t stack_params(const StackObject *self) { return self->offsets[self->cfg.n_layers]; }
+static size_t stack_d_in(const StackObject *self) { return self->cfg.layer[0].d_in; }
+static size_t stack_d_out(const StackObject *self)
+{
+    return self->cfg.layer[self->cfg.n_layers - 1].d_out;
+}
+
+static int stack_ensure_workspace(StackObject *self, size_t n)
+{
+    if (self->ws && mt_deep_workspace_capacity(self->ws) >= n) return 0;
+    mt_deep_workspace *ws = NULL;
+    mt_status st = mt_deep_workspace_alloc(&ws, &self->cfg, n);
+    if (st != MT_OK) {
+        raise_status(st, "workspace");
+        return -1;
+    }
+    mt_deep_workspace_free(self->ws);
+    self->ws = ws;
+    return 0;
+}
+
+static int stack_acquire(StackObject *self)
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this model is in use by another thread; give each thread its own model");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
+static PyObject *Stack_layout(StackObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    for (size_t l = 0; l < self->cfg.n_layers; l++) {
+        const mt_moe_layout *lay = &self->layout[l];
+        for (size_t i = 0; i < lay->n_blocks; i++) {
+            const mt_param_block *b = &lay->block[i];
+            PyObject *shape = PyTuple_New((Py_ssize_t)b->ndim);
+            if (!shape) goto fail;
+            for (size_t j = 0; j < b->ndim; j++)
+                PyTuple_SET_ITEM(shape, (Py_ssize_t)j, PyLong_FromSize_t(b->shape[j]));
+            PyObject *item = Py_BuildValue("(s#nN)", "", (Py_ssize_t)0,
+                                           (Py_ssize_t)(self->offsets[l] + b->offset), shape);
+            PyObject *name = PyUnicode_FromFormat("layers.%zu.%s", l, b->name);
+            if (!item || !name) {
+                Py_XDECREF(item);
+                Py_XDECREF(name);
+                goto fail;
+            }
+            PyTuple_SetItem(item, 0, name); /* steals name, replaces the placeholder */
+            int rc = PyList_Append(list, item);
+            Py_DECREF(item);
+            if (rc < 0) goto fail;
+        }
+    }
+    return list;
+fail:
+    Py_DECREF(list);
+    return NULL;
+}
+
+static PyObject *Stack_init_params(StackObject *self, PyObject *args)
+{
+    PyArrayObject *theta;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "O!K", &PyArray_Type, &theta, &seed)) return NULL;
+    if (PyArray_TYPE(theta) != NPY_DOUBLE || PyArray_NDIM(theta) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS(theta) || !PyArray_ISWRITEABLE(theta) ||
+        (size_t)PyArray_DIM(theta, 0) != stack_params(self)) {
+        PyErr_Format(PyExc_ValueError, "theta must be a writable float64 vector of length %zu",
+                     stack_params(self));
+        return NULL;
+    }
+    double *p = PyArray_DATA(theta);
+    for (size_t l = 0; l < self->cfg.n_layers; l++) {
+        /* Layer l draws from stream l of the seed, so layers are independent. */
+        mt_status st = mt_moe_init(p + self->offsets[l], &self->cfg.layer[l], seed, l);
+        if (st != MT_OK) return raise_status(st, "init");
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stack_forward(StackObject *self, PyObject *args)
+{
+    PyObject *theta_obj, *X_obj, *result = NULL, *gate_list = NULL;
+    PyArrayObject *X = NULL, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O!O", &PyArray_Type, &theta_obj, &X_obj)) return NULL;
+    PyArrayObject *theta = (PyArrayObject *)theta_obj;
+    if (check_theta(theta, stack_params(self)) < 0) return NULL;
+    char text[64];
+    x_shape_error_text(text, sizeof text, stack_d_in(self));
+    npy_intp xs[2] = {-1, (npy_intp)stack_d_in(self)};
+    X = as_float_array(X_obj, "X", 2, xs, text);
+    if (!X) goto done;
+    size_t n = (size_t)PyArray_DIM(X, 0);
+    npy_intp os[2] = {(npy_intp)n, (npy_intp)stack_d_out(self)};
+    out = (PyArrayObject *)PyArray_SimpleNew(2, os, NPY_DOUBLE);
+    gate_list = PyList_New((Py_ssize_t)self->cfg.n_layers);
+    if (!out || !gate_list) goto done;
+    double *gate_ptrs[MT_DEEP_MAX_LAYERS];
+    for (size_t l = 0; l < self->cfg.n_layers; l++) {
+        npy_intp gs[2] = {(npy_intp)n, (npy_intp)self->cfg.layer[l].n_experts};
+        PyObject *g = PyArray_SimpleNew(2, gs, NPY_DOUBLE);
+        if (!g) goto done;
+        PyList_SET_ITEM(gate_list, (Py_ssize_t)l, g);
+        gate_ptrs[l] = PyArray_DATA((PyArrayObject *)g);
+    }
+    if (stack_ensure_workspace(self, n) < 0 || stack_acquire(self) < 0) goto done;
+    mt_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_deep_forward(PyArray_DATA(out), gate_ptrs, PyArray_DATA(theta), PyArray_DATA(X), n,
+                         &self->cfg, self->ws);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (st != MT_OK) {
+        raise_status(st, "forward");
+        goto done;
+    }
+    result = PyTuple_Pack(2, (PyObject *)out, gate_list);
+done:
+    Py_XDECREF(X);
+    Py_XDECREF(out);
+    Py_XDECREF(gate_list);
+    return result;
+}
+
+static PyObject *Stack_loss_and_grad(StackObject *self, PyObject *args)
+{
+    PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
+    PyArrayObject *X = NULL, *y = NULL, *grad = NULL;
+    if (!PyArg_ParseTuple(args, "O!OO", &PyArray_Type, &theta_obj, &X_obj, &y_obj)) return NULL;
+    PyArrayObject *theta = (PyArrayObject *)theta_obj;
+    if (check_theta(theta, stack_params(self)) < 0) return NULL;
+    char text[64];
+    x_shape_error_text(text, sizeof text, stack_d_in(self));
+    npy_intp xs[2] = {-1, (npy_intp)stack_d_in(self)};
+    X = as_float_array(X_obj, "X", 2, xs, text);
+    if (!X) goto done;
+    size_t n = (size_t)PyArray_DIM(X, 0), d_out = stack_d_out(self);
+    npy_intp ys[2] = {(npy_intp)n, (npy_intp)d_out};
+    char ytext[80];
+    if (d_out == 1) snprintf(ytext, sizeof ytext, "(%zu,) or (%zu, 1)", n, n);
+    else snprintf(ytext, sizeof ytext, "(%zu, %zu)", n, d_out);
+    y = as_float_array(y_obj, "y", target_ndim(y_obj, d_out), ys, ytext);
+    if (!y) goto done;
+    npy_intp gs[1] = {(npy_intp)stack_params(self)};
+    grad = (PyArrayObject *)PyArray_SimpleNew(1, gs, NPY_DOUBLE);
+    if (!grad || stack_ensure_workspace(self, n) < 0 || stack_acquire(self) < 0) goto done;
+    double loss = 0.0;
+    mt_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_deep_mse_loss_and_grad(&loss, PyArray_DATA(grad), PyArray_DATA(theta), PyArray_DATA(X),
+                                   PyArray_DATA(y), n, &self->cfg, self->ws);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (st != MT_OK) {
+        raise_status(st, "loss_and_grad");
+        goto done;
+    }
+    result = Py_BuildValue("(dO)", loss, (PyObject *)grad);
+done:
+    Py_XDECREF(X);
+    Py_XDECREF(y);
+    Py_XDECREF(grad);
+    return result;
+}
+
+static PyObject *Stack_get_n_params(StackObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(stack_params(self));
+}
+
+static PyMethodDef Stack_methods[] = {
+    {"layout", (PyCFunction)Stack_layout, METH_NOARGS,
+     "layout() -> list of (name, offset, shape), names prefixed 'layers.<l>.'."},
+    {"init_params", (PyCFunction)Stack_init_params, METH_VARARGS,
+     "init_params(theta, seed): each layer initialised from stream l of the seed."},
+    {"forward", (PyCFunction)Stack_forward, METH_VARARGS,
+     "forward(theta, X) -> (out (n, d_out), [gates of each layer (n, E_l)])."},
+    {"loss_and_grad", (PyCFunction)Stack_loss_and_grad, METH_VARARGS,
+     "loss_and_grad(theta, X, y) -> (mse, grad (P,))."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Stack_getset[] = {
+    {"n_params", (getter)Stack_get_n_params, NULL, "number of parameters P", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject StackType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "moetheory._core.Stack",
+    .tp_basicsize = sizeof(StackObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A deep MoE of the C core: a plain stack of Layers with one flat theta.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Stack_init,
+    .tp_dealloc = (destructor)Stack_dealloc,
+    .tp_methods = Stack_methods,
+    .tp_getset = Stack_getset,
+};
+
+/* ---- the Trainer type: a training loop over a Layer or a Stack, run in chunks ---- */
 
 typedef struct {
     PyObject_HEAD
@@ -607,7 +872,9 @@ typedef struct {
     PyArrayObject *theta, *teacher_theta; /* strong references; theta is updated in place */
     PyArrayObject *X, *y, *centres, *weights, *lr_scale; /* kept alive for the C loop */
     PyObject *source; /* a ClusterTask drawing the online data, or NULL; strong reference */
+    StackObject *stack;                   /* strong reference when training a deep stack */
     mt_moe_model_ctx ctx, teacher_ctx;
+    mt_deep_model_ctx deep_ctx;
     mt_model model, teacher_model;
     size_t batch;
 } TrainerObject;
@@ -616,6 +883,7 @@ static void Trainer_dealloc(TrainerObject *self)
 {
     mt_trainer_free(self->trainer);
     Py_XDECREF(self->layer);
+    Py_XDECREF(self->stack);
     Py_XDECREF(self->teacher);
     Py_XDECREF(self->theta);
     Py_XDECREF(self->teacher_theta);
@@ -650,15 +918,32 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
     double eps = 1e-8, wd = 0.0, gamma = 1.0, lr_min = 0.0, t0 = 1.0;
     Py_ssize_t batch = 0, step_size = 1, total_steps = 1;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!|OOOOidOOdnOKpiddddddpindnddO", kwlist,
-                                     &LayerType, &layer, &PyArray_Type, &theta, &X, &y, &teacher,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|OOOOidOOdnOKpiddddddpindnddO", kwlist,
+                                     &layer, &PyArray_Type, &theta, &X, &y, &teacher,
                                      &teacher_theta, &input, &scale, &centres, &weights, &noise_sd,
                                      &batch, &lr_scale, &seed, &project, &kind, &lr, &momentum,
                                      &beta1, &beta2, &eps, &wd, &decoupled, &schedule, &step_size,
                                      &gamma, &total_steps, &lr_min, &t0, &source))
         return -1;
-    LayerObject *L = (LayerObject *)layer;
-    if (check_theta((PyArrayObject *)theta, L->layout.n_params) < 0) return -1;
+    LayerObject *L = NULL;
+    StackObject *K = NULL;
+    size_t d_in = 0, d_out = 0, P = 0;
+    if (PyObject_TypeCheck(layer, &LayerType)) {
+        L = (LayerObject *)layer;
+        d_in = L->cfg.d_in;
+        d_out = L->cfg.d_out;
+        P = L->layout.n_params;
+    } else if (PyObject_TypeCheck(layer, &StackType)) {
+        K = (StackObject *)layer;
+        d_in = stack_d_in(K);
+        d_out = stack_d_out(K);
+        P = stack_params(K);
+    } else {
+        PyErr_Format(PyExc_TypeError, "layer must be a moetheory._core.Layer or Stack, got %s",
+                     Py_TYPE(layer)->tp_name);
+        return -1;
+    }
+    if (check_theta((PyArrayObject *)theta, P) < 0) return -1;
     if (!PyArray_ISWRITEABLE((PyArrayObject *)theta)) {
         PyErr_SetString(PyExc_ValueError, "theta must be writable");
         return -1;
@@ -683,10 +968,10 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
             PyErr_SetString(PyExc_ValueError, "give either source, or teacher, or X and y");
             return -1;
         }
-        if (S->src.d_in != L->cfg.d_in || S->src.d_out != L->cfg.d_out) {
+        if (S->src.d_in != d_in || S->src.d_out != d_out) {
             PyErr_Format(PyExc_ValueError,
                          "source must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
-                         L->cfg.d_in, L->cfg.d_out, S->src.d_in, S->src.d_out);
+                         d_in, d_out, S->src.d_in, S->src.d_out);
             return -1;
         }
         if (batch < 1) {
@@ -707,10 +992,10 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         if (!PyArray_Check(teacher_theta) ||
             check_theta((PyArrayObject *)teacher_theta, T->layout.n_params) < 0)
             return -1;
-        if (T->cfg.d_in != L->cfg.d_in || T->cfg.d_out != L->cfg.d_out) {
+        if (T->cfg.d_in != d_in || T->cfg.d_out != d_out) {
             PyErr_Format(PyExc_ValueError,
                          "teacher must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
-                         L->cfg.d_in, L->cfg.d_out, T->cfg.d_in, T->cfg.d_out);
+                         d_in, d_out, T->cfg.d_in, T->cfg.d_out);
             return -1;
         }
         if (batch < 1) {
@@ -718,8 +1003,8 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
             return -1;
         }
         if (input == MT_INPUT_MIXTURE) {
-            npy_intp cs[2] = {-1, (npy_intp)L->cfg.d_in};
-            snprintf(text, sizeof text, "(C, %zu)", L->cfg.d_in);
+            npy_intp cs[2] = {-1, (npy_intp)d_in};
+            snprintf(text, sizeof text, "(C, %zu)", d_in);
             self->centres = optional_array(centres, "centres", 2, cs, text);
             if (!self->centres) {
                 if (!PyErr_Occurred())
@@ -747,14 +1032,14 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         data.teacher = &self->teacher_model;
         data.teacher_theta = PyArray_DATA(self->teacher_theta);
     } else {
-        npy_intp xs[2] = {-1, (npy_intp)L->cfg.d_in};
-        snprintf(text, sizeof text, "(n, %zu)", L->cfg.d_in);
+        npy_intp xs[2] = {-1, (npy_intp)d_in};
+        snprintf(text, sizeof text, "(n, %zu)", d_in);
         self->X = as_float_array(X, "X", 2, xs, text);
         if (!self->X) return -1;
         npy_intp n = PyArray_DIM(self->X, 0);
-        npy_intp ys[2] = {n, (npy_intp)L->cfg.d_out};
-        int y_ndim = target_ndim(y, L->cfg.d_out);
-        snprintf(text, sizeof text, "(%zd, %zu)", (Py_ssize_t)n, L->cfg.d_out);
+        npy_intp ys[2] = {n, (npy_intp)d_out};
+        int y_ndim = target_ndim(y, d_out);
+        snprintf(text, sizeof text, "(%zd, %zu)", (Py_ssize_t)n, d_out);
         self->y = as_float_array(y, "y", y_ndim, ys, text);
         if (!self->y) return -1;
         if ((size_t)batch > (size_t)n) {
@@ -767,18 +1052,28 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         data.n = (size_t)n;
     }
     if (lr_scale != Py_None) {
-        npy_intp ps[1] = {(npy_intp)L->layout.n_params};
-        snprintf(text, sizeof text, "(%zu,)", L->layout.n_params);
+        npy_intp ps[1] = {(npy_intp)P};
+        snprintf(text, sizeof text, "(%zu,)", P);
         self->lr_scale = as_float_array(lr_scale, "lr_scale", 1, ps, text);
         if (!self->lr_scale) return -1;
     }
+    if (K && project) {
+        PyErr_SetString(PyExc_ValueError, "project='sphere' is not available for deep stacks");
+        return -1;
+    }
     Py_INCREF(layer);
-    self->layer = L;
     Py_INCREF(theta);
     self->theta = (PyArrayObject *)theta;
-    self->ctx.cfg = L->cfg;
-    self->ctx.project_sphere = project;
-    mt_moe_as_model(&self->model, &self->ctx);
+    if (L) {
+        self->layer = L;
+        self->ctx.cfg = L->cfg;
+        self->ctx.project_sphere = project;
+        mt_moe_as_model(&self->model, &self->ctx);
+    } else {
+        self->stack = K;
+        self->deep_ctx.cfg = K->cfg;
+        mt_deep_as_model(&self->model, &self->deep_ctx);
+    }
     self->batch = batch ? (size_t)batch : data.n;
     mt_opt_config opt = {.kind = (mt_opt_kind)kind, .lr = lr, .momentum = momentum,
                          .beta1 = beta1, .beta2 = beta2, .eps = eps, .weight_decay = wd,
@@ -823,27 +1118,34 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "steps must be >= 0");
         return NULL;
     }
-    if (check_theta(self->theta, self->layer->layout.n_params) < 0) return NULL;
+    size_t P = self->layer ? self->layer->layout.n_params : stack_params(self->stack);
+    if (check_theta(self->theta, P) < 0) return NULL;
     npy_intp ls[1] = {steps};
     PyArrayObject *losses = (PyArrayObject *)PyArray_SimpleNew(1, ls, NPY_DOUBLE);
     if (!losses) return NULL;
-    if (ensure_workspace(self->layer, self->batch) < 0 ||
-        (self->teacher && ensure_workspace(self->teacher, self->batch) < 0)) {
+    int ok = self->layer ? ensure_workspace(self->layer, self->batch) == 0
+                         : stack_ensure_workspace(self->stack, self->batch) == 0;
+    if (!ok || (self->teacher && ensure_workspace(self->teacher, self->batch) < 0)) {
         Py_DECREF(losses);
         return NULL;
     }
-    if (acquire(self->layer) < 0) {
+    if ((self->layer ? acquire(self->layer) : stack_acquire(self->stack)) < 0) {
         Py_DECREF(losses);
         return NULL;
     }
+    int *busy = self->layer ? &self->layer->busy : &self->stack->busy;
     if (self->teacher && self->teacher != self->layer && acquire(self->teacher) < 0) {
-        self->layer->busy = 0;
+        *busy = 0;
         Py_DECREF(losses);
         return NULL;
     }
-    /* The layers' workspaces may have been replaced by calls since the last chunk. */
-    self->ctx.ws = self->layer->ws;
-    self->ctx.cfg.temperature = self->layer->cfg.temperature;
+    /* The workspaces may have been replaced by calls since the last chunk. */
+    if (self->layer) {
+        self->ctx.ws = self->layer->ws;
+        self->ctx.cfg.temperature = self->layer->cfg.temperature;
+    } else {
+        self->deep_ctx.ws = self->stack->ws;
+    }
     if (self->teacher) self->teacher_ctx.ws = self->teacher->ws;
     chunk_budget budget;
     clock_gettime(CLOCK_MONOTONIC, &budget.deadline);
@@ -859,7 +1161,7 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
     st = mt_trainer_run(self->trainer, PyArray_DATA(self->theta), PyArray_DATA(losses),
                         (size_t)steps, &done, seconds > 0 ? budget_spent : NULL, &budget);
     Py_END_ALLOW_THREADS
-    self->layer->busy = 0;
+    *busy = 0;
     if (self->teacher) self->teacher->busy = 0;
     if (st != MT_OK && st != MT_EINTERRUPTED) {
         Py_DECREF(losses);
@@ -1162,6 +1464,7 @@ PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
     if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&TrainerType) < 0 ||
+        PyType_Ready(&StackType) < 0 ||
         PyType_Ready(&ClusterTaskType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
@@ -1169,7 +1472,9 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&LayerType);
     Py_INCREF(&TrainerType);
     Py_INCREF(&ClusterTaskType);
+    Py_INCREF(&StackType);
     if (PyModule_AddObject(m, "Layer", (PyObject *)&LayerType) < 0 ||
+        PyModule_AddObject(m, "Stack", (PyObject *)&StackType) < 0 ||
         PyModule_AddObject(m, "Trainer", (PyObject *)&TrainerType) < 0 ||
         PyModule_AddObject(m, "ClusterTask", (PyObject *)&ClusterTaskType) < 0 ||
         PyModule_AddObject(m, "ACTIVATIONS", names_tuple(ACT_NAMES, MT_ACT_COUNT)) < 0 ||

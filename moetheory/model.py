@@ -8,11 +8,132 @@ import numpy as np
 
 from . import _config
 
-_FORMAT = "moetheory.MoE"
 _VERSION = 1
 
 
-class MoE:
+class FlatModel:
+    """What every moetheory model shares: one contiguous float64 parameter vector `theta` over
+    a C-core object (`_layer`), named views into it, the MSE loss and gradient, and saving.
+
+    Subclasses set ``_layer`` (an object with ``n_params``, ``layout()``, ``init_params``,
+    ``forward`` and ``loss_and_grad``), ``_config`` and ``_FORMAT``, then call
+    ``_setup_parameters(seed)``."""
+
+    _FORMAT = None
+
+    @classmethod
+    def _from_config(cls, config):
+        """A fresh model of the saved configuration (its parameters are then loaded)."""
+        return cls(**config)
+
+    def _setup_parameters(self, seed):
+        self._theta = np.empty(self._layer.n_params)
+        self._layer.init_params(self._theta, int(seed))
+        self._params = {}
+        for name, offset, shape in self._layer.layout():
+            size = int(np.prod(shape))
+            self._params[name] = self._theta[offset:offset + size].reshape(shape)
+
+    # ---- parameters ----
+    @property
+    def theta(self):
+        return self._theta
+
+    @theta.setter
+    def theta(self, value):
+        value = np.asarray(value)
+        if value.shape != self._theta.shape:
+            raise ValueError(f"theta must have shape {self._theta.shape}, got {value.shape}")
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"theta must be real numbers, got dtype {value.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError("theta must be finite (no NaN or infinity)")
+        self._theta[...] = value
+
+    @property
+    def params(self):
+        return self._params
+
+    @property
+    def config(self):
+        return json.loads(json.dumps(self._config))  # a deep copy the caller may change
+
+    @property
+    def n_params(self):
+        return self._theta.size
+
+    def __call__(self, X):
+        """Model output for inputs X of shape (n, d_in); returns (n, d_out)."""
+        return self._layer.forward(self._theta, X)[0]
+
+    def loss_and_grad(self, X, y, loss="mse"):
+        """Loss and its gradient with respect to theta.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_in)
+        y : array_like, shape (n, d_out), or (n,) when d_out == 1
+        loss : {"mse"}
+            Mean over all n * d_out entries of (f(x) - y)^2.
+
+        Returns
+        -------
+        loss : float
+        grad : ndarray, shape (P,), the layout of `theta`
+        """
+        if loss != "mse":
+            raise ValueError(f"loss must be 'mse', got {loss!r}")
+        return self._layer.loss_and_grad(self._theta, X, y)
+
+    # ---- persistence ----
+    def save(self, path):
+        """Write the model to `path` (.npz: ``theta``, ``config`` as JSON, format and version).
+
+        The file is written to a temporary name and renamed, so a failed save leaves no
+        half-written file."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, theta=self._theta, config=np.array(json.dumps(self._config)),
+                         format=np.array(self._FORMAT), version=np.array(_VERSION))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by `save`; a damaged file raises ValueError."""
+        # The file is opened here, not by np.load, so it is closed even when the archive is
+        # damaged and np.load fails halfway.
+        with open(os.fspath(path), "rb") as handle:
+            try:
+                with np.load(handle, allow_pickle=False) as f:
+                    fmt, version = str(f["format"]), int(f["version"])
+                    config = json.loads(str(f["config"]))
+                    theta = np.array(f["theta"])
+            except Exception as exc:
+                raise ValueError(f"{path} is not a readable moetheory model file: {exc}") from None
+        if fmt != cls._FORMAT or version != _VERSION:
+            raise ValueError(f"{path}: format {fmt!r} version {version} is not {cls._FORMAT!r} "
+                             f"version {_VERSION}")
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: config must be a JSON object")
+        try:
+            model = cls._from_config(config)
+        except TypeError as exc:
+            raise ValueError(f"{path}: bad config: {exc}") from None
+        if theta.dtype != np.float64 or theta.shape != model.theta.shape:
+            raise ValueError(f"{path}: theta must be float64 of shape {model.theta.shape}, "
+                             f"got {theta.dtype} {theta.shape}")
+        model.theta = theta
+        return model
+
+
+class MoE(FlatModel):
     """A Mixture-of-Experts layer f(x) = sum_e g_e(x) h_e(x).
 
     The exact conventions (gates, experts, parameter order, initialisation) are in
@@ -79,40 +200,9 @@ class MoE:
                                           top_k, temperature, gate_activation, groups, d_out, bias,
                                           normalize)
         self._layer = _config.core_layer(self._config)
-        self._theta = np.empty(self._layer.n_params)
-        self._layer.init_params(self._theta, int(seed))
-        self._params = {}
-        for name, offset, shape in self._layer.layout():
-            size = int(np.prod(shape))
-            self._params[name] = self._theta[offset:offset + size].reshape(shape)
+        self._setup_parameters(seed)
 
-    # ---- parameters ----
-    @property
-    def theta(self):
-        return self._theta
-
-    @theta.setter
-    def theta(self, value):
-        value = np.asarray(value)
-        if value.shape != self._theta.shape:
-            raise ValueError(f"theta must have shape {self._theta.shape}, got {value.shape}")
-        if value.dtype.kind not in "iuf":
-            raise TypeError(f"theta must be real numbers, got dtype {value.dtype}")
-        if not np.all(np.isfinite(value)):
-            raise ValueError("theta must be finite (no NaN or infinity)")
-        self._theta[...] = value
-
-    @property
-    def params(self):
-        return self._params
-
-    @property
-    def config(self):
-        return dict(self._config)
-
-    @property
-    def n_params(self):
-        return self._theta.size
+    _FORMAT = "moetheory.MoE"
 
     @property
     def temperature(self):
@@ -123,80 +213,9 @@ class MoE:
         self._layer.set_temperature(value)
         self._config["temperature"] = float(value)
 
-    # ---- computation ----
-    def __call__(self, X):
-        """Model output for inputs X of shape (n, d_in); returns (n, d_out)."""
-        return self._layer.forward(self._theta, X)[0]
-
     def gates(self, X):
         """Gate weights g(x) for inputs X of shape (n, d_in); returns (n, E)."""
         return self._layer.forward(self._theta, X)[1]
-
-    def loss_and_grad(self, X, y, loss="mse"):
-        """Loss and its gradient with respect to theta.
-
-        Parameters
-        ----------
-        X : array_like, shape (n, d_in)
-        y : array_like, shape (n, d_out), or (n,) when d_out == 1
-        loss : {"mse"}
-            Mean over all n * d_out entries of (f(x) - y)^2.
-
-        Returns
-        -------
-        loss : float
-        grad : ndarray, shape (P,), the layout of `theta`
-        """
-        if loss != "mse":
-            raise ValueError(f"loss must be 'mse', got {loss!r}")
-        return self._layer.loss_and_grad(self._theta, X, y)
-
-    # ---- persistence ----
-    def save(self, path):
-        """Write the model to `path` (.npz: ``theta``, ``config`` as JSON, format and version).
-
-        The file is written to a temporary name and renamed, so a failed save leaves no
-        half-written file."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, theta=self._theta, config=np.array(json.dumps(self._config)),
-                         format=np.array(_FORMAT), version=np.array(_VERSION))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-    @classmethod
-    def load(cls, path):
-        """Read a model written by `save`; a damaged file raises ValueError."""
-        # The file is opened here, not by np.load, so it is closed even when the archive is
-        # damaged and np.load fails halfway.
-        with open(os.fspath(path), "rb") as handle:
-            try:
-                with np.load(handle, allow_pickle=False) as f:
-                    fmt, version = str(f["format"]), int(f["version"])
-                    config = json.loads(str(f["config"]))
-                    theta = np.array(f["theta"])
-            except Exception as exc:
-                raise ValueError(f"{path} is not a readable moetheory model file: {exc}") from None
-        if fmt != _FORMAT or version != _VERSION:
-            raise ValueError(f"{path}: format {fmt!r} version {version} is not {_FORMAT!r} "
-                             f"version {_VERSION}")
-        if not isinstance(config, dict):
-            raise ValueError(f"{path}: config must be a JSON object")
-        try:
-            model = cls(**config)
-        except TypeError as exc:
-            raise ValueError(f"{path}: bad config: {exc}") from None
-        if theta.dtype != np.float64 or theta.shape != model.theta.shape:
-            raise ValueError(f"{path}: theta must be float64 of shape {model.theta.shape}, "
-                             f"got {theta.dtype} {theta.shape}")
-        model.theta = theta
-        return model
 
     def __repr__(self):
         c = self._config

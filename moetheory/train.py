@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core, samplers
-from .model import MoE
+from .model import FlatModel
 
 _OPTIMIZERS = {"sgd": (0, False), "gd": (0, False), "momentum": (1, False),
                "nesterov": (2, False), "adam": (3, False), "adamw": (3, True)}
@@ -171,7 +171,7 @@ def train(model, X, y, *, optimizer="adam", lr=1e-3, steps=1000, batch_size=None
 
     Parameters
     ----------
-    model : MoE
+    model : MoE or DeepMoE
     X : array_like, shape (n, d_in)
     y : array_like, shape (n, d_out), or (n,) when d_out == 1
     optimizer : {"adam", "adamw", "sgd", "gd", "momentum", "nesterov"}
@@ -225,8 +225,8 @@ def train(model, X, y, *, optimizer="adam", lr=1e-3, steps=1000, batch_size=None
     FloatingPointError
         When a loss or gradient stops being finite (the model keeps the last finite step).
     """
-    if not isinstance(model, MoE):
-        raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
+    if not isinstance(model, FlatModel):
+        raise TypeError(f"model must be a moetheory.MoE or DeepMoE, got {type(model).__name__}")
     if loss != "mse":
         raise ValueError(f"loss must be 'mse', got {loss!r}")
     steps = _check_steps(steps)
@@ -254,8 +254,8 @@ def train_online(model, sampler, *, batch_size, steps, optimizer="sgd", lr=1e-2,
     -------
     History
     """
-    if not isinstance(model, MoE):
-        raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
+    if not isinstance(model, FlatModel):
+        raise TypeError(f"model must be a moetheory.MoE or DeepMoE, got {type(model).__name__}")
     if loss != "mse":
         raise ValueError(f"loss must be 'mse', got {loss!r}")
     steps = _check_steps(steps)
