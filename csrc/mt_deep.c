@@ -136,6 +136,7 @@ mt_status mt_deep_mse_loss_and_grad(double *loss, double *grad, const double *th
     const double *f = ws->out[c->n_layers - 1];
     size_t len = n * c->layer[c->n_layers - 1].d_out;
     *loss = mt_loss_mse_forward(f, y, len);
+    for (size_t l = 0; l < c->n_layers; l++) *loss += mt_moe_aux_loss(&c->layer[l], ws->layer[l], n);
     mt_loss_mse_backward(ws->df, f, y, len);
     memset(grad, 0, off[c->n_layers] * sizeof *grad);
     return mt_deep_backward(grad, NULL, ws->df, theta, X, n, c, ws);

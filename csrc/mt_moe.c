@@ -18,6 +18,9 @@ mt_status mt_moe_config_check(const mt_moe_config *c)
     if ((int)c->activation < 0 || c->activation >= MT_ACT_COUNT) return MT_EINVAL;
     if ((int)c->gate_activation < 0 || c->gate_activation >= MT_ACT_COUNT) return MT_EINVAL;
     if (!(c->temperature > 0) || !isfinite(c->temperature)) return MT_EINVAL;
+    if (!(c->aux_switch >= 0) || !isfinite(c->aux_switch) || !(c->aux_z >= 0) ||
+        !isfinite(c->aux_z))
+        return MT_EINVAL;
     switch (c->gate) {
     case MT_GATE_SOFTMAX:
     case MT_GATE_SIGMOID:
@@ -218,6 +221,76 @@ static void affine_backward(double *grad, double *dX, const double *dS, const do
     if (dX) mt_gemm(0, 0, n, d, r, 1.0, dS, theta + w, 1.0, dX);
 }
 
+
+/* Top-1 share f_e of each expert (ties to the lowest index): f: (E,) */
+static void top1_share(double *f, const double *g, size_t n, size_t E)
+{
+    for (size_t e = 0; e < E; e++) f[e] = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double *gi = g + i * E;
+        size_t best = 0;
+        for (size_t e = 1; e < E; e++)
+            if (gi[e] > gi[best]) best = e;
+        f[best] += 1.0 / (double)n;
+    }
+}
+
+static double row_logsumexp(const double *s, size_t E)
+{
+    double mx = s[0], sum = 0.0;
+    for (size_t e = 1; e < E; e++) mx = s[e] > mx ? s[e] : mx;
+    for (size_t e = 0; e < E; e++) sum += exp(s[e] - mx);
+    return mx + log(sum);
+}
+
+double mt_moe_aux_loss(const mt_moe_config *c, const mt_moe_workspace *ws, size_t n)
+{
+    const size_t E = c->n_experts;
+    double loss = 0.0;
+    if (c->aux_switch > 0) {
+        double f[E > 0 ? E : 1];
+        top1_share(f, ws->g, n, E);
+        double acc = 0.0;
+        for (size_t e = 0; e < E; e++) {
+            double P = 0.0;
+            for (size_t i = 0; i < n; i++) P += ws->g[i * E + e];
+            acc += f[e] * P / (double)n;
+        }
+        loss += c->aux_switch * (double)E * acc;
+    }
+    if (c->aux_z > 0) {
+        double acc = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double l = row_logsumexp(ws->s + i * E, E);
+            acc += l * l;
+        }
+        loss += c->aux_z * acc / (double)n;
+    }
+    return loss;
+}
+
+/* dg += d(Switch loss) / d g = aux_switch * E * f_e / n (the shares f_e held constant). */
+static void switch_backward(double *dg, const mt_moe_config *c, const double *g, size_t n)
+{
+    const size_t E = c->n_experts;
+    double f[E > 0 ? E : 1];
+    top1_share(f, g, n, E);
+    for (size_t i = 0; i < n; i++)
+        for (size_t e = 0; e < E; e++) dg[i * E + e] += c->aux_switch * (double)E * f[e] / (double)n;
+}
+
+/* ds += d(z-loss) / d s = aux_z * 2 lse_i softmax(s_i) / n. */
+static void z_backward(double *ds, const mt_moe_config *c, const double *s, size_t n)
+{
+    const size_t E = c->n_experts;
+    for (size_t i = 0; i < n; i++) {
+        const double *si = s + i * E;
+        double lse = row_logsumexp(si, E);
+        for (size_t e = 0; e < E; e++)
+            ds[i * E + e] += c->aux_z * 2.0 * lse * exp(si[e] - lse) / (double)n;
+    }
+}
+
 static mt_status check_call(const mt_moe_config *c, const mt_moe_workspace *ws, size_t n)
 {
     if (!ws || n < 1 || n > ws->n_max) return MT_EINVAL;
@@ -413,6 +486,8 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
         }
     }
 
+    if (c->aux_switch > 0) switch_backward(ws->dg, c, ws->g, n);
+
     /* Experts. */
     if (c->expert == MT_EXPERT_FFN) {
         const size_t EH = E * H;
@@ -455,6 +530,7 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
         mt_gate_sigmoid_backward(ws->ds, ws->dg, ws->g, n, E);
         break;
     }
+    if (c->aux_z > 0) z_backward(ws->ds, c, ws->s, n);
     affine_backward(grad, dX, ws->ds, X, theta, off.rw, off.rb, n, d, E);
     return MT_OK;
 }
@@ -468,7 +544,7 @@ mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *the
     mt_moe_layout L;
     mt_moe_layout_of(&L, c);
     size_t len = n * c->d_out;
-    *loss = mt_loss_mse_forward(ws->f, y, len);
+    *loss = mt_loss_mse_forward(ws->f, y, len) + mt_moe_aux_loss(c, ws, n);
     mt_loss_mse_backward(ws->df, ws->f, y, len);
     memset(grad, 0, L.n_params * sizeof *grad);
     return mt_moe_backward(grad, NULL, ws->df, theta, X, n, c, ws);

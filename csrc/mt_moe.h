@@ -31,6 +31,11 @@ typedef struct {
     int bias;              /* 0 removes every bias from theta */
     int normalize;         /* 1: every weight row acting on x (router rows, expert first-layer
                               rows) is used as w / |w|; gradients pass through the normalisation */
+    /* Auxiliary router losses added to the training loss (0 = off):
+     * aux_switch * E * sum_e f_e P_e (Switch Transformer; f_e the share of rows whose largest
+     * gate is e, held constant; P_e the mean gate of e) and aux_z * mean_i logsumexp(s_i)^2
+     * (router z-loss on the raw scores s; the inner scores for the hierarchical gate). */
+    double aux_switch, aux_z;
 } mt_moe_config;
 
 /* Returns MT_EINVAL for any inconsistent field; the binding turns that into a message. */
@@ -77,8 +82,12 @@ mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const do
                           const double *X, size_t n, const mt_moe_config *cfg,
                           mt_moe_workspace *ws);
 
-/* loss: mean squared error of the forward against y: (n, d_out); grad: (P,) overwritten with
- * d loss / d theta. */
+/* The auxiliary router losses of the last forward (0 when both coefficients are 0). Their
+ * gradients are added by mt_moe_backward. */
+double mt_moe_aux_loss(const mt_moe_config *cfg, const mt_moe_workspace *ws, size_t n);
+
+/* loss: mean squared error of the forward against y: (n, d_out), plus the auxiliary losses;
+ * grad: (P,) overwritten with d loss / d theta. */
 mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *theta,
                                    const double *X, const double *y, size_t n,
                                    const mt_moe_config *cfg, mt_moe_workspace *ws);

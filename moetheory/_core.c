@@ -262,6 +262,20 @@ static PyObject *Layer_init_params(LayerObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *Layer_set_aux(LayerObject *self, PyObject *args)
+{
+    double sw, z;
+    if (!PyArg_ParseTuple(args, "dd", &sw, &z)) return NULL;
+    if (!(sw >= 0) || !isfinite(sw) || !(z >= 0) || !isfinite(z)) {
+        PyErr_Format(PyExc_ValueError,
+                     "aux_switch and aux_z must be finite numbers >= 0, got %g and %g", sw, z);
+        return NULL;
+    }
+    self->cfg.aux_switch = sw;
+    self->cfg.aux_z = z;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Layer_set_temperature(LayerObject *self, PyObject *arg)
 {
     double t = PyFloat_AsDouble(arg);
@@ -370,6 +384,8 @@ static PyMethodDef Layer_methods[] = {
      "layout() -> list of (name, offset, shape) of the blocks of theta, in order."},
     {"init_params", (PyCFunction)Layer_init_params, METH_VARARGS,
      "init_params(theta, seed, stream=0): fill theta with the documented initialisation."},
+    {"set_aux", (PyCFunction)Layer_set_aux, METH_VARARGS,
+     "set_aux(switch, z): coefficients of the auxiliary router losses (0 = off)."},
     {"set_temperature", (PyCFunction)Layer_set_temperature, METH_O,
      "set_temperature(t): the temperature gate's temperature, t > 0."},
     {"forward", (PyCFunction)Layer_forward, METH_VARARGS,

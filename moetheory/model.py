@@ -1,4 +1,5 @@
 """The Mixture-of-Experts model: a flat parameter vector over the C core's layer."""
+import contextlib
 import json
 import numbers
 import os
@@ -216,6 +217,42 @@ class MoE(FlatModel):
     def gates(self, X):
         """Gate weights g(x) for inputs X of shape (n, d_in); returns (n, E)."""
         return self._layer.forward(self._theta, X)[1]
+
+    def loss_and_grad(self, X, y, loss="mse", *, aux_switch=0.0, aux_z=0.0):
+        """Loss and its gradient with respect to theta, optionally with the auxiliary router
+        losses of `moetheory.diagnostics`.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_in)
+        y : array_like, shape (n, d_out), or (n,) when d_out == 1
+        loss : {"mse"}
+            Mean over all n * d_out entries of (f(x) - y)^2.
+        aux_switch : float
+            Adds aux_switch * E * sum_e f_e P_e, the Switch Transformer load-balancing loss
+            (f_e the share of rows whose largest gate is e, held constant; P_e the mean gate).
+        aux_z : float
+            Adds aux_z * mean_i logsumexp(s_i)^2, the router z-loss of the raw scores s (the
+            inner scores for the hierarchical gate).
+
+        Returns
+        -------
+        loss : float
+        grad : ndarray, shape (P,), the layout of `theta`
+        """
+        if loss != "mse":
+            raise ValueError(f"loss must be 'mse', got {loss!r}")
+        with self._aux_losses(aux_switch, aux_z):
+            return self._layer.loss_and_grad(self._theta, X, y)
+
+    @contextlib.contextmanager
+    def _aux_losses(self, aux_switch, aux_z):
+        """The layer computes the auxiliary losses inside this block only."""
+        self._layer.set_aux(float(aux_switch), float(aux_z))
+        try:
+            yield
+        finally:
+            self._layer.set_aux(0.0, 0.0)
 
     def __repr__(self):
         c = self._config

@@ -4,6 +4,7 @@ The loop runs in chunks of at most `chunk_seconds` of wall time inside one C cal
 released; between chunks the progress bar moves, snapshots are taken, the callback runs and
 Ctrl-C is honoured. Chunking never changes the result: the optimizer and RNG state live in C.
 """
+import contextlib
 import fnmatch
 import signal
 import threading
@@ -166,7 +167,8 @@ def _history(losses, record_steps, snaps, start, interrupted):
 def train(model, X, y, *, optimizer="adam", lr=1e-3, steps=1000, batch_size=None, loss="mse",
           momentum=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule="constant",
           schedule_options=None, lr_groups=None, frozen=(), project=None, record_every=None,
-          record=(), seed=0, progress=True, callback=None, chunk_seconds=0.05):
+          record=(), seed=0, progress=True, callback=None, chunk_seconds=0.05, aux_switch=0.0,
+          aux_z=0.0):
     """Train `model` in place on fixed data, the whole loop in C.
 
     Parameters
@@ -212,6 +214,9 @@ def train(model, X, y, *, optimizer="adam", lr=1e-3, steps=1000, batch_size=None
         ``callback(steps_done, chunk_losses)`` after each chunk; returning False stops the run.
     chunk_seconds : float
         Wall time of one C chunk between progress updates.
+    aux_switch, aux_z : float
+        Coefficients of the auxiliary router losses added to the training loss (MoE only; see
+        `MoE.loss_and_grad`). The recorded losses include them.
 
     Returns
     -------
@@ -234,9 +239,11 @@ def train(model, X, y, *, optimizer="adam", lr=1e-3, steps=1000, batch_size=None
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     opt = _optimizer_args(optimizer, lr, momentum, betas, eps, weight_decay, schedule, steps,
                           schedule_options)
-    trainer = _core.Trainer(model._layer, model.theta, X=X, y=y, batch_size=int(batch_size or 0),
-                            lr_scale=_lr_scale(model, lr_groups, frozen), seed=_check_seed(seed),
-                            project=_check_project(project), **opt)
+    with _aux(model, aux_switch, aux_z):
+        trainer = _core.Trainer(model._layer, model.theta, X=X, y=y,
+                                batch_size=int(batch_size or 0),
+                                lr_scale=_lr_scale(model, lr_groups, frozen),
+                                seed=_check_seed(seed), project=_check_project(project), **opt)
     return _run(model, trainer, steps, record_every, record, progress, callback, chunk_seconds,
                 "train")
 
@@ -245,7 +252,7 @@ def train_online(model, sampler, *, batch_size, steps, optimizer="sgd", lr=1e-2,
                  momentum=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  schedule="constant", schedule_options=None, lr_groups=None, frozen=(),
                  project=None, record_every=None, record=(), seed=0, progress=True,
-                 callback=None, chunk_seconds=0.05):
+                 callback=None, chunk_seconds=0.05, aux_switch=0.0, aux_z=0.0):
     """Online training: every step draws a fresh batch in C from `sampler` (inputs) and its
     teacher (targets plus noise). Arguments as in `train`; `sampler` is one of
     `moetheory.samplers.Gaussian`, `Uniform` or `GaussianMixture`.
@@ -266,12 +273,23 @@ def train_online(model, sampler, *, batch_size, steps, optimizer="sgd", lr=1e-2,
                          f"got {sampler.d}")
     opt = _optimizer_args(optimizer, lr, momentum, betas, eps, weight_decay, schedule, steps,
                           schedule_options)
-    trainer = _core.Trainer(model._layer, model.theta, batch_size=int(batch_size),
-                            lr_scale=_lr_scale(model, lr_groups, frozen), seed=_check_seed(seed),
-                            project=_check_project(project), **samplers.core_arguments(sampler),
-                            **opt)
+    with _aux(model, aux_switch, aux_z):
+        trainer = _core.Trainer(model._layer, model.theta, batch_size=int(batch_size),
+                                lr_scale=_lr_scale(model, lr_groups, frozen),
+                                seed=_check_seed(seed), project=_check_project(project),
+                                **samplers.core_arguments(sampler), **opt)
     return _run(model, trainer, steps, record_every, record, progress, callback, chunk_seconds,
                 "train_online")
+
+
+def _aux(model, aux_switch, aux_z):
+    """The trainer copies the layer's configuration when it is made, so the auxiliary losses
+    are set on the layer only while the trainer is created."""
+    if aux_switch == 0 and aux_z == 0:
+        return contextlib.nullcontext()
+    if not hasattr(model, "_aux_losses"):
+        raise ValueError("aux_switch and aux_z apply to moetheory.MoE models only")
+    return model._aux_losses(aux_switch, aux_z)
 
 
 def _check_steps(steps):

@@ -31,3 +31,51 @@ def test_switch_loss_is_one_at_perfect_balance():
 def test_routing_rejects_non_models():
     with pytest.raises(TypeError, match="model"):
         diagnostics.routing("not a model", np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("gate, kw", [("softmax", {}), ("topk", {"top_k": 2}),
+                                      ("temperature", {"temperature": 0.7}),
+                                      ("hierarchical", {"groups": 2}), ("sigmoid", {})])
+def test_auxiliary_losses_value_and_gradient(gate, kw):
+    """The C auxiliary losses equal the NumPy functions of moetheory.diagnostics, and their
+    gradients equal central differences (away from top-1 ties: shares are piecewise constant)."""
+    rng = np.random.default_rng(3)
+    model = mt.MoE(3, 4, hidden=3, activation="tanh", gate=gate, seed=1, **kw)
+    model.theta[:] = rng.normal(size=model.n_params)
+    X, y = rng.normal(size=(9, 3)), rng.normal(size=9)
+    mse, _ = model.loss_and_grad(X, y)
+    loss, grad = model.loss_and_grad(X, y, aux_switch=0.3, aux_z=0.05)
+    p = model.params
+    w, b = (p["router.inner.weight"], p["router.inner.bias"]) if gate == "hierarchical" else \
+        (p["router.weight"], p["router.bias"])
+    expected = mse + 0.3 * diagnostics.switch_loss(model.gates(X)) + \
+        0.05 * diagnostics.z_loss(X @ w.T + b)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    theta = model.theta.copy()
+    fd = np.empty_like(theta)
+    for i in range(theta.size):
+        for sign in (1, -1):
+            model.theta[:] = theta
+            model.theta[i] += sign * 1e-6
+            value = model.loss_and_grad(X, y, aux_switch=0.3, aux_z=0.05)[0]
+            fd[i] = value if sign == 1 else (fd[i] - value) / 2e-6
+    model.theta[:] = theta
+    np.testing.assert_allclose(grad, fd, rtol=0, atol=1e-6 * np.abs(grad).max())
+    # the coefficients are switched off again after the call
+    assert model.loss_and_grad(X, y)[0] == mse
+
+
+def test_switch_loss_training_term_balances_the_router():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(512, 3))
+    y = np.zeros(512)
+    loads = []
+    for coef in (0.0, 1.0):
+        model = mt.MoE(3, 4, hidden=2, seed=2)
+        model.params["router.bias"][...] = [3.0, 0.0, 0.0, 0.0]  # start collapsed on expert 0
+        mt.train(model, X, y, optimizer="adam", lr=0.05, steps=300, aux_switch=coef,
+                 progress=False)
+        loads.append(diagnostics.routing(model, X).top1_share.max())
+    assert loads[1] < loads[0]
+    with pytest.raises(ValueError, match="aux_switch"):
+        mt.MoE(3, 2).loss_and_grad(X, y, aux_switch=-1.0)
