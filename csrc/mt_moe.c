@@ -131,7 +131,9 @@ struct mt_moe_workspace {
     double *g;       /* (n, E) gates */
     int *idx;        /* (n, k) top-k choices */
     double *z;       /* (n, E*H) ffn pre-activations; reused as their gradient in backward */
-    double *a;       /* (n, H) one expert's activations, recomputed rather than stored for all */
+    double *a;       /* (n, E*H) all activations when they fit MT_KEEP_ACTIVATIONS, else (n, H):
+                        one expert's, recomputed in backward rather than stored for all */
+    int keep_all;    /* a holds every expert's activations */
     double *o;       /* (n, E*d_out) expert outputs */
     double *f;       /* (n, d_out) layer output */
     double *df;      /* (n, d_out) */
@@ -144,17 +146,29 @@ struct mt_moe_workspace {
     void *block;
 };
 
+/* Activations of all experts are kept between forward and backward up to this many doubles
+ * (16 MiB); above it one expert's are recomputed at a time, so memory stays near one set of
+ * pre-activations for large problems (BENCH.md's W3 memory target). */
+#define MT_KEEP_ACTIVATIONS ((size_t)1 << 21)
+
+/* Second layers with at most this many outputs are applied by direct loops: with one or a few
+ * outputs each expert's product is a matrix-vector product, where a BLAS call costs more in
+ * set-up than in arithmetic (measured with callgrind on the W1 workload). */
+#define MT_SMALL_OUTPUT 4
+
 mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c, size_t n_max)
 {
     *out = NULL;
     if (mt_moe_config_check(c) != MT_OK || n_max < 1) return MT_EINVAL;
     size_t E = c->n_experts, G = c->gate == MT_GATE_HIERARCHICAL ? c->groups : 0;
     size_t H = c->expert == MT_EXPERT_FFN ? c->hidden : 0, o = c->d_out, k = c->top_k;
+    int keep_all = n_max * E * H <= MT_KEEP_ACTIVATIONS;
+    size_t a_width = keep_all ? E * H : H;
     mt_moe_layout L;
     mt_moe_layout_of(&L, c);
     size_t P = c->normalize ? L.n_params : 0;
     size_t doubles = 2 * P + n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
-                              E * H /*z*/ + H /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
+                              E * H /*z*/ + a_width /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
                               E /*ds*/ + G /*du*/ + E * o /*dO*/);
     mt_moe_workspace *ws = calloc(1, sizeof *ws);
     if (!ws) return MT_ENOMEM;
@@ -166,7 +180,7 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     double *p = ws->block;
 #define CARVE(field, count) do { ws->field = p; p += n_max * (count); } while (0)
     CARVE(s, E); CARVE(t, E); CARVE(u, G); CARVE(outer, G); CARVE(inner, E); CARVE(g, E);
-    CARVE(z, E * H); CARVE(a, H); CARVE(o, E * o); CARVE(f, o); CARVE(df, o); CARVE(dg, E);
+    CARVE(z, E * H); CARVE(a, a_width); CARVE(o, E * o); CARVE(f, o); CARVE(df, o); CARVE(dg, E);
     CARVE(ds, E); CARVE(du, G); CARVE(dO, E * o);
 #undef CARVE
     ws->theta_eff = P ? p : NULL;
@@ -174,6 +188,7 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     p += 2 * P;
     ws->idx = (int *)p;
     ws->n_max = n_max;
+    ws->keep_all = keep_all;
     ws->cfg = *c;
     *out = ws;
     return MT_OK;
@@ -288,6 +303,44 @@ static void z_backward(double *ds, const mt_moe_config *c, const double *s, size
         double lse = row_logsumexp(si, E);
         for (size_t e = 0; e < E; e++)
             ds[i * E + e] += c->aux_z * 2.0 * lse * exp(si[e] - lse) / (double)n;
+    }
+}
+
+
+/* Second layer with few outputs, by direct loops. out (n, O) with row stride ldo += a (n, H)
+ * (row stride lda) times w2^T, w2 (O, H). restrict: the buffers never overlap, which lets the
+ * compiler keep w2 in registers and vectorise over h. */
+static void small_second_layer_forward(double *restrict out, size_t ldo, const double *restrict a,
+                                       size_t lda, const double *restrict w2, size_t n, size_t O,
+                                       size_t H)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double *restrict ai = a + i * lda;
+        for (size_t j = 0; j < O; j++) {
+            const double *restrict wj = w2 + j * H;
+            double acc = 0.0;
+            for (size_t h = 0; h < H; h++) acc += wj[h] * ai[h];
+            out[i * ldo + j] += acc;
+        }
+    }
+}
+
+/* gw2 (O, H) += dO^T a; then a (n, H, row stride lda) is overwritten by dO w2, the gradient
+ * with respect to the activations. dO: (n, O) with row stride ldo. */
+static void small_second_layer_backward(double *restrict gw2, double *restrict a, size_t lda,
+                                        const double *restrict dO, size_t ldo,
+                                        const double *restrict w2, size_t n, size_t O, size_t H)
+{
+    for (size_t i = 0; i < n; i++) {
+        double *restrict ai = a + i * lda;
+        const double *restrict di = dO + i * ldo;
+        for (size_t j = 0; j < O; j++) {
+            double *restrict gj = gw2 + j * H;
+            for (size_t h = 0; h < H; h++) gj[h] += di[j] * ai[h];
+        }
+        for (size_t h = 0; h < H; h++) ai[h] = di[0] * w2[h];
+        for (size_t j = 1; j < O; j++)
+            for (size_t h = 0; h < H; h++) ai[h] += di[j] * w2[j * H + h];
     }
 }
 
@@ -439,12 +492,19 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
         const size_t EH = E * H;
         /* All experts' first layers in one product: W1 viewed as (E*H, d). */
         affine(ws->z, X, theta, off.W1, off.b1, n, d, EH);
+        if (ws->keep_all) mt_act_forward(ws->a, ws->z, n * EH, c->activation);
+        const size_t lda = ws->keep_all ? EH : H;
         for (size_t e = 0; e < E; e++) {
-            mt_act_forward_2d(ws->a, H, ws->z + e * H, EH, n, H, c->activation);
+            const double *ae = ws->keep_all ? ws->a + e * H : ws->a;
+            if (!ws->keep_all) mt_act_forward_2d(ws->a, H, ws->z + e * H, EH, n, H, c->activation);
             double *oe = ws->o + e * O;
+            const double *w2 = theta + off.W2 + e * O * H;
             fill_rows(oe, EO, off.b2 == SIZE_MAX ? NULL : theta + off.b2 + e * O, n, O);
-            mt_gemm_strided(0, 1, n, O, H, 1.0, ws->a, H, theta + off.W2 + e * O * H, H, 1.0, oe,
-                            EO);
+            if (O <= MT_SMALL_OUTPUT) {
+                small_second_layer_forward(oe, EO, ae, lda, w2, n, O, H);
+            } else {
+                mt_gemm_strided(0, 1, n, O, H, 1.0, ae, lda, w2, H, 1.0, oe, EO);
+            }
         }
     } else {
         affine(ws->o, X, theta, off.W1, off.b1, n, d, EO);
@@ -490,17 +550,26 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
 
     /* Experts. */
     if (c->expert == MT_EXPERT_FFN) {
-        const size_t EH = E * H;
+        const size_t EH = E * H, lda = ws->keep_all ? EH : H;
         for (size_t e = 0; e < E; e++) {
             const double *dOe = ws->dO + e * O;
+            const double *w2 = theta + off.W2 + e * O * H;
+            double *gw2 = grad + off.W2 + e * O * H;
             double *ze = ws->z + e * H;
-            mt_act_forward_2d(ws->a, H, ze, EH, n, H, c->activation);
-            mt_gemm_strided(1, 0, O, H, n, 1.0, dOe, EO, ws->a, H, 1.0, grad + off.W2 + e * O * H, H);
+            double *ae = ws->keep_all ? ws->a + e * H : ws->a;
+            if (!ws->keep_all) mt_act_forward_2d(ws->a, H, ze, EH, n, H, c->activation);
             if (off.b2 != SIZE_MAX) add_column_sums(grad + off.b2 + e * O, dOe, EO, n, O);
-            /* a now holds d loss / d a_e, and z_e becomes d loss / d z_e in place. */
-            mt_gemm_strided(0, 0, n, H, O, 1.0, dOe, EO, theta + off.W2 + e * O * H, H, 0.0, ws->a, H);
-            mt_act_backward_2d(ze, EH, ws->a, H, ze, EH, n, H, c->activation);
+            /* dW2_e += dO_e^T a_e; then a_e is overwritten by d loss / d a_e = dO_e W2_e. */
+            if (O <= MT_SMALL_OUTPUT) {
+                small_second_layer_backward(gw2, ae, lda, dOe, EO, w2, n, O, H);
+            } else {
+                mt_gemm_strided(1, 0, O, H, n, 1.0, dOe, EO, ae, lda, 1.0, gw2, H);
+                mt_gemm_strided(0, 0, n, H, O, 1.0, dOe, EO, w2, H, 0.0, ae, lda);
+            }
+            /* z_e becomes d loss / d z_e in place (all experts at once below when kept). */
+            if (!ws->keep_all) mt_act_backward_2d(ze, EH, ws->a, H, ze, EH, n, H, c->activation);
         }
+        if (ws->keep_all) mt_act_backward(ws->z, ws->a, ws->z, n * EH, c->activation);
         if (dX) memset(dX, 0, n * d * sizeof *dX);
         affine_backward(grad, dX, ws->z, X, theta, off.W1, off.b1, n, d, EH);
     } else {
