@@ -3,11 +3,12 @@
 Every paper's rate figure is the same picture: the mean loss over replications against n on
 log-log axes, the OLS line of log(mean loss) on log n (:func:`moetheory.stats.fit_slope`), and
 a line of the theory's slope for comparison. :func:`rate_panel` draws one such panel on a given
-axes; :func:`rate_figure` lays out several and writes a PNG.
+axes; :func:`rate_figure` lays out several and writes a PNG. :func:`region_panel` draws a 2-D map
+of integer region labels (routing paths of a deep MoE on a grid).
 """
 import numpy as np
 
-__all__ = ["rate_panel", "rate_figure"]
+__all__ = ["rate_panel", "rate_figure", "region_panel"]
 
 
 def _pyplot():
@@ -119,3 +120,40 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def region_panel(ax, labels, extent, *, n_labels=None, title=None, xlabel="x1", ylabel="x2"):
+    """Draw a 2-D map of integer region labels (e.g. routing-path ids) on a regular grid.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    labels : array_like of int, shape (g1, g2)
+        ``labels[i, j]`` is the label at the grid point (x1_j, x2_i): rows run along x2 (the
+        layout of ``np.meshgrid(x1, x2)``), so the image has x1 horizontal and x2 vertical.
+    extent : (float, float, float, float)
+        (x1_min, x1_max, x2_min, x2_max) of the grid.
+    n_labels : int, optional
+        Number of possible labels (fixes the colour of each label across panels); default
+        ``labels.max() + 1``.
+    title : str, optional
+    xlabel, ylabel : str
+
+    Returns
+    -------
+    distinct : int
+        The number of distinct labels in the map.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must have shape (g1, g2), got {labels.shape}")
+    n_labels = int(labels.max()) + 1 if n_labels is None else int(n_labels)
+    cmap = "tab10" if n_labels <= 10 else "tab20"
+    ax.imshow(labels, origin="lower", extent=extent, cmap=cmap, vmin=-0.5,
+              vmax=(10 if n_labels <= 10 else 20) - 0.5, interpolation="nearest", aspect="equal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    distinct = int(np.unique(labels).size)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return distinct

@@ -17,3 +17,4 @@ def get(name):
 register("softmax-rates", "softmax_rates", "Paper 002: convergence rates of softmax-gated MoE (least squares and EM)")
 register("latent-clusters", "latent_clusters", "Paper 001: MoE detects latent cluster structure (Kawata et al.)")
 register("soft-routed", "soft_routed", "Paper 000: Guided by the Experts (Liao & Kyrillidis)")
+register("expressivity", "expressivity", "Paper 003: expressive power of MoE (Wang & E)")
