@@ -120,6 +120,25 @@ static int target_ndim(PyObject *y, size_t d_out)
     return ndim;
 }
 
+/* X as the model's inputs: (n, d_in), float64, finite, non-empty. New reference or NULL. */
+static PyArrayObject *as_inputs(PyObject *obj, size_t d_in)
+{
+    char text[64];
+    snprintf(text, sizeof text, "(n, %zu)", d_in);
+    npy_intp shape[2] = {-1, (npy_intp)d_in};
+    return as_float_array(obj, "X", 2, shape, text);
+}
+
+/* y as the targets of n rows: (n, d_out), or (n,) when d_out == 1. New reference or NULL. */
+static PyArrayObject *as_targets(PyObject *obj, size_t n, size_t d_out)
+{
+    char text[80];
+    if (d_out == 1) snprintf(text, sizeof text, "(%zu,) or (%zu, 1)", n, n);
+    else snprintf(text, sizeof text, "(%zu, %zu)", n, d_out);
+    npy_intp shape[2] = {(npy_intp)n, (npy_intp)d_out};
+    return as_float_array(obj, "y", target_ndim(obj, d_out), shape, text);
+}
+
 /* theta must be exactly the model's own vector: float64, 1-D, C-contiguous, length P, finite. */
 static int check_theta(PyArrayObject *theta, size_t P)
 {
@@ -288,10 +307,6 @@ static PyObject *Layer_set_temperature(LayerObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static void x_shape_error_text(char *buf, size_t len, size_t cols)
-{
-    snprintf(buf, len, "(n, %zu)", cols);
-}
 
 static PyObject *Layer_forward(LayerObject *self, PyObject *args)
 {
@@ -300,10 +315,7 @@ static PyObject *Layer_forward(LayerObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O", &PyArray_Type, &theta_obj, &X_obj)) return NULL;
     PyArrayObject *theta = (PyArrayObject *)theta_obj;
     if (check_theta(theta, self->layout.n_params) < 0) return NULL;
-    char text[64];
-    x_shape_error_text(text, sizeof text, self->cfg.d_in);
-    npy_intp xs[2] = {-1, (npy_intp)self->cfg.d_in};
-    X = as_float_array(X_obj, "X", 2, xs, text);
+    X = as_inputs(X_obj, self->cfg.d_in);
     if (!X) goto done;
     size_t n = (size_t)PyArray_DIM(X, 0);
     npy_intp os[2] = {(npy_intp)n, (npy_intp)self->cfg.d_out};
@@ -336,21 +348,10 @@ static PyObject *Layer_loss_and_grad(LayerObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!OO", &PyArray_Type, &theta_obj, &X_obj, &y_obj)) return NULL;
     PyArrayObject *theta = (PyArrayObject *)theta_obj;
     if (check_theta(theta, self->layout.n_params) < 0) return NULL;
-    char text[64];
-    x_shape_error_text(text, sizeof text, self->cfg.d_in);
-    npy_intp xs[2] = {-1, (npy_intp)self->cfg.d_in};
-    X = as_float_array(X_obj, "X", 2, xs, text);
+    X = as_inputs(X_obj, self->cfg.d_in);
     if (!X) goto done;
     size_t n = (size_t)PyArray_DIM(X, 0);
-    /* y is (n, d_out), or (n,) when d_out == 1 */
-    npy_intp ys[2] = {(npy_intp)n, (npy_intp)self->cfg.d_out};
-    int y_ndim = target_ndim(y_obj, self->cfg.d_out);
-    char ytext[80];
-    if (self->cfg.d_out == 1)
-        snprintf(ytext, sizeof ytext, "(%zu,) or (%zu, 1)", n, n);
-    else
-        snprintf(ytext, sizeof ytext, "(%zu, %zu)", n, self->cfg.d_out);
-    y = as_float_array(y_obj, "y", y_ndim, ys, ytext);
+    y = as_targets(y_obj, n, self->cfg.d_out);
     if (!y) goto done;
     npy_intp gs[1] = {(npy_intp)self->layout.n_params};
     grad = (PyArrayObject *)PyArray_SimpleNew(1, gs, NPY_DOUBLE);
@@ -768,10 +769,7 @@ static PyObject *Stack_forward(StackObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O", &PyArray_Type, &theta_obj, &X_obj)) return NULL;
     PyArrayObject *theta = (PyArrayObject *)theta_obj;
     if (check_theta(theta, stack_params(self)) < 0) return NULL;
-    char text[64];
-    x_shape_error_text(text, sizeof text, stack_d_in(self));
-    npy_intp xs[2] = {-1, (npy_intp)stack_d_in(self)};
-    X = as_float_array(X_obj, "X", 2, xs, text);
+    X = as_inputs(X_obj, stack_d_in(self));
     if (!X) goto done;
     size_t n = (size_t)PyArray_DIM(X, 0);
     npy_intp os[2] = {(npy_intp)n, (npy_intp)stack_d_out(self)};
@@ -812,17 +810,10 @@ static PyObject *Stack_loss_and_grad(StackObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!OO", &PyArray_Type, &theta_obj, &X_obj, &y_obj)) return NULL;
     PyArrayObject *theta = (PyArrayObject *)theta_obj;
     if (check_theta(theta, stack_params(self)) < 0) return NULL;
-    char text[64];
-    x_shape_error_text(text, sizeof text, stack_d_in(self));
-    npy_intp xs[2] = {-1, (npy_intp)stack_d_in(self)};
-    X = as_float_array(X_obj, "X", 2, xs, text);
+    X = as_inputs(X_obj, stack_d_in(self));
     if (!X) goto done;
-    size_t n = (size_t)PyArray_DIM(X, 0), d_out = stack_d_out(self);
-    npy_intp ys[2] = {(npy_intp)n, (npy_intp)d_out};
-    char ytext[80];
-    if (d_out == 1) snprintf(ytext, sizeof ytext, "(%zu,) or (%zu, 1)", n, n);
-    else snprintf(ytext, sizeof ytext, "(%zu, %zu)", n, d_out);
-    y = as_float_array(y_obj, "y", target_ndim(y_obj, d_out), ys, ytext);
+    size_t n = (size_t)PyArray_DIM(X, 0);
+    y = as_targets(y_obj, n, stack_d_out(self));
     if (!y) goto done;
     npy_intp gs[1] = {(npy_intp)stack_params(self)};
     grad = (PyArrayObject *)PyArray_SimpleNew(1, gs, NPY_DOUBLE);
@@ -1048,15 +1039,10 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         data.teacher = &self->teacher_model;
         data.teacher_theta = PyArray_DATA(self->teacher_theta);
     } else {
-        npy_intp xs[2] = {-1, (npy_intp)d_in};
-        snprintf(text, sizeof text, "(n, %zu)", d_in);
-        self->X = as_float_array(X, "X", 2, xs, text);
+        self->X = as_inputs(X, d_in);
         if (!self->X) return -1;
         npy_intp n = PyArray_DIM(self->X, 0);
-        npy_intp ys[2] = {n, (npy_intp)d_out};
-        int y_ndim = target_ndim(y, d_out);
-        snprintf(text, sizeof text, "(%zd, %zu)", (Py_ssize_t)n, d_out);
-        self->y = as_float_array(y, "y", y_ndim, ys, text);
+        self->y = as_targets(y, (size_t)n, d_out);
         if (!self->y) return -1;
         if ((size_t)batch > (size_t)n) {
             PyErr_Format(PyExc_ValueError, "batch_size must be at most n = %zd, got %zd",
