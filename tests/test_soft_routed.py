@@ -1,0 +1,171 @@
+"""Paper 000 (soft-routed MoE): model family, feature learning, pruning and fine-tuning.
+
+Budgets and tolerances are stated here and not tuned to pass:
+
+* Feature learning (d = 30, m = 10, m* = 3, seeds 0 / teacher 1, projected parametrisation, online
+  SGD with batch 256 and lr 0.01): every teacher expert direction recovered (max cosine > 0.99)
+  within 3000 steps (gradient-flow time 30; the theory's scale sqrt(d) ~ 5.5 times a constant).
+* Experts before routers: for every teacher j, the recovery step of w*_j is earlier than that of
+  v*_j, and the whole expert set is recovered before the whole router set.
+* Fine-tuning after pruning to m* by teacher alignment (online SGD, batch 256, lr 0.01, 3000
+  steps): population loss < 1e-10; log loss linear in the step over the window from loss 1e-3 down
+  to 1e-20 with R^2 > 0.95 and a negative slope; matched cosines of the fine-tuned student with
+  the teacher > 1 - 1e-6.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from moetheory import models, prune, stats
+from moetheory.experiments import soft_routed as sr
+from tolerances import assert_values_close
+
+BUDGET = 3000
+THRESHOLD = 0.99
+
+
+def _he3(z):
+    return z ** 3 - 3 * z
+
+
+def test_teacher_is_orthonormal_and_computes_the_paper_formula(rng):
+    teacher = models.soft_routed_teacher(20, 4, seed=3)
+    V, W = teacher.params["router.weight"], teacher.params["experts.W1"][:, 0, :]
+    Q = np.vstack([W, V])
+    np.testing.assert_allclose(Q @ Q.T, np.eye(8), atol=1e-12)
+    np.testing.assert_array_equal(teacher.params["experts.W2"], 1.0)
+    X = rng.standard_normal((50, 20))
+    f = np.sum(1 / (1 + np.exp(-X @ V.T)) * _he3(X @ W.T), axis=1, keepdims=True)
+    assert_values_close(teacher(X), f)
+    with pytest.raises(ValueError, match="d >= 2 m"):
+        models.soft_routed_teacher(5, 3)
+
+
+@pytest.mark.parametrize("init", ["sphere", "core"])
+def test_student_has_unit_directions(init):
+    s = models.soft_routed_student(15, 6, seed=2, init=init)
+    V, W = models.directions(s)
+    np.testing.assert_allclose(np.linalg.norm(s.params["router.weight"], axis=1), 1, rtol=1e-14)
+    np.testing.assert_allclose(np.linalg.norm(s.params["experts.W1"][:, 0], axis=1), 1,
+                               rtol=1e-14)
+    assert V.shape == W.shape == (6, 15)
+    np.testing.assert_array_equal(models.soft_routed_student(15, 6, seed=2, init=init).theta,
+                                  s.theta)
+    with pytest.raises(ValueError, match="init"):
+        models.soft_routed_student(15, 6, init="zeros")
+
+
+@pytest.mark.skipif(not models.normalize_supported(), reason="core without normalize=True")
+def test_normalized_models_are_scale_free(rng):
+    s = models.soft_routed_student(10, 3, seed=1, normalize=True)
+    X = rng.standard_normal((7, 10))
+    out = s(X)
+    s.params["router.weight"][...] *= 3.0
+    s.params["experts.W1"][...] *= 0.5
+    assert_values_close(s(X), out)
+
+
+@pytest.fixture(scope="module")
+def quick_run():
+    cfg = sr.SoftRoutedConfig(d=30, m=10, m_star=3, batch_size=256, lr=0.01, steps=BUDGET,
+                              record_every=10, threshold=THRESHOLD, seed=0, teacher_seed=1,
+                              parametrization="projected", prune_rule="teacher",
+                              finetune="online", finetune_lr=0.01, finetune_steps=3000,
+                              finetune_batch=256)
+    return sr.run(cfg)
+
+
+def test_every_teacher_expert_recovered_within_budget(quick_run):
+    A = quick_run["A_expert"]
+    assert A.shape == (BUDGET // 10 + 1, 10, 3)
+    assert np.all(np.isfinite(quick_run["t_expert"])), quick_run["t_expert"]
+    assert quick_run["T_expert"] <= BUDGET
+
+
+def test_experts_align_before_routers(quick_run):
+    t_w, t_v = quick_run["t_expert"], quick_run["t_router"]
+    assert np.all(np.isfinite(t_v)), f"routers not recovered within {BUDGET} steps: {t_v}"
+    assert np.all(t_w < t_v), f"expert times {t_w}, router times {t_v}"
+    assert quick_run["T_expert"] < quick_run["T_router"]
+
+
+def test_finetuning_converges_geometrically_to_the_teacher(quick_run):
+    assert quick_run["keep"].size == 3
+    assert quick_run["loss_final"] < 1e-10, quick_run["loss_final"]
+    rate = quick_run["rate"]
+    assert rate is not None and rate.slope < 0 and rate.r2 > 0.95, rate
+    assert np.all(quick_run["match_expert"] > 1 - 1e-6), quick_run["match_expert"]
+    assert np.all(quick_run["match_router"] > 1 - 1e-6), quick_run["match_router"]
+
+
+def test_pruned_student_matches_the_teacher_up_to_permutation(quick_run):
+    pruned, teacher = quick_run["pruned"], quick_run["teacher"]
+    from moetheory.metrics import alignment
+    order, _ = alignment.match(alignment.expert_alignment(pruned, teacher, signed=True))
+    back = prune.experts(pruned, order)
+    np.testing.assert_allclose(back.theta, teacher.theta, atol=1e-5)
+
+
+def test_figures(quick_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    sr.plot_heatmaps(quick_run, tmp_path / "h.png")
+    sr.plot_alignment_curves(quick_run, tmp_path / "a.png")
+    sr.plot_losses(quick_run, tmp_path / "l.png")
+    scaling = dict(d=np.array([10, 10, 20, 20]), time_expert=np.array([1.0, 1.2, 1.5, 1.6]),
+                   time_router=np.array([2.0, 2.2, 3.0, 3.1]))
+    for kind in ("expert", "router"):
+        scaling[f"fit_{kind}"] = stats.fit_slope(scaling["d"], scaling[f"time_{kind}"], n_boot=50)
+    sr.plot_scaling(scaling, tmp_path / "s.png")
+    for name in ("h", "a", "l", "s"):
+        assert os.path.getsize(tmp_path / f"{name}.png") > 1000
+
+
+@pytest.mark.skipif(not models.normalize_supported(), reason="core without normalize=True")
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (d=30, m=10, m*=3, seed 0, lr 0.01, batch 256, normalize=True, no projection): "
+    "teacher experts 0 and 2 recovered at steps 400 and 200, teacher expert 1 stalls at max "
+    "cosine 0.957 (its router at 0.837) through 6000 steps while the row norms grow to ~2 "
+    "(effective step lr/|w|^2 shrinks); the projected parametrisation recovers all by step 700"))
+def test_normalized_parametrization_recovers_every_expert_within_budget():
+    cfg = sr.SoftRoutedConfig(d=30, m=10, m_star=3, batch_size=256, lr=0.01, steps=BUDGET,
+                              record_every=10, threshold=THRESHOLD, seed=0, teacher_seed=1,
+                              parametrization="normalized")
+    res = sr.run_feature_learning(cfg)
+    assert res["parametrization"] == "normalized"
+    assert np.all(np.isfinite(res["t_expert"])), (res["t_expert"], res["A_expert"][-1].max(0))
+
+
+def test_scaling_returns_tidy_rows():
+    cfg = sr.ScalingConfig(ds=(12, 16), seeds=(0, 1), m=6, m_star=2, max_steps=400,
+                           threshold=0.9, n_boot=50)
+    out = sr.run_scaling(cfg)
+    for key in ("d", "seed", "steps_expert", "steps_router", "time_expert", "time_router"):
+        assert out[key].shape == (4,)
+    np.testing.assert_array_equal(out["d"], [12, 12, 16, 16])
+    np.testing.assert_allclose(out["time_expert"], 0.01 * out["steps_expert"])
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="parametrization"):
+        sr.run_feature_learning(sr.SoftRoutedConfig(d=8, m=3, m_star=2, steps=1,
+                                                    parametrization="polar"))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured with full_configs() (d=1000, m=25, m*=5, projected, online SGD lr 0.01, batch "
+    "2000, 8000 steps, 2005 s): no feature learning - max expert cosines stay at the random "
+    "level 0.05-0.13 and router cosines 0.04-0.12 at every record; population loss 53.1, after "
+    "pruning to 5 by alignment 18.3, after 3000 fine-tuning steps 17.1 (not geometric). "
+    "lr 0.01 at d/batch = 0.5 appears noise-dominated; no smaller-lr run was made"))
+def test_figure1_scale():
+    """m* = 5, m = 25, d = 1000 (the paper's Figure 1): recovery of every expert, experts before
+    routers, and zero loss after pruning and fine-tuning."""
+    cfg, _ = sr.full_configs()
+    res = sr.run(cfg)
+    assert np.all(np.isfinite(res["t_expert"])), res["t_expert"]
+    assert np.all(res["t_expert"] < res["t_router"]), (res["t_expert"], res["t_router"])
+    assert res["loss_final"] < 1e-10, res["loss_final"]
