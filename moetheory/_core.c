@@ -721,15 +721,15 @@ static PyObject *Stack_layout(StackObject *self, PyObject *Py_UNUSED(ignored))
             if (!shape) goto fail;
             for (size_t j = 0; j < b->ndim; j++)
                 PyTuple_SET_ITEM(shape, (Py_ssize_t)j, PyLong_FromSize_t(b->shape[j]));
-            PyObject *item = Py_BuildValue("(s#nN)", "", (Py_ssize_t)0,
-                                           (Py_ssize_t)(self->offsets[l] + b->offset), shape);
             PyObject *name = PyUnicode_FromFormat("layers.%zu.%s", l, b->name);
-            if (!item || !name) {
-                Py_XDECREF(item);
-                Py_XDECREF(name);
+            if (!name) {
+                Py_DECREF(shape);
                 goto fail;
             }
-            PyTuple_SetItem(item, 0, name); /* steals name, replaces the placeholder */
+            /* "N" steals the references to name and shape */
+            PyObject *item = Py_BuildValue("(NnN)", name,
+                                           (Py_ssize_t)(self->offsets[l] + b->offset), shape);
+            if (!item) goto fail;
             int rc = PyList_Append(list, item);
             Py_DECREF(item);
             if (rc < 0) goto fail;
