@@ -15,8 +15,9 @@ CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fno-math-errno"]
 
 def blas_options():
     if os.environ.get("MOETHEORY_SYSTEM_BLAS", "") not in ("", "0"):
+        # csrc/mt_blas.h declares the few CBLAS functions it uses, so no BLAS header is needed.
         return dict(define_macros=[("MT_SYSTEM_BLAS", "1")], libraries=["openblas"],
-                    include_dirs=["/usr/include/openblas", "/usr/include/x86_64-linux-gnu/openblas-pthread"])
+                    include_dirs=[])
     import scipy_openblas32
 
     lib_dir = scipy_openblas32.get_lib_dir()
@@ -24,7 +25,7 @@ def blas_options():
     # (it dlopens the library globally); the rpath is a fallback for a plain
     # `import moetheory._core` from a standard site-packages layout.
     return dict(
-        include_dirs=[scipy_openblas32.get_include_dir()],
+        include_dirs=[],
         library_dirs=[lib_dir],
         libraries=[scipy_openblas32.get_library()],
         extra_link_args=["-Wl,-rpath,$ORIGIN/../scipy_openblas32/lib"],

@@ -1,14 +1,13 @@
 /* The one place that says how BLAS is reached.
  *
  * By default the core links the scipy-openblas32 wheel, whose symbols carry a
- * "scipy_" prefix; building with MT_SYSTEM_BLAS defined uses a system cblas.h
+ * "scipy_" prefix; building with MT_SYSTEM_BLAS defined uses a system OpenBLAS
  * with the plain names instead. The rest of the core calls mt_gemm with shapes
- * in words, so it never spells out leading dimensions or CBLAS enums. */
+ * in words, so it never spells out leading dimensions or CBLAS constants. */
 #ifndef MT_BLAS_H
 #define MT_BLAS_H
 
 #include <stddef.h>
-#include <cblas.h>
 
 #ifdef MT_SYSTEM_BLAS
 #define MT_CBLAS(name) cblas_##name
@@ -17,6 +16,18 @@
 #define MT_CBLAS(name) scipy_cblas_##name
 #define MT_CBLAS_THREADS(name) scipy_openblas_##name
 #endif
+
+/* The three BLAS entry points the core uses, declared here rather than taken from a cblas.h, so
+ * the core compiles with no BLAS header on the include path (which cblas.h a machine has, and
+ * with which prefix, varies; the library is chosen at link time). The CBLAS ABI is stable: the
+ * enum arguments are ints with the values below, and both supported BLAS builds use 32-bit
+ * integers (scipy-openblas32, Debian's LP64 OpenBLAS). */
+enum { MT_CBLAS_ROW_MAJOR = 101, MT_CBLAS_NO_TRANS = 111, MT_CBLAS_TRANS = 112 };
+void MT_CBLAS(dgemm)(int order, int trans_a, int trans_b, int m, int n, int k, double alpha,
+                     const double *A, int lda, const double *B, int ldb, double beta, double *C,
+                     int ldc);
+void MT_CBLAS_THREADS(set_num_threads)(int n);
+int MT_CBLAS_THREADS(get_num_threads)(void);
 
 /* C (m, n) = alpha * op(A) op(B) + beta * C, all row-major.
  * op(A) is (m, k): A is stored (m, k) when trans_a == 0, (k, m) when 1.
@@ -34,8 +45,8 @@ static inline void mt_gemm_strided(int trans_a, int trans_b, size_t m, size_t n,
             for (size_t j = 0; j < n; j++) C[i * ldc + j] = beta == 0.0 ? 0.0 : beta * C[i * ldc + j];
         return;
     }
-    MT_CBLAS(dgemm)(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                    trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, A,
+    MT_CBLAS(dgemm)(MT_CBLAS_ROW_MAJOR, trans_a ? MT_CBLAS_TRANS : MT_CBLAS_NO_TRANS,
+                    trans_b ? MT_CBLAS_TRANS : MT_CBLAS_NO_TRANS, (int)m, (int)n, (int)k, alpha, A,
                     (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 

@@ -8,10 +8,9 @@ csrc=$(dirname "$here")
 out="$here/bin"
 mkdir -p "$out"
 py=${PYTHON:-python3}
-inc=$("$py" -c 'import scipy_openblas32 as s; print(s.get_include_dir())')
 lib=$("$py" -c 'import scipy_openblas32 as s; print(s.get_lib_dir())')
 cflags=(-std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer
-        -fsanitize=address,undefined -fno-sanitize-recover=all -I"$csrc" -I"$inc")
+        -fsanitize=address,undefined -fno-sanitize-recover=all -I"$csrc")
 ldflags=(-L"$lib" -lscipy_openblas -Wl,-rpath,"$lib" -lm)
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
