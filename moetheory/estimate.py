@@ -18,7 +18,6 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 from scipy.optimize import minimize

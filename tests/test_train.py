@@ -1,7 +1,6 @@
 """The C training loop: optimizers against NumPy re-implementations of a few steps, parameter
 groups, the sphere projection, reproducibility, chunking, interruption and divergence."""
 import json
-import os
 import signal
 import subprocess
 import sys

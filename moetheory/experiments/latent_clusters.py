@@ -41,7 +41,7 @@ Measurements
 """
 import csv
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment

@@ -56,12 +56,12 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Tuple
 
 import numpy as np
 
-from ..estimate import draw_regression, em, em_pack, em_unpack, free_mask, least_squares
+from ..estimate import draw_regression, em, em_pack, em_unpack, least_squares
 from ..metrics import voronoi_loss
 from ..model import MoE
 from ..stats import fit_slope
