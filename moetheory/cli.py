@@ -25,17 +25,26 @@ def _write_summary(rows, out_dir):
     return path
 
 
-def _print_table(rows):
-    if not rows:
-        return
-    keys = []
+def _print_table(rows, max_width=48):
+    """One table per reproduction, with only the columns its rows use; long text is shortened
+    here (summary.csv keeps it whole)."""
+    groups = {}
     for row in rows:
-        keys += [k for k in row if k not in keys]
-    cells = [[_fmt(row.get(k, "")) for k in keys] for row in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
-    for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+        groups.setdefault(row.get("reproduction", ""), []).append(row)
+    for name, group in groups.items():
+        keys = []
+        for row in group:
+            keys += [k for k in row if k not in keys and k != "reproduction"]
+        cells = [[_shorten(_fmt(row.get(k, "")), max_width) for k in keys] for row in group]
+        widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        print(f"\n{name}")
+        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+        for c in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+
+
+def _shorten(text, width):
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _fmt(v):
