@@ -152,3 +152,12 @@ def test_reproduce_quick_writes_files(tmp_path):
                  "identifiability.csv"):
         assert (tmp_path / name).exists(), name
     assert any(r["setting"].startswith("ls exact sigmoid") for r in rows)
+
+
+def test_compare_with_truth_start_optimises_from_the_truth():
+    """Least squares started at the truth never ends above the truth's own loss, and at the
+    protocol's start the fit is near the truth for an exact fit (small D1)."""
+    cfg = sr.RatesConfig(k_fit=2, seed=0)
+    out = sr.compare_with_truth_start(cfg, 2000, 0)
+    assert out["mse_from_truth"] <= out["mse_truth"]
+    assert out["D1_from_truth"] < 0.5 and out["D1_protocol"] < 0.5
