@@ -143,6 +143,8 @@ struct mt_moe_workspace {
     double *dO;      /* (n, E*d_out) */
     double *theta_eff; /* (P,) normalize: theta with direction rows divided by their norms */
     double *grad_eff;  /* (P,) normalize: gradient with respect to theta_eff */
+    offsets off;       /* where the kernels' blocks sit in theta: fixed by the configuration */
+    size_t n_params;
     void *block;
 };
 
@@ -189,6 +191,8 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     ws->idx = (int *)p;
     ws->n_max = n_max;
     ws->keep_all = keep_all;
+    ws->off = offsets_of(c);
+    ws->n_params = L.n_params;
     ws->cfg = *c;
     *out = ws;
     return MT_OK;
@@ -441,9 +445,7 @@ mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const do
     mt_status st = check_call(c, ws, n);
     if (st != MT_OK) return st;
     if (!c->normalize) return backward_impl(grad, dX, dout, theta, X, n, c, ws);
-    mt_moe_layout L;
-    mt_moe_layout_of(&L, c);
-    memset(ws->grad_eff, 0, L.n_params * sizeof *grad);
+    memset(ws->grad_eff, 0, ws->n_params * sizeof *grad);
     st = backward_impl(ws->grad_eff, dX, dout, ws->theta_eff, X, n, c, ws);
     if (st != MT_OK) return st;
     fold_normalized_gradient(grad, ws->grad_eff, theta, ws->theta_eff, c);
@@ -454,7 +456,7 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
                               size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
 {
     mt_status st = MT_OK;
-    const offsets off = offsets_of(c);
+    const offsets off = ws->off;
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out;
 
     /* Gates. */
@@ -529,7 +531,7 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
                                const double *X, size_t n, const mt_moe_config *c,
                                mt_moe_workspace *ws)
 {
-    const offsets off = offsets_of(c);
+    const offsets off = ws->off;
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out, EO = E * O;
 
     /* Through the combination: dg_ie = <dout_i, o_ie>, dO_ie = g_ie dout_i. */
@@ -610,11 +612,9 @@ mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *the
 {
     mt_status st = mt_moe_forward(NULL, NULL, theta, X, n, c, ws);
     if (st != MT_OK) return st;
-    mt_moe_layout L;
-    mt_moe_layout_of(&L, c);
     size_t len = n * c->d_out;
     *loss = mt_loss_mse_forward(ws->f, y, len) + mt_moe_aux_loss(c, ws, n);
     mt_loss_mse_backward(ws->df, ws->f, y, len);
-    memset(grad, 0, L.n_params * sizeof *grad);
+    memset(grad, 0, ws->n_params * sizeof *grad);
     return mt_moe_backward(grad, NULL, ws->df, theta, X, n, c, ws);
 }

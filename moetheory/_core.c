@@ -233,14 +233,15 @@ static int ensure_workspace(LayerObject *self, size_t n)
     return 0;
 }
 
-static int acquire(LayerObject *self)
+/* Claim a model's busy flag (held with the GIL, so the check and the set cannot interleave). */
+static int acquire(int *busy)
 {
-    if (self->busy) {
+    if (*busy) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this model is in use by another thread; give each thread its own model");
         return -1;
     }
-    self->busy = 1;
+    *busy = 1;
     return 0;
 }
 
@@ -322,7 +323,7 @@ static PyObject *Layer_forward(LayerObject *self, PyObject *args)
     npy_intp gs[2] = {(npy_intp)n, (npy_intp)self->cfg.n_experts};
     out = (PyArrayObject *)PyArray_SimpleNew(2, os, NPY_DOUBLE);
     gates = (PyArrayObject *)PyArray_SimpleNew(2, gs, NPY_DOUBLE);
-    if (!out || !gates || ensure_workspace(self, n) < 0 || acquire(self) < 0) goto done;
+    if (!out || !gates || ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
     st = mt_moe_forward(PyArray_DATA(out), PyArray_DATA(gates), PyArray_DATA(theta),
@@ -355,7 +356,7 @@ static PyObject *Layer_loss_and_grad(LayerObject *self, PyObject *args)
     if (!y) goto done;
     npy_intp gs[1] = {(npy_intp)self->layout.n_params};
     grad = (PyArrayObject *)PyArray_SimpleNew(1, gs, NPY_DOUBLE);
-    if (!grad || ensure_workspace(self, n) < 0 || acquire(self) < 0) goto done;
+    if (!grad || ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
     double loss = 0.0;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -698,17 +699,6 @@ static int stack_ensure_workspace(StackObject *self, size_t n)
     return 0;
 }
 
-static int stack_acquire(StackObject *self)
-{
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "this model is in use by another thread; give each thread its own model");
-        return -1;
-    }
-    self->busy = 1;
-    return 0;
-}
-
 static PyObject *Stack_layout(StackObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *list = PyList_New(0);
@@ -784,7 +774,7 @@ static PyObject *Stack_forward(StackObject *self, PyObject *args)
         PyList_SET_ITEM(gate_list, (Py_ssize_t)l, g);
         gate_ptrs[l] = PyArray_DATA((PyArrayObject *)g);
     }
-    if (stack_ensure_workspace(self, n) < 0 || stack_acquire(self) < 0) goto done;
+    if (stack_ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
     st = mt_deep_forward(PyArray_DATA(out), gate_ptrs, PyArray_DATA(theta), PyArray_DATA(X), n,
@@ -817,7 +807,7 @@ static PyObject *Stack_loss_and_grad(StackObject *self, PyObject *args)
     if (!y) goto done;
     npy_intp gs[1] = {(npy_intp)stack_params(self)};
     grad = (PyArrayObject *)PyArray_SimpleNew(1, gs, NPY_DOUBLE);
-    if (!grad || stack_ensure_workspace(self, n) < 0 || stack_acquire(self) < 0) goto done;
+    if (!grad || stack_ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
     double loss = 0.0;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -1131,12 +1121,12 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
         Py_DECREF(losses);
         return NULL;
     }
-    if ((self->layer ? acquire(self->layer) : stack_acquire(self->stack)) < 0) {
+    if (acquire(self->layer ? &self->layer->busy : &self->stack->busy) < 0) {
         Py_DECREF(losses);
         return NULL;
     }
     int *busy = self->layer ? &self->layer->busy : &self->stack->busy;
-    if (self->teacher && self->teacher != self->layer && acquire(self->teacher) < 0) {
+    if (self->teacher && self->teacher != self->layer && acquire(&self->teacher->busy) < 0) {
         *busy = 0;
         Py_DECREF(losses);
         return NULL;
