@@ -6,9 +6,19 @@ Stated before running (not tuned):
 - its router accuracy against the latent c exceeds 2 / C = 0.5 (chance is 1 / C = 0.25);
 - the vanilla network of the same width, same SGD, same samples, has min_c alignment below
   VANILLA_BOUND = 0.5 (twice 1 / sqrt(d) = 0.25, far from recovery).
+
+and, for the global direction w_g in the paper's setting (lc.paper_setting: k = 3 for every f_c
+and for g; the budget's reasoning is at lc.PAPER_STAGE_STEPS, fixed before the outcome was seen):
+- at d = 16, seed 1, after (100, 10, 100) d^2 = 53,760 stagewise online steps, the MoE's max over
+  its neurons of |cos(neuron, w_g)| exceeds RECOVERY = 0.9;
+- the vanilla network (same width 32, same steps, same batches) stays below
+  lc.vanilla_global_bound: the 99% quantile of its own init law, 0.768 at d = 16 (0.589 at d = 32).
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from moetheory.experiments import latent_clusters as lc
 from moetheory.model import MoE
@@ -59,9 +69,19 @@ def test_run_tidy_shapes():
     for key in ("alignment_moe", "alignment_vanilla", "matched_alignment"):
         assert res[key].shape == (R, 2)
         assert np.all((res[key] >= 0) & (res[key] <= 1 + 1e-12))
-    for key in ("router_accuracy", "loss_moe", "loss_vanilla"):
+    for key in ("router_accuracy", "loss_moe", "loss_vanilla", "global_alignment_moe",
+                "global_alignment_vanilla"):
         assert res[key].shape == (R,)
+    for key in ("expert_global_alignment", "matched_global_alignment"):
+        assert res[key].shape == (R, 2)
+        assert np.all((res[key] >= 0) & (res[key] <= 1 + 1e-12))
+    # the MoE's global alignment is the max over its experts'
+    np.testing.assert_array_equal(res["global_alignment_moe"],
+                                  res["expert_global_alignment"].max(axis=1))
     assert res["expert_alignment"].shape == (2, 2)
+    assert 0 < res["global_null"]["q50"] < res["global_null"]["q99"] < 1
+    for key in ("global_tilt_moe", "global_tilt_vanilla"):
+        assert len(res[key]) == 2 and all(0 <= v <= 1 + 1e-12 for v in res[key])
     # finite-sample variant runs too
     res2 = lc.run(lc.Config(d=9, n_clusters=2, hidden=3, stage_steps=(10, 10, 10),
                             record_every=10, n_test=200, n_train=100, schedule="joint"))
@@ -108,17 +128,95 @@ def test_reproduce_tiny(tmp_path, monkeypatch):
                      n_test=200)
     monkeypatch.setattr(lc, "quick_settings", lambda: (base, dict(
         ds=(9, 12), seeds=(1, 2), max_steps=lambda d: 300 * d, check_every=lambda d: 20 * d)))
+    monkeypatch.setattr(lc, "paper_settings", lambda quick: replace(base, link_degree=3))
     rows = lc.reproduce(str(tmp_path), quick=True, progress=False)
     assert [r["variant"] for r in rows] == ["stagewise-online", "joint-online", "stagewise-finite",
-                                           "steps-to-recovery"]
+                                           "paper-k3-stagewise-online", "steps-to-recovery"]
+    assert rows[3]["k"] == 3
+    for r in rows[:4]:
+        for key in ("moe_global_alignment", "vanilla_global_alignment", "global_null_q99"):
+            assert 0 <= r[key] <= 1 + 1e-12
     for name in ("training_stagewise-online.png", "training_joint-online.png",
-                 "training_stagewise-finite.png", "recovery.csv", "summary.csv"):
+                 "training_stagewise-finite.png", "training_paper-k3-stagewise-online.png",
+                 "recovery.csv", "summary.csv"):
         assert (tmp_path / name).exists()
+    assert "moe_global_alignment" in (tmp_path / "summary.csv").read_text().splitlines()[0]
 
 
 def test_registered():
     from moetheory import experiments
     assert experiments.get("latent-clusters") is lc.reproduce
+
+
+# ---- the global direction w_g (the paper's setting, k = 3 for f_c and g) ----
+
+def test_null_alignment_is_the_init_law():
+    """The closed-form null (max over H uniform directions) against measured inits: 300 seeds of
+    the vanilla network (32 neurons) at d = 16. Kolmogorov-Smirnov p > 1e-3 for the law at
+    d = 16; the law at d = 24 (median 0.46 instead of 0.55) must be rejected (p < 1e-3), so the
+    check can tell a wrong law from the right one."""
+    cfg = lc.Config()
+    w_g = lc.make_task(cfg).global_direction
+    H = cfg.n_clusters * cfg.hidden
+    sample = np.array([lc.global_alignment(lc.make_models(replace(cfg, seed=s))[1], w_g)[0]
+                       for s in range(300)])
+
+    def cdf(d):
+        return lambda t: sps.beta(0.5, (d - 1) / 2).cdf(np.asarray(t) ** 2) ** H
+
+    assert sps.kstest(sample, cdf(16)).pvalue > 1e-3
+    assert sps.kstest(sample, cdf(24)).pvalue < 1e-3
+    assert abs(lc.null_alignment(16, H, 0.5) - np.median(sample)) < 0.05
+    assert lc.vanilla_global_bound(cfg) == lc.null_alignment(16, H, lc.NULL_QUANTILE)
+
+
+def test_global_neuron_tilt_of_a_built_neuron():
+    # one neuron set to (w_g + m) / sqrt 2 with m the unit sign contrast of the means: its cos
+    # with w_g is 1 / sqrt 2 and its component off w_g lies along m (tilt 1); the others are
+    # made orthogonal to w_g so that this neuron is the one picked
+    cfg = lc.Config(d=9, n_clusters=2, hidden=3)
+    task = lc.make_task(cfg)
+    _, van = lc.make_models(cfg)
+    m = task.signs @ task.centres
+    m /= np.linalg.norm(m)
+    W1 = van.params["experts.W1"][0]
+    W1 -= np.outer(W1 @ task.global_direction, task.global_direction)
+    W1[2] = (task.global_direction + m) / np.sqrt(2)
+    cos_g, tilt = lc.global_neuron_tilt(van, task)
+    assert cos_g == pytest.approx(1 / np.sqrt(2), abs=1e-12)
+    assert tilt == pytest.approx(1.0, abs=1e-12)
+    assert lc.global_alignment(van, task.global_direction)[0] == pytest.approx(1 / np.sqrt(2))
+    W1[2] = task.global_direction + 0.5 * task.directions[0]   # no tilt along the means
+    assert lc.global_neuron_tilt(van, task)[1] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def paper_run():
+    return lc.run(lc.paper_setting(16, seed=1))
+
+
+def test_moe_recovers_global_direction(paper_run):
+    assert paper_run["global_alignment_moe"][-1] > lc.RECOVERY
+
+
+# Measured (lc.paper_setting, budget (100, 10, 100) d^2, rho = 3), final max |cos(., w_g)| MoE /
+# vanilla, against the vanilla bound: d = 16 (53,760 steps, bound 0.768): seed 1 0.998 / 0.942,
+# seed 2 0.997 / 0.939, seed 3 0.997 / 0.943; d = 32 (215,040 steps, bound 0.589): seed 1
+# 0.999 / 0.934, seed 2 0.999 / 0.946. The vanilla network recovers w_g too, and not later than
+# the MoE (first record above 0.9: d = 32 seed 2 vanilla 10,240 steps, MoE 40,960; seed 1 vanilla
+# 51,200, MoE 61,440), so the separation on w_g does not reproduce at these sizes. Why: its
+# neuron most aligned with w_g is tilted along sum_c s_c v_c (lc.global_neuron_tilt), so it is
+# active mostly in clusters of one sign and sees s_c g without a router; with rho = 3 the
+# cluster means move a neuron's pre-activation by rho / sqrt(d) ~ 0.5-0.75 already at init.
+# (A diagnostic at rho = 1.5, d = 32, seed 1: MoE 0.983, vanilla 0.956; the vanilla first passed
+# 0.9 at 92,160 steps against the MoE's 122,880 -- no separation either.)
+# Kept as a strict xfail so that a change that makes it pass is noticed.
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="separation on w_g not reproduced at d=16, k=3: MoE 0.998, vanilla 0.942 "
+                   "> bound 0.768 (see the comment above)")
+def test_global_direction_separation(paper_run):
+    assert paper_run["global_alignment_moe"][-1] > lc.RECOVERY
+    assert paper_run["global_alignment_vanilla"][-1] < lc.vanilla_global_bound(lc.paper_setting(16))
 
 
 @pytest.mark.slow
@@ -139,3 +237,17 @@ def test_recovery_exponent_k2():
                               lambda d: 1000 * d, lambda d: 10 * d)
     _, fit_log = lc.fit_recovery(sweep)
     assert fit_log is not None and fit_log.covers(1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="separation on w_g not reproduced at d=32, k=3: MoE 0.999, vanilla 0.934 "
+                   "> bound 0.589 (seed 1; see test_global_direction_separation)")
+def test_global_direction_separation_d32():
+    """Full scale of test_global_direction_separation: d = 32, the same budget rule
+    (215,040 steps) and the same bounds (RECOVERY for the MoE, lc.vanilla_global_bound = 0.589
+    for the vanilla network)."""
+    cfg = lc.paper_setting(32, seed=1)
+    res = lc.run(cfg)
+    assert res["global_alignment_moe"][-1] > lc.RECOVERY
+    assert res["global_alignment_vanilla"][-1] < lc.vanilla_global_bound(cfg)
