@@ -17,7 +17,12 @@ module docstring, least squares by L-BFGS-B from near-truth starts):
   stay linearly independent);
 * the identifiability check separates the families (sigmoid/tanh/GELU full rank, linear not);
 * the CRPE-SGaME EM exact fit (K = 2, 8 values of n in [1e2, 1e4], 20 replications): D1 slope
-  within 0.1 of -1/2, CI excluding -1/4.
+  within 0.1 of -1/2, CI excluding -1/4;
+* the hierarchical gate (G = 2 groups of 2 sigmoid experts, the truth of
+  ``softmax_rates.hierarchical_config``), exact fit, 16 replications: the two-level Voronoi loss
+  has slope within 0.1 of -1/2 and a CI excluding -1/4, the same test as the softmax exact fit
+  (the papers: the hierarchical gate has the softmax gate's rates for strongly identifiable
+  experts).
 
 A claim that did not reproduce is marked xfail(strict=True) with the measured numbers; the
 tolerance is left as the theory states it. The full protocol (n from 1e3 to 1e5, 40
@@ -26,6 +31,7 @@ replications; EM 200 values of n up to 1e5) is marked slow.
 import numpy as np
 import pytest
 
+from moetheory.estimate import least_squares
 from moetheory.experiments import softmax_rates as sr
 from moetheory.stats import fit_slope
 
@@ -40,6 +46,11 @@ def slope(table, column):
 @pytest.fixture(scope="module")
 def exact_ffn():
     return sr.run(sr.RatesConfig(n_grid=sr.QUICK_GRID, reps=16, k_fit=2), workers=WORKERS)
+
+
+@pytest.fixture(scope="module")
+def exact_hierarchical():
+    return sr.run(sr.hierarchical_config(n_grid=sr.QUICK_GRID, reps=16), workers=WORKERS)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +115,80 @@ def test_linear_flatter_than_ffn(over_ffn, over_linear):
     assert lin.slope - ffn.slope >= 0.1, (lin, ffn)
 
 
+def test_exact_hierarchical_rate(exact_hierarchical):
+    fit = slope(exact_hierarchical, "D1")
+    assert abs(fit.slope + 0.5) <= 0.1, fit
+    assert fit.ci_high < -0.25, fit
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(groups=3), "groups = 3 must divide k_true = 4"),
+    (dict(groups=1), "groups must be an integer >= 2"),
+    (dict(k_fit=5), "k_fit must equal k_true = 4"),
+    (dict(outer_bias=(-4.0, 1.0)), r"outer_weight\[-1\] and outer_bias\[-1\] must be 0"),
+    (dict(outer_weight=(8.0, 0.0, 0.0)), "outer_weight must have groups = 2 entries"),
+    (dict(gate_bias=(-15.0, 1.0, 5.0, 0.0)), r"must be 0 at \[1, 3\]"),
+])
+def test_hierarchical_config_validation_names_the_field(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        sr.hierarchical_config(**overrides)
+
+
+def test_hierarchical_gate_needs_a_hierarchical_truth():
+    # the flat default truth (k_true = 2) cannot make 2 groups of >= 2 experts
+    with pytest.raises(ValueError, match="hierarchical_config"):
+        sr.RatesConfig(gate="hierarchical").check()
+
+
+def test_hierarchical_truth_is_the_stated_function():
+    """The truth model computes the docstring's f*(x) = sum_e outer_g(e)(x) inner_e(x)
+    sigmoid(a_e x + b_e), here recomputed with NumPy from the stated numbers."""
+    cfg = sr.hierarchical_config()
+    truth = sr.truth_model(cfg)
+    x = np.linspace(0.0, 1.0, 41)
+
+    def softmax(scores):
+        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    outer = softmax(np.stack([8.0 * x - 4.0, 0.0 * x], axis=1))
+    inner0 = softmax(np.stack([20.0 * x - 15.0, 0.0 * x], axis=1))
+    inner1 = softmax(np.stack([-20.0 * x + 5.0, 0.0 * x], axis=1))
+    gates = np.concatenate([outer[:, :1] * inner0, outer[:, 1:] * inner1], axis=1)
+    experts = 1.0 / (1.0 + np.exp(-(20.0 * x[:, None] - np.array([17.5, 12.5, 2.5, 7.5]))))
+    np.testing.assert_allclose(truth.gates(x[:, None]), gates, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(truth(x[:, None])[:, 0], (gates * experts).sum(axis=1),
+                               rtol=1e-12, atol=1e-15)
+    # each expert dominates its quarter of [0, 1] (experts 2, 3, 1, 0 from the left)
+    centres = np.array([[0.125], [0.375], [0.625], [0.875]])
+    assert truth.gates(centres).argmax(axis=1).tolist() == [2, 3, 1, 0]
+
+
+def test_hierarchical_fit_keeps_both_gauges_and_reports_leaf_atoms():
+    cfg = sr.hierarchical_config(n_grid=(200, 400), reps=2, max_iter=50)
+    table = sr.run(cfg, workers=1)
+    for key in ("n", "rep", "D1", "err_single", "err_multi", "n_multi", "converged"):
+        assert table[key].shape == (4,), key
+    assert np.all(table["D1"] > 0) and np.all(table["err_single"] > 0)
+    assert np.all(table["n_multi"] == 0) and np.all(np.isnan(table["err_multi"]))
+    # the start keeps the reference group's outer and each group's reference inner gate at 0,
+    # and least squares leaves them there (the free mask)
+    start = sr._start(cfg, 200, np.random.default_rng(0))
+    X = np.random.default_rng(1).uniform(size=(200, 1))
+    fit = least_squares(start, X, sr.truth_model(cfg)(X)[:, 0], free=sr._free(cfg),
+                        bounds=(-cfg.bound, cfg.bound), max_iter=20)
+    p = fit.model.params
+    assert p["router.outer.weight"][-1, 0] == 0 and p["router.outer.bias"][-1] == 0
+    assert np.all(p["router.inner.weight"][[1, 3], 0] == 0)
+    assert np.all(p["router.inner.bias"][[1, 3]] == 0)
+    assert p["router.outer.weight"][0, 0] != 8.0  # the free gate parameters did move
+
+
+def test_hierarchical_compare_with_truth_start():
+    out = sr.compare_with_truth_start(sr.hierarchical_config(), 2000, 0)
+    assert out["mse_from_truth"] <= out["mse_truth"]
+
+
 def test_identifiability_separates_families():
     rows = {r["family"]: r for r in sr.identifiability_table()}
     for fam in ("ffn-sigmoid", "ffn-tanh", "ffn-gelu"):
@@ -132,6 +217,13 @@ def test_full_protocol_ffn(k_fit):
 
 
 @pytest.mark.slow
+def test_full_protocol_hierarchical():
+    table = sr.run(sr.hierarchical_config(n_grid=sr.FULL_GRID, reps=40), workers=WORKERS)
+    fit = slope(table, "D1")
+    assert abs(fit.slope + 0.5) <= 0.1 and fit.ci_high < -0.25, fit
+
+
+@pytest.mark.slow
 def test_full_protocol_linear_flatter():
     kw = dict(n_grid=sr.FULL_GRID, reps=40, k_fit=3)
     ffn = slope(sr.run(sr.RatesConfig(**kw), workers=WORKERS), "err_multi")
@@ -152,6 +244,7 @@ def test_reproduce_quick_writes_files(tmp_path):
                  "identifiability.csv"):
         assert (tmp_path / name).exists(), name
     assert any(r["setting"].startswith("ls exact sigmoid") for r in rows)
+    assert any(r["setting"].startswith("ls exact hierarchical") for r in rows)
 
 
 def test_compare_with_truth_start_optimises_from_the_truth():

@@ -1,10 +1,12 @@
-"""Voronoi losses D1 / D2 on hand-computed cases, invariances, and a slow loop reference."""
+"""Voronoi losses D1 / D2 (flat and hierarchical gates) on hand-computed cases, invariances, and
+slow loop references."""
 import math
 
 import numpy as np
 import pytest
 
 from moetheory.metrics import normalize_gate, voronoi_loss
+from moetheory.metrics.voronoi import hierarchical_voronoi_loss, normalize_hierarchical_gate
 
 # One true measure used by the hand-computed cases: k* = 2, d = 1, p = 1.
 # omega*_0 = (1, 2) with mass 2, omega*_1 = (0, -1) with mass 1 (the reference expert).
@@ -181,3 +183,173 @@ def test_bad_inputs():
         voronoi_loss(measure([np.nan, 0.0], [[1.0], [0.0]], [[1.0], [2.0]]), TRUTH)
     with pytest.raises(ValueError, match="reference"):
         normalize_gate([0.0, 1.0], [[0.0], [1.0]], reference=2)
+
+
+# ---------------------------------------------------------------- hierarchical gate
+# One true two-level measure for the hand-computed cases: K* = 2 groups, d = 1, p = 1.
+# Outer atoms a* = 2 (mass 2) and a* = 0 (mass 1, the reference group). Group 0's inner atoms:
+# (omega*, eta*) = (1, 2) and (0, -1), masses 1 and 1; group 1's: (-1, 3) mass 3 and (0, 0) mass 1.
+H_TRUTH = {"outer_bias": [math.log(2.0), 0.0], "outer_weight": [[2.0], [0.0]],
+           "groups": [measure([0.0, 0.0], [[1.0], [0.0]], [[2.0], [-1.0]]),
+                      measure([math.log(3.0), 0.0], [[-1.0], [0.0]], [[3.0], [0.0]])]}
+
+
+def hier(bias, weight, groups):
+    return {"outer_bias": np.asarray(bias, float), "outer_weight": np.asarray(weight, float),
+            "groups": list(groups)}
+
+
+def slow_hierarchical(fitted, truth, kind):
+    """Loop transcription of the two-level definition (inner losses by `slow_voronoi`)."""
+    fb, fa = np.asarray(fitted["outer_bias"], float), np.asarray(fitted["outer_weight"], float)
+    tb, ta = np.asarray(truth["outer_bias"], float), np.asarray(truth["outer_weight"], float)
+    cells = [[] for _ in tb]
+    for i in range(len(fb)):
+        dists = [np.linalg.norm(fa[i] - ta[j]) for j in range(len(tb))]
+        cells[int(np.argmin(dists))].append(i)
+    total = 0.0
+    for j, cell in enumerate(cells):
+        total += abs(sum(math.exp(fb[i]) for i in cell) - math.exp(tb[j]))
+        r = 1 if (len(cell) == 1 or kind == "D2") else 2
+        for i in cell:
+            total += math.exp(fb[i]) * (np.linalg.norm(fa[i] - ta[j]) ** r
+                                        + slow_voronoi(fitted["groups"][i], truth["groups"][j],
+                                                       kind))
+    return total
+
+
+def test_hierarchical_zero_at_truth_and_under_permutations():
+    assert hierarchical_voronoi_loss(H_TRUTH, H_TRUTH) == 0.0
+    # swap the groups, and the two experts inside group 1
+    g1 = H_TRUTH["groups"][1]
+    g1_swapped = {key: value[::-1] for key, value in g1.items()}
+    swapped = hier(H_TRUTH["outer_bias"][::-1], H_TRUTH["outer_weight"][::-1],
+                   [g1_swapped, H_TRUTH["groups"][0]])
+    assert hierarchical_voronoi_loss(swapped, H_TRUTH) == 0.0
+    assert hierarchical_voronoi_loss(swapped, H_TRUTH, kind="D2") == 0.0
+
+
+def test_hierarchical_exact_fit_hand_computed():
+    # Perturbed: outer mass of group 0 2.5 (truth 2), its outer weight 2.2 (truth 2); inside
+    # group 0, expert 0's inner weight 1.1 (truth 1) and expert 1's parameter -1.3 (truth -1).
+    # Every cell single, so D1 = D2:
+    #   outer mass  |2.5 - 2| + |1 - 1|                                  = 0.5
+    #   group 0     L0 = inner masses 0 + 1 (0.1 + 0) + 1 (0 + 0.3)    = 0.4
+    #               2.5 (|2.2 - 2| + L0) = 2.5 (0.2 + 0.4)                = 1.5
+    #   group 1     1 (0 + 0)                                           = 0
+    #   D = 2.0
+    fitted = hier([math.log(2.5), 0.0], [[2.2], [0.0]],
+                  [measure([0.0, 0.0], [[1.1], [0.0]], [[2.0], [-1.3]]), H_TRUTH["groups"][1]])
+    loss, cells = hierarchical_voronoi_loss(fitted, H_TRUTH, return_cells=True)
+    assert loss == pytest.approx(2.0, rel=1e-13)
+    assert hierarchical_voronoi_loss(fitted, H_TRUTH, kind="D2") == pytest.approx(2.0, rel=1e-13)
+    np.testing.assert_array_equal(cells.outer_assignment, [0, 1])
+    np.testing.assert_array_equal(cells.outer_single, [True, True])
+    np.testing.assert_allclose(cells.outer_mass_error, [0.5, 0.0], atol=1e-14)
+    np.testing.assert_allclose(cells.outer_weight_error, [0.2, 0.0], atol=1e-14)
+    np.testing.assert_allclose(cells.inner_loss, [0.4, 0.0], atol=1e-14)
+    np.testing.assert_allclose(cells.outer_term, [1.5, 0.0], atol=1e-14)
+    np.testing.assert_allclose(cells.inner[0].expert_error, [0.0, 0.3], atol=1e-14)
+
+
+def test_hierarchical_multi_atom_cells_hand_computed():
+    # Three fitted groups, masses 1 each: A (a = 2.1) an exact copy of true group 0, B (a = 1.8)
+    # with three experts, C (a = 0) an exact copy of true group 1. Outer cells {A, B}, {C}.
+    # Outer mass |1 + 1 - 2| + |1 - 1| = 0.
+    # B's experts (omega, eta): (1.1, 2.0) and (1.0, 2.2), masses 0.5 and 0.5, share true
+    # expert (1, 2); (0, -1) is exact. Inner mass |0.5 + 0.5 - 1| + |1 - 1| = 0.
+    #   L_B (D1) = 0.5 (0.1^2 + 0) + 0.5 (0 + 0.2^2) = 0.025;  L_B (D2) = 0.5 0.1 + 0.5 0.2 = 0.15
+    # D1, outer cell {A, B} squared: A 1 (0.1^2 + 0) + B 1 (0.2^2 + 0.025) = 0.075; C 0.
+    # D2, first powers:            A 1 (0.1 + 0)   + B 1 (0.2 + 0.15)    = 0.45.
+    group_b = measure([math.log(0.5), math.log(0.5), 0.0], [[1.1], [1.0], [0.0]],
+                      [[2.0], [2.2], [-1.0]])
+    fitted = hier([0.0, 0.0, 0.0], [[2.1], [1.8], [0.0]],
+                  [H_TRUTH["groups"][0], group_b, H_TRUTH["groups"][1]])
+    loss, cells = hierarchical_voronoi_loss(fitted, H_TRUTH, return_cells=True)
+    assert loss == pytest.approx(0.075, rel=1e-12)
+    assert hierarchical_voronoi_loss(fitted, H_TRUTH, kind="D2") == pytest.approx(0.45, rel=1e-12)
+    np.testing.assert_array_equal(cells.outer_assignment, [0, 0, 1])
+    np.testing.assert_array_equal(cells.outer_cell_size, [2, 1])
+    np.testing.assert_array_equal(cells.outer_single, [False, False, True])
+    np.testing.assert_allclose(cells.inner_loss, [0.0, 0.025, 0.0], atol=1e-14)
+    np.testing.assert_array_equal(cells.inner[1].cell_size, [2, 1])
+
+
+def test_hierarchical_empty_outer_cell_contributes_true_mass():
+    # Both fitted groups (copies of true group 0, masses 1) fall in outer cell 0; cell 1 is empty.
+    # mass |1 + 1 - 2| + |0 - 1| = 1; squares 1 (0 + 0) + 1 (0.4^2 + 0) = 0.16; D1 = 1.16.
+    g0 = H_TRUTH["groups"][0]
+    fitted = hier([0.0, 0.0], [[2.0], [2.4]], [g0, g0])
+    loss, cells = hierarchical_voronoi_loss(fitted, H_TRUTH, return_cells=True)
+    assert loss == pytest.approx(1.16, rel=1e-13)
+    np.testing.assert_array_equal(cells.outer_cell_size, [2, 0])
+
+
+def random_hier(rng, sizes, d, p, scale=1.0):
+    return hier(rng.normal(size=len(sizes)), scale * rng.normal(size=(len(sizes), d)),
+                [random_measure(rng, m, d, p, scale) for m in sizes])
+
+
+@pytest.mark.parametrize("kind", ["D1", "D2"])
+@pytest.mark.parametrize("sizes,true_sizes,d,p", [((2, 2), (2, 2), 1, 1), ((3, 2, 2), (2, 2), 1, 2),
+                                                  ((2, 3, 1, 2), (3, 2), 2, 2),
+                                                  ((2,), (2, 3), 1, 1)])
+def test_hierarchical_matches_slow_reference(kind, sizes, true_sizes, d, p):
+    rng = np.random.default_rng(6)
+    truth = random_hier(rng, true_sizes, d, p, scale=2.0)
+    fitted = random_hier(rng, sizes, d, p, scale=2.0)
+    assert hierarchical_voronoi_loss(fitted, truth, kind=kind) == pytest.approx(
+        slow_hierarchical(fitted, truth, kind), rel=1e-13)
+
+
+def test_hierarchical_invariant_to_permuting_fitted_groups():
+    rng = np.random.default_rng(7)
+    truth = random_hier(rng, (2, 2), 1, 2)
+    fitted = random_hier(rng, (2, 3, 2), 1, 2)
+    loss = hierarchical_voronoi_loss(fitted, truth)
+    perm = [2, 0, 1]
+    permuted = hier(fitted["outer_bias"][perm], fitted["outer_weight"][perm],
+                    [fitted["groups"][i] for i in perm])
+    assert hierarchical_voronoi_loss(permuted, truth) == pytest.approx(loss, rel=1e-14)
+
+
+def test_normalize_hierarchical_gate_removes_both_translations():
+    truth = normalize_hierarchical_gate(H_TRUTH)
+    assert hierarchical_voronoi_loss(truth, H_TRUTH) == 0.0  # H_TRUTH is already in that gauge
+    # the same gate translated at the outer level and, differently, inside each group
+    shifted = hier(np.asarray(H_TRUTH["outer_bias"]) + 0.7,
+                   np.asarray(H_TRUTH["outer_weight"]) - 1.5,
+                   [dict(g, gate_bias=g["gate_bias"] + t, gate_weight=g["gate_weight"] + t)
+                    for g, t in zip(H_TRUTH["groups"], (0.4, -0.9))])
+    assert hierarchical_voronoi_loss(shifted, H_TRUTH) > 0.1  # same function, other gauge
+    back = normalize_hierarchical_gate(shifted)
+    assert hierarchical_voronoi_loss(back, H_TRUTH) <= 1e-14  # rounding of the shifts only
+    assert np.all(shifted["groups"][0]["gate_bias"] == H_TRUTH["groups"][0]["gate_bias"] + 0.4)
+
+
+def test_hierarchical_bad_inputs():
+    g0 = H_TRUTH["groups"][0]
+    with pytest.raises(ValueError, match="kind"):
+        hierarchical_voronoi_loss(H_TRUTH, H_TRUTH, kind="D3")
+    with pytest.raises(TypeError, match="fitted must be a dict"):
+        hierarchical_voronoi_loss([1.0], H_TRUTH)
+    with pytest.raises(ValueError, match="missing"):
+        hierarchical_voronoi_loss({"outer_bias": [0.0], "outer_weight": [[0.0]]}, H_TRUTH)
+    with pytest.raises(ValueError, match=r"fitted\['groups'\] must hold one inner measure"):
+        hierarchical_voronoi_loss(hier([0.0, 0.0], [[1.0], [0.0]], [g0]), H_TRUTH)
+    with pytest.raises(TypeError, match=r"fitted\['groups'\] must be a list"):
+        hierarchical_voronoi_loss(hier([0.0], [[1.0]], []) | {"groups": g0}, H_TRUTH)
+    with pytest.raises(ValueError, match=r"fitted\['outer_weight'\] must have shape"):
+        hierarchical_voronoi_loss(hier([0.0, 0.0], [[1.0]], [g0, g0]), H_TRUTH)
+    with pytest.raises(ValueError, match=r"\['gate_weight'\] has d = 1 columns but "
+                                         r"fitted\['outer_weight'\] has d = 2"):
+        hierarchical_voronoi_loss(hier([0.0], [[1.0, 0.0]], [g0]), H_TRUTH)
+    g2 = measure([0.0, 0.0], [[1.0, 0.0], [0.0, 0.0]], [[2.0], [-1.0]])
+    with pytest.raises(ValueError, match=r"fitted\['outer_weight'\] has d = 2 columns but "
+                                         r"truth\['outer_weight'\] has d = 1"):
+        hierarchical_voronoi_loss(hier([0.0], [[1.0, 0.0]], [g2]), H_TRUTH)
+    with pytest.raises(ValueError, match=r"fitted\['groups'\]\[0\]\['expert'\]"):
+        hierarchical_voronoi_loss(hier([0.0], [[1.0]], [measure([0.0, 0.0], [[1.0], [0.0]],
+                                                                [[1.0]])]), H_TRUTH)
+    with pytest.raises(ValueError, match="finite"):
+        hierarchical_voronoi_loss(hier([np.inf], [[1.0]], [g0]), H_TRUTH)

@@ -20,12 +20,19 @@ loss is not invariant to it (exp(beta_0i) scales with exp(t_0)). The caller must
 and the true gates in the same gauge before calling :func:`voronoi_loss`, for instance by making
 one reference expert's gate parameters zero in both, as the CRPE-SGaME code does (the last true
 expert has beta_0 = 0, beta_1 = 0). :func:`normalize_gate` does that subtraction.
+
+Hierarchical gate
+-----------------
+:func:`hierarchical_voronoi_loss` compares two-level measures (outer group atoms, each carrying
+an inner measure over the group's experts) of the hierarchical softmax gate; it needs the same
+gauge at both levels (:func:`normalize_hierarchical_gate`).
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["voronoi_loss", "normalize_gate", "VoronoiCells"]
+__all__ = ["voronoi_loss", "normalize_gate", "VoronoiCells", "hierarchical_voronoi_loss",
+           "normalize_hierarchical_gate", "HierarchicalVoronoiCells"]
 
 _KINDS = ("D1", "D2")
 
@@ -223,3 +230,193 @@ def _atoms(measure, which):
     if e.shape[0] != k:
         raise ValueError(f"{which}['expert'] must have shape ({k}, p), got {e.shape}")
     return b, W, e
+
+
+# --------------------------------------------------------------------------- hierarchical gate
+
+@dataclass(frozen=True)
+class HierarchicalVoronoiCells:
+    """Per-cell details of :func:`hierarchical_voronoi_loss` (``return_cells=True``).
+
+    K is the number of fitted groups (outer atoms), K* the number of true groups.
+
+    Attributes
+    ----------
+    outer_assignment : ndarray of int, shape (K,)
+        Index j1 of the true group whose outer cell V_j1 contains fitted group i1.
+    outer_cell_size : ndarray of int, shape (K*,)
+        |V_j1| (0 for an empty outer cell).
+    outer_mass_error : ndarray, shape (K*,)
+        Signed sum_{i1 in V_j1} exp(b_i1) - exp(b*_j1).
+    outer_atom_mass : ndarray, shape (K,)
+        exp(b_i1) of each fitted group.
+    outer_weight_error : ndarray, shape (K,)
+        |a_i1 - a*_j1|, the outer gate weight error (Euclidean norm).
+    outer_single : ndarray of bool, shape (K,)
+        True where fitted group i1 is alone in its outer cell.
+    inner_loss : ndarray, shape (K,)
+        The inner loss L(G_i1, G*_j1) of each fitted group against its matched true group
+        (:func:`voronoi_loss` of the same kind, not yet weighted by exp(b_i1)).
+    inner : tuple of VoronoiCells, length K
+        The inner cells of each fitted group against its matched true group.
+    outer_term : ndarray, shape (K,)
+        Contribution of fitted group i1: exp(b_i1) (|a_i1 - a*_j1|^r + inner_loss[i1]).
+    """
+
+    outer_assignment: np.ndarray
+    outer_cell_size: np.ndarray
+    outer_mass_error: np.ndarray
+    outer_atom_mass: np.ndarray
+    outer_weight_error: np.ndarray
+    outer_single: np.ndarray
+    inner_loss: np.ndarray
+    inner: tuple
+    outer_term: np.ndarray
+
+
+def hierarchical_voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
+    """Voronoi loss between fitted and true hierarchical-softmax mixing measures.
+
+    The two-level gate g_e(x) = softmax(a^T x + b)_{group(e)} softmax(omega^T x + beta within
+    the group)_e (``MoE(..., gate="hierarchical")``) is summarised, as in the hierarchical-MoE
+    paper of Nguyen, Han, Harris, Saria and Ho (arXiv 2410.02935), by a two-level mixing measure:
+    outer atoms a_i1 (the outer gate weight of group i1) with masses exp(b_i1), each carrying an
+    inner measure G_i1 = sum_i2 exp(beta_i2|i1) delta_(omega_i2|i1, eta_i1i2) over the group's
+    experts, exactly the measure of :func:`voronoi_loss`.
+
+    Measures are plain dicts::
+
+        {"outer_bias": (K,), "outer_weight": (K, d),
+         "groups": [inner measure of group 0, ..., inner measure of group K-1]}
+
+    where each inner measure is a dict ``{"gate_bias": (m,), "gate_weight": (m, d),
+    "expert": (m, p)}`` as for :func:`voronoi_loss` (groups may differ in size m).
+
+    Gauge: the outer softmax is unchanged by a common translation of every group's (a, b), and
+    each inner softmax by a common translation of its own group's (omega, beta); the loss is not
+    invariant to either. Put fitted and true measures in the same gauge at both levels first,
+    e.g. one reference group with a = 0, b = 0 and, in every group, one reference expert with
+    omega = 0, beta = 0 (:func:`normalize_hierarchical_gate`).
+
+    Outer cells: V_j1 = {i1 : |a_i1 - a*_j1| <= |a_i1 - a*_l1| for all l1}, ties to the lowest
+    j1. Inside a fitted group, the inner cells are those of :func:`voronoi_loss` against the
+    inner measure of the true group j1 whose outer cell holds it. With r = 1 for a fitted group
+    alone in its outer cell and r = 2 otherwise (``kind="D1"``; ``kind="D2"`` uses r = 1
+    everywhere)::
+
+        D = sum_j1 | sum_{i1 in V_j1} exp(b_i1) - exp(b*_j1) |
+          + sum_j1 sum_{i1 in V_j1} exp(b_i1) ( |a_i1 - a*_j1|^r + L(G_i1, G*_j1) )
+
+    where L = :func:`voronoi_loss` (same ``kind``) between the inner measures, so L itself holds
+    the inner mass differences, first powers in single-atom inner cells and squares in
+    multi-atom inner cells. Each group's inner loss is weighted by its outer mass exp(b_i1), as
+    the inner measure hangs off that outer atom. An empty outer cell contributes exp(b*_j1)
+    through the mass term only. D = 0 iff the measures are equal up to permutations of groups
+    and of experts within groups.
+
+    Parameters
+    ----------
+    fitted, truth : dict
+        Two-level measures (format above); d and p must agree.
+    kind : {"D1", "D2"}, default "D1"
+    return_cells : bool, default False
+        Also return a :class:`HierarchicalVoronoiCells`.
+
+    Returns
+    -------
+    loss : float
+    cells : HierarchicalVoronoiCells
+        Only when ``return_cells`` is True.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    fb, fa, fgroups = _hier_atoms(fitted, "fitted")
+    tb, ta, tgroups = _hier_atoms(truth, "truth")
+    if fa.shape[1] != ta.shape[1]:
+        raise ValueError(f"fitted['outer_weight'] has d = {fa.shape[1]} columns but "
+                         f"truth['outer_weight'] has d = {ta.shape[1]}")
+    k_true = tb.shape[0]
+    dist = np.linalg.norm(fa[:, None, :] - ta[None, :, :], axis=2)  # (K, K*)
+    assignment = np.argmin(dist, axis=1)  # first minimum: ties go to the lowest j1
+
+    atom_mass = np.exp(fb)
+    cell_size = np.bincount(assignment, minlength=k_true)
+    mass_error = np.bincount(assignment, weights=atom_mass, minlength=k_true) - np.exp(tb)
+    weight_error = np.linalg.norm(fa - ta[assignment], axis=1)
+    single = cell_size[assignment] == 1
+    power = np.where(single, 1.0, 2.0) if kind == "D1" else np.ones_like(weight_error)
+
+    inner_loss = np.empty(fb.shape[0])
+    inner = []
+    for i1, j1 in enumerate(assignment):
+        loss_i, cells_i = voronoi_loss(fgroups[i1], tgroups[j1], kind=kind, return_cells=True)
+        inner_loss[i1] = loss_i
+        inner.append(cells_i)
+    outer_term = atom_mass * (weight_error ** power + inner_loss)
+    loss = float(np.sum(np.abs(mass_error)) + np.sum(outer_term))
+    if not return_cells:
+        return loss
+    cells = HierarchicalVoronoiCells(
+        outer_assignment=assignment, outer_cell_size=cell_size, outer_mass_error=mass_error,
+        outer_atom_mass=atom_mass, outer_weight_error=weight_error, outer_single=single,
+        inner_loss=inner_loss, inner=tuple(inner), outer_term=outer_term)
+    return loss, cells
+
+
+def normalize_hierarchical_gate(measure, outer_reference=-1, inner_reference=-1):
+    """Remove both translations of the hierarchical gate (see :func:`hierarchical_voronoi_loss`).
+
+    Parameters
+    ----------
+    measure : dict
+        A two-level measure ``{"outer_bias", "outer_weight", "groups"}``.
+    outer_reference : int, default -1
+        The reference group: its (a, b) is subtracted from every group's.
+    inner_reference : int, default -1
+        The reference expert inside every group: its (omega, beta) is subtracted from the
+        group's experts (:func:`normalize_gate` per group).
+
+    Returns
+    -------
+    dict
+        A new measure in that gauge (the input is not modified).
+    """
+    b, a, groups = _hier_atoms(measure, "measure")
+    ob, oa = normalize_gate(b, a, reference=outer_reference)
+    out_groups = []
+    for g in groups:
+        gb, gW = normalize_gate(g["gate_bias"], g["gate_weight"], reference=inner_reference)
+        out_groups.append({"gate_bias": gb, "gate_weight": gW,
+                           "expert": np.array(g["expert"], dtype=np.float64)})
+    return {"outer_bias": ob, "outer_weight": oa, "groups": out_groups}
+
+
+def _hier_atoms(measure, which):
+    if not isinstance(measure, dict):
+        raise TypeError(f"{which} must be a dict with keys 'outer_bias', 'outer_weight', "
+                        f"'groups', got {type(measure).__name__}")
+    missing = [key for key in ("outer_bias", "outer_weight", "groups") if key not in measure]
+    if missing:
+        raise ValueError(f"{which} is missing key(s) {missing}")
+    b = _as_array(measure["outer_bias"], f"{which}['outer_bias']", ndim=1)
+    a = _as_array(measure["outer_weight"], f"{which}['outer_weight']", ndim=2)
+    k = b.shape[0]
+    if k == 0:
+        raise ValueError(f"{which} must have at least one group")
+    if a.shape[0] != k:
+        raise ValueError(f"{which}['outer_weight'] must have shape ({k}, d), got {a.shape}")
+    groups = measure["groups"]
+    if isinstance(groups, (str, bytes, dict)) or not hasattr(groups, "__len__"):
+        raise TypeError(f"{which}['groups'] must be a list of {k} inner measures, "
+                        f"got {type(groups).__name__}")
+    if len(groups) != k:
+        raise ValueError(f"{which}['groups'] must hold one inner measure per group "
+                         f"({k}), got {len(groups)}")
+    parsed = []
+    for g, group in enumerate(groups):
+        gb, gW, ge = _atoms(group, f"{which}['groups'][{g}]")
+        if gW.shape[1] != a.shape[1]:
+            raise ValueError(f"{which}['groups'][{g}]['gate_weight'] has d = {gW.shape[1]} "
+                             f"columns but {which}['outer_weight'] has d = {a.shape[1]}")
+        parsed.append({"gate_bias": gb, "gate_weight": gW, "expert": ge})
+    return b, a, parsed
