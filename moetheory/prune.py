@@ -15,7 +15,11 @@ indices to keep:
   (redundant experts of a soft-routed student cancel each other rather than vanish);
 * :func:`merge_duplicates` - without a teacher: experts that are near-duplicates (cosine above a
   threshold for the router row and, up to the activation's parity, the expert's first layer) are
-  merged into one, their output weights summed.
+  merged into one, their output weights summed;
+* :func:`merge_neurons` - without a teacher: hidden neurons of one FFN expert that are
+  near-duplicates (cosine of their input rows with biases above a threshold) are merged into one,
+  their output weights (columns of ``experts.W2``) summed, rescaled for positively homogeneous
+  activations.
 
 Gates after removing experts (what the smaller model computes, for kept set K):
 
@@ -24,8 +28,10 @@ Gates after removing experts (what the smaller model computes, for kept set K):
 * ``"softmax"``: g_e = exp(s_e) / sum_{k in K} exp(s_k), i.e. the old gate restricted to K and
   renormalised to sum to 1.
 * ``"topk"`` / ``"temperature"`` with ``top_k``: the top-k rule over K with
-  k' = min(top_k, |K|), renormalised over the chosen experts as before; ``"temperature"`` without
-  ``top_k``: the softmax of a(s)/tau restricted to K and renormalised.
+  k' = min(top_k, |K|): for k' >= 2 renormalised over the chosen experts as before; for k' = 1
+  the Switch convention of docs/model.md, i.e. the chosen expert's softmax probability over K
+  (the full softmax restricted to K and renormalised); ``"temperature"`` without ``top_k``: the
+  softmax of a(s)/tau restricted to K and renormalised.
 * ``"hierarchical"``: groups with no kept expert are dropped (their outer router rows too); every
   remaining group must keep the same number of experts (the core's layout); the outer softmax is
   renormalised over the remaining groups and each inner softmax over its kept experts.
@@ -34,16 +40,20 @@ Removing hidden neurons (:func:`neurons`) never touches the gate: each expert lo
 removed neurons' terms W2[:, h] act(z_h), so removing neurons with zero output weight leaves the
 output unchanged for every gate.
 """
+import numbers
+
 import numpy as np
 
 from .metrics.alignment import alignment_matrix, match
 from .model import MoE
 
 __all__ = ["experts", "neurons", "select_by_teacher", "select_by_contribution",
-           "select_by_cancellation", "merge_duplicates", "expert_outputs"]
+           "select_by_cancellation", "merge_duplicates", "merge_neurons", "expert_outputs"]
 
 _ODD = {"identity", "tanh", "he1", "he3", "he5", "he7"}
 _EVEN = {"he2", "he4", "he6", "he8"}
+# act(c z) = c act(z) for every c > 0 (identity and he1 = z: for every real c)
+_HOMOGENEOUS = {"relu", "leaky_relu", "identity", "he1"}
 
 
 def _new_model(config, **changes):
@@ -203,6 +213,15 @@ def _cos(A):
     return A @ A.T
 
 
+def _check_threshold(threshold):
+    """A cosine threshold in (0, 1], as a float."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    if not 0.0 < float(threshold) <= 1.0:  # NaN fails here too
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def _router_groups(model, threshold):
     """Experts whose router rows have cosine > threshold, grouped (single linkage)."""
     C = _cos(_router_rows(model))
@@ -223,13 +242,21 @@ def _router_groups(model, threshold):
     return [np.flatnonzero(label == k) for k in range(g)]
 
 
+def _router_weight(model):
+    """Router rows that score the experts: the inner router's for a hierarchical gate."""
+    name = "router.inner.weight" if model.config["gate"] == "hierarchical" else "router.weight"
+    return model.params[name]
+
+
 def select_by_teacher(student, teacher, *, signed=True, use=("experts", "routers")):
-    """One student expert per teacher expert, by alignment (hidden-1 FFN experts).
+    """One student expert per teacher expert, by alignment.
 
     Parameters
     ----------
     student, teacher : MoE
-        Same input dimension; the student has at least as many experts.
+        Same input dimension; the student has at least as many experts. With "experts" in
+        `use` both need hidden-1 FFN experts (one direction per expert). Router rows are the
+        inner router's for a hierarchical gate; any gate otherwise.
     signed : bool
         Score by signed cosines (True, default: a student with w = -w* computes a different
         function) or by their absolute values.
@@ -241,15 +268,26 @@ def select_by_teacher(student, teacher, *, signed=True, use=("experts", "routers
     keep : ndarray of int, shape (m_star,)
         ``keep[j]`` is the student expert matched to teacher expert j (linear_sum_assignment).
     """
+    for name, m in (("student", student), ("teacher", teacher)):
+        if not isinstance(m, MoE):
+            raise TypeError(f"{name} must be a moetheory.MoE, got {type(m).__name__}")
+    unknown = set(use) - {"experts", "routers"}
+    if unknown or not use:
+        raise ValueError(f"use must contain 'experts' and/or 'routers', got {tuple(use)!r}")
+    if student.config["n_experts"] < teacher.config["n_experts"]:
+        raise ValueError(f"student needs at least as many experts as teacher, got "
+                         f"{student.config['n_experts']} < {teacher.config['n_experts']}")
     score = 0.0
     if "experts" in use:
+        for name, m in (("student", student), ("teacher", teacher)):
+            cfg = m.config
+            if cfg["expert"] != "ffn" or cfg["hidden"] != 1:
+                raise ValueError(f"use='experts' compares hidden-1 FFN experts; {name} has "
+                                 f"expert={cfg['expert']!r}, hidden={cfg['hidden']}")
         score = score + alignment_matrix(student.params["experts.W1"],
                                          teacher.params["experts.W1"], signed)
     if "routers" in use:
-        score = score + alignment_matrix(student.params["router.weight"],
-                                         teacher.params["router.weight"], signed)
-    if np.isscalar(score):
-        raise ValueError("use must contain 'experts' and/or 'routers'")
+        score = score + alignment_matrix(_router_weight(student), _router_weight(teacher), signed)
     return match(score)[0]
 
 
@@ -311,7 +349,11 @@ def select_by_cancellation(model, X, *, rel_tol=1e-3, router_threshold=0.9, max_
 
         mean_x |sum_{e in S} g_e(x) h_e(x)|^2 <= rel_tol * mean_x |f(x)|^2
 
-    is removed (so removing it changes the output by at most that much, in mean square).
+    is removed. Under the sigmoid gate the pruned model's output is f minus exactly that sum, so
+    removing S changes the output by at most that much in mean square; under the normalised
+    gates (softmax, topk, temperature, hierarchical) the kept gates are then renormalised (see
+    the module notes; for softmax the pruned output is the kept terms divided by their total
+    gate mass), so the pruned output may differ from f by more.
 
     Parameters
     ----------
@@ -361,18 +403,28 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
     """Merge near-duplicate experts; return the smaller model.
 
     Experts i and j are duplicates when their router rows (with biases) have cosine above
-    `threshold` and their expert first layers (W1 and b1 flattened; W for linear experts) have
-    cosine above `threshold` - or, for an odd or even activation (identity, tanh, he1/3/5/7;
-    he2/4/6/8), cosine below -threshold, since then h(-z) = -h(z) or h(z). Duplicates are
-    grouped by single linkage; each group keeps its lowest-index expert.
+    `threshold` and their expert first layers (W1 and b1 flattened) have cosine above
+    `threshold` - or, for an odd or even activation (identity, tanh, he1/3/5/7; he2/4/6/8),
+    cosine below -threshold, since then h(-z) = -h(z) or h(z). Duplicates are grouped by single
+    linkage; each group keeps its lowest-index expert.
+
+    The merge is exact (output unchanged up to rounding) when the router rows of a group are
+    identical and its first layers identical (or exactly negated under an odd or even
+    activation); otherwise it is an approximation whose error grows with the rows' differences.
 
     Parameters
     ----------
     model : MoE
-        ``gate="sigmoid"`` (output weights of the group summed, with the sign -1 for an
-        antipodal copy under an odd activation) or ``gate="softmax"`` with biases (output
-        weights averaged and log(group size) added to the router bias, so the merged gate is the
-        group's total gate); FFN experts.
+        FFN experts, and one of the gates
+        ``"sigmoid"`` (output weights of the group summed, with the sign -1 for an antipodal
+        copy under an odd activation); ``"softmax"`` with biases (output weights averaged and
+        log(group size) added to the router bias, so the merged gate is the group's total
+        gate); ``"temperature"`` without ``top_k`` and ``gate_activation``, with biases (as
+        softmax, adding temperature * log(group size); exact at the model's current
+        temperature only). Other gates raise ValueError: under top-k, duplicates hold several
+        of the k slots, so one merged expert cannot stand for them; a gate activation is not
+        shifted by a log count; a hierarchical gate needs the same number of experts in each
+        group.
     threshold : float
         Cosine threshold in (0, 1].
     drop_tol : float
@@ -385,13 +437,23 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
     groups : list of ndarray of int
         The original experts behind each expert of `merged`.
     """
+    if not isinstance(model, MoE):
+        raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
     c = model.config
+    threshold = _check_threshold(threshold)
     if c["expert"] != "ffn":
-        raise ValueError("merge_duplicates needs expert='ffn'")
-    if c["gate"] == "softmax" and not c["bias"]:
-        raise ValueError("merging under a softmax gate needs router biases (to add log count)")
-    if c["gate"] not in ("sigmoid", "softmax"):
-        raise ValueError(f"merge_duplicates supports gate='sigmoid' or 'softmax', got {c['gate']!r}")
+        raise ValueError(f"merge_duplicates needs a model with expert='ffn', got "
+                         f"expert={c['expert']!r}")
+    plain_temperature = (c["gate"] == "temperature" and c["top_k"] is None
+                         and c["gate_activation"] is None)
+    if c["gate"] not in ("sigmoid", "softmax") and not plain_temperature:
+        raise ValueError("merge_duplicates supports gate='sigmoid', 'softmax' or 'temperature' "
+                         "without top_k and gate_activation; got gate="
+                         f"{c['gate']!r}, top_k={c['top_k']!r}, "
+                         f"gate_activation={c['gate_activation']!r}")
+    if c["gate"] != "sigmoid" and not c["bias"]:
+        raise ValueError(f"merging under gate={c['gate']!r} needs router biases (bias=True), to "
+                         "add the log of the group size")
     E = c["n_experts"]
     first = np.array(model.params["experts.W1"]).reshape(E, -1)
     if c["bias"]:
@@ -428,11 +490,11 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
         W2[k] = np.tensordot(sgn, np.asarray(model.params["experts.W2"])[g], axes=1)
         if b2 is not None:
             b2[k] = np.asarray(model.params["experts.b2"])[g].sum(axis=0)
-        if c["gate"] == "softmax":
+        if c["gate"] != "sigmoid":  # softmax of s / temperature: the group's total gate
             W2[k] /= g.size
             if b2 is not None:
                 b2[k] /= g.size
-            merged.params["router.bias"][k] += np.log(g.size)
+            merged.params["router.bias"][k] += c["temperature"] * np.log(g.size)
     out_w = np.abs(np.asarray(W2)).reshape(len(groups), -1).max(axis=1)
     if b2 is not None:
         out_w = np.maximum(out_w, np.abs(np.asarray(b2)).reshape(len(groups), -1).max(axis=1))
@@ -443,3 +505,150 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
         merged = experts(merged, alive)
         groups = [groups[i] for i in alive]
     return merged, groups
+
+
+def _neuron_coefficient(a, r, threshold, activation):
+    """c with act(a . x) ~= c act(r . x) when input row `a` duplicates row `r`, else None.
+
+    See :func:`merge_neurons` for the rule; exact equality is tested first so that identical
+    (and, for odd and even activations, exactly negated) rows merge with c = +-1 exactly, at any
+    threshold.
+    """
+    odd, even = activation in _ODD, activation in _EVEN
+    if np.array_equal(a, r):
+        return 1.0
+    if (odd or even) and np.array_equal(a, -r):
+        return -1.0 if odd else 1.0
+    norm_a, norm_r = float(np.linalg.norm(a)), float(np.linalg.norm(r))
+    if norm_a == 0.0 or norm_r == 0.0:  # a zero row is a duplicate of another zero row only
+        return None
+    cos = float(a @ r) / (norm_a * norm_r)
+    if cos >= threshold:
+        sign = 1.0
+    elif (odd or even) and cos <= -threshold:
+        sign = -1.0
+    else:
+        return None
+    if activation in _HOMOGENEOUS:
+        # act(c z) = c act(z): c is the projection of a on r (exact for parallel rows)
+        return float(a @ r) / norm_r ** 2
+    # not homogeneous: parallel rows of different length are different functions
+    if not threshold <= norm_a / norm_r <= 1.0 / threshold:
+        return None
+    return -1.0 if (sign < 0 and odd) else 1.0
+
+
+def merge_neurons(model, threshold=0.999):
+    """Merge near-duplicate hidden neurons within each FFN expert; return the smaller model.
+
+    Neuron h of expert e adds ``W2[e][:, h] * act(a_h . (x, 1))`` to the expert's output, with
+    input row a_h = (``W1[e, h]``, ``b1[e, h]``) (without the bias when ``bias=False``; with
+    ``W1[e, h] / |W1[e, h]|`` under ``normalize=True``, the row the model actually uses).
+    Within each expert the neurons are visited in index order; each joins the first
+    representative it duplicates, or else becomes a representative itself (leader clustering:
+    every member is compared with its own representative, never merged through a chain).
+    Neuron k duplicates representative r when
+
+    * their rows are identical; or
+    * cos(a_k, a_r) >= `threshold` - or, for an odd activation (identity, tanh, he1/3/5/7) or
+      an even one (he2/4/6/8), cos(a_k, a_r) <= -`threshold` - and, for an activation that is
+      not positively homogeneous, also ``threshold <= |a_k| / |a_r| <= 1 / threshold``
+      (parallel rows of different lengths compute different functions there).
+
+    The merged neuron keeps the representative's input row (``W1``, ``b1``); its output
+    weights are ``W2'[:, r] = sum_k c_k W2[:, k]`` over the group in index order, with
+
+    * c_k = <a_k, a_r> / |a_r|^2 for the positively homogeneous activations relu,
+      leaky_relu, identity and he1, which satisfy act(c z) = c act(z) for c > 0 (identity and
+      he1 for every real c): parallel rows of any lengths are supported and merged by
+      rescaling;
+    * otherwise c_k = 1, or -1 / +1 for a negated row under an odd / even activation;
+    * c_k = 1 exactly for identical rows and -1 / +1 exactly for exactly negated rows under an
+      odd / even activation, whatever the activation's homogeneity.
+
+    The router and ``b2`` are unchanged, so no gate is touched and what holds for one expert's
+    output holds for the model under every gate (softmax, topk, temperature, hierarchical,
+    sigmoid).
+
+    When the merge is exact (the output is unchanged up to rounding):
+
+    * identical rows, for every activation;
+    * exactly negated rows, for odd and even activations;
+    * exactly parallel rows of any lengths, for relu and leaky_relu (same direction) and for
+      identity and he1 (either direction).
+
+    Every other merge is approximate: neuron k's term changes by
+    ``W2[:, k] (act(a_k . x) - c_k act(a_r . x))``, which is small when the rows are close but is
+    not bounded by the threshold alone (it grows with |x| for he_k and with W2).
+
+    Parameters
+    ----------
+    model : MoE
+        ``expert="ffn"``; any gate, activation, ``bias`` and ``normalize``.
+    threshold : float
+        Cosine threshold in (0, 1]. With 1 only rows whose computed cosine rounds to 1 merge
+        (identical rows always do); parallel rows of different lengths need a threshold just
+        below 1.
+
+    Returns
+    -------
+    merged : MoE
+        ``hidden`` = the largest number of neurons left in an expert. The core needs the same
+        number in every expert, so an expert left with fewer is padded with copies of its
+        first neuron's input row whose output weights are zero: they add exactly nothing.
+        Neurons whose merged output weights cancel to zero are kept (remove them with
+        :func:`neurons`).
+    groups : list of list of ndarray of int
+        ``groups[e][i]`` are the original neurons of expert e merged into its new neuron i,
+        the representative first (empty for a padding neuron).
+    """
+    if not isinstance(model, MoE):
+        raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
+    c = model.config
+    if c["expert"] != "ffn":
+        raise ValueError(f"merge_neurons needs a model with expert='ffn' (hidden neurons), got "
+                         f"expert={c['expert']!r}")
+    threshold = _check_threshold(threshold)
+    E, H = c["n_experts"], c["hidden"]
+    W1 = np.array(model.params["experts.W1"])  # (E, H, d)
+    if c["normalize"]:
+        W1 = W1 / np.linalg.norm(W1, axis=2, keepdims=True)
+    rows = W1
+    if c["bias"]:
+        rows = np.concatenate([W1, np.array(model.params["experts.b1"])[:, :, None]], axis=2)
+    groups, coefs = [], []
+    for e in range(E):
+        members, factors = [], []
+        for h in range(H):
+            for g, f in zip(members, factors):
+                coef = _neuron_coefficient(rows[e, h], rows[e, g[0]], threshold, c["activation"])
+                if coef is not None:
+                    g.append(h)
+                    f.append(coef)
+                    break
+            else:
+                members.append([h])
+                factors.append([1.0])
+        groups.append(members)
+        coefs.append(factors)
+    hidden = max(len(g) for g in groups)
+    merged = _new_model(c, hidden=hidden)
+    old, new = model.params, merged.params
+    for name, value in new.items():
+        if name not in ("experts.W1", "experts.b1", "experts.W2"):
+            value[...] = old[name]
+    new["experts.W2"][...] = 0.0
+    for e in range(E):
+        reps = [g[0] for g in groups[e]]
+        reps += [reps[0]] * (hidden - len(reps))  # padding: zero output weight below
+        new["experts.W1"][e] = old["experts.W1"][e][reps]
+        if c["bias"]:
+            new["experts.b1"][e] = old["experts.b1"][e][reps]
+        for i, (g, f) in enumerate(zip(groups[e], coefs[e])):
+            column = np.zeros(c["d_out"])
+            for k, ck in zip(g, f):
+                column = column + ck * old["experts.W2"][e][:, k]
+            new["experts.W2"][e][:, i] = column
+    out = [[np.array(g, dtype=np.intp) for g in ge] +
+           [np.empty(0, dtype=np.intp)] * (hidden - len(ge)) for ge in groups]
+    return merged, out

@@ -11,6 +11,10 @@ Budgets and tolerances are stated here and not tuned to pass:
   steps): population loss < 1e-10; log loss linear in the step over the window from loss 1e-3 down
   to 1e-20 with R^2 > 0.95 and a negative slope; matched cosines of the fine-tuned student with
   the teacher > 1 - 1e-6.
+* Figure-1 scale (slow; d = 1000, m = 25, m* = 5 with full_configs(): lr 0.01, batch 16000,
+  3000 steps, chosen from the SGD-noise pilot in its docstring before the run): every teacher
+  expert recovered (cosine > 0.99), experts before their routers; every router recovered and
+  loss < 1e-10 after pruning and fine-tuning is a strict xfail with the measured numbers.
 """
 import os
 
@@ -154,18 +158,39 @@ def test_bad_config():
                                                     parametrization="polar"))
 
 
+@pytest.fixture(scope="module")
+def figure1_run():
+    """The paper's Figure-1 scale with full_configs() (see its docstring for the choice of lr
+    and batch): feature learning, pruning by teacher alignment and fine-tuning (about an hour)."""
+    cfg, _ = sr.full_configs()
+    return sr.run(cfg)
+
+
+@pytest.mark.slow
+def test_figure1_scale_recovers_every_expert(figure1_run):
+    """m* = 5, m = 25, d = 1000 (the paper's Figure 1): every teacher expert direction recovered
+    (max cosine > 0.99) within full_configs()' 3000 steps, and every router that is recovered
+    comes after its expert. Measured in the one attempt (1750 steps, 30 minutes): experts at
+    t = 4, 5, 5, 5.5, 14.5 of the budget t = 30, chosen before the run."""
+    res = figure1_run
+    assert np.all(np.isfinite(res["t_expert"])), (res["t_expert"], res["A_expert"][-1].max(0))
+    t_w, t_v = res["t_expert"], res["t_router"]
+    done = np.isfinite(t_v)
+    assert np.all(t_w[done] < t_v[done]), (t_w, t_v)
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "measured with full_configs() (d=1000, m=25, m*=5, projected, online SGD lr 0.01, batch "
-    "2000, 8000 steps, 2005 s): no feature learning - max expert cosines stay at the random "
-    "level 0.05-0.13 and router cosines 0.04-0.12 at every record; population loss 53.1, after "
-    "pruning to 5 by alignment 18.3, after 3000 fine-tuning steps 17.1 (not geometric). "
-    "lr 0.01 at d/batch = 0.5 appears noise-dominated; no smaller-lr run was made"))
-def test_figure1_scale():
-    """m* = 5, m = 25, d = 1000 (the paper's Figure 1): recovery of every expert, experts before
-    routers, and zero loss after pruning and fine-tuning."""
-    cfg, _ = sr.full_configs()
-    res = sr.run(cfg)
-    assert np.all(np.isfinite(res["t_expert"])), res["t_expert"]
-    assert np.all(res["t_expert"] < res["t_router"]), (res["t_expert"], res["t_router"])
+    "16000, kappa = lr d^1.5 / batch = 0.02), one attempt stopped by its 30-minute budget at "
+    "step 1750 of 3000 (1800 s, 1 BLAS thread): every expert recovered, but the routers of "
+    "teachers 0 and 2 were at 0.956 (rising) and 0.815 (creeping, +0.004 per 50 steps; two "
+    "more students hold w*_2 and -w*_2 and nearly cancel); population loss 0.034, 0.099 after "
+    "pruning to 5 by alignment, 2.5e-10 after 3000 fine-tuning steps (geometric, factor "
+    "0.99294 per step, R^2 0.997) - above 1e-10. The full 3000-step run was not made"))
+def test_figure1_scale_routers_and_zero_loss(figure1_run):
+    """Every router recovered within the budget and zero loss (< 1e-10, the quick run's bound)
+    after pruning to m* and fine-tuning."""
+    res = figure1_run
+    assert np.all(np.isfinite(res["t_router"])), (res["t_router"], res["A_router"][-1].max(0))
     assert res["loss_final"] < 1e-10, res["loss_final"]
