@@ -8,7 +8,15 @@
 #include "mt_blas.h"
 #include "mt_gate.h"
 #include "mt_loss.h"
+#include "mt_parallel.h"
 #include "mt_rng.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_num_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+#endif
 
 mt_status mt_moe_config_check(const mt_moe_config *c)
 {
@@ -145,8 +153,16 @@ struct mt_moe_workspace {
     double *grad_eff;  /* (P,) normalize: gradient with respect to theta_eff */
     offsets off;       /* where the kernels' blocks sit in theta: fixed by the configuration */
     size_t n_params;
+    size_t groups, a_width, k; /* widths of the per-row buffers u/outer/du, a and idx */
+    int max_threads;   /* team size the gradient buffers below were sized for */
+    double *grad_part; /* (max_threads - 1, P): gradients of the row blocks of threads 1.. */
     void *block;
 };
+
+/* A batch is split among threads only when each gets at least this many rows: below it the
+ * fork and join and the gradient reduction cost more than the rows' work (W1-sized layers,
+ * about 1 us a row, break even near 20 rows a thread). */
+#define MT_MIN_ROWS_PER_THREAD 32
 
 /* Activations of all experts are kept between forward and backward up to this many doubles
  * (16 MiB); above it one expert's are recomputed at a time, so memory stays near one set of
@@ -169,7 +185,9 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     mt_moe_layout L;
     mt_moe_layout_of(&L, c);
     size_t P = c->normalize ? L.n_params : 0;
-    size_t doubles = 2 * P + n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
+    int max_threads = mt_threads();
+    size_t parts = (size_t)(max_threads - 1) * L.n_params;
+    size_t doubles = 2 * P + parts + n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
                               E * H /*z*/ + a_width /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
                               E /*ds*/ + G /*du*/ + E * o /*dO*/);
     mt_moe_workspace *ws = calloc(1, sizeof *ws);
@@ -188,9 +206,15 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     ws->theta_eff = P ? p : NULL;
     ws->grad_eff = P ? p + P : NULL;
     p += 2 * P;
+    ws->grad_part = parts ? p : NULL;
+    p += parts;
     ws->idx = (int *)p;
     ws->n_max = n_max;
     ws->keep_all = keep_all;
+    ws->groups = G;
+    ws->a_width = a_width;
+    ws->k = k ? k : 1;
+    ws->max_threads = max_threads;
     ws->off = offsets_of(c);
     ws->n_params = L.n_params;
     ws->cfg = *c;
@@ -205,7 +229,10 @@ void mt_moe_workspace_free(mt_moe_workspace *ws)
     free(ws);
 }
 
-size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws) { return ws ? ws->n_max : 0; }
+size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws)
+{
+    return ws && ws->max_threads >= mt_threads() ? ws->n_max : 0;
+}
 
 /* Each row of C (n, m) set to v (m,), or to 0 when v is NULL (no bias). */
 static void fill_rows(double *C, size_t ldc, const double *v, size_t n, size_t m)
@@ -288,43 +315,47 @@ double mt_moe_aux_loss(const mt_moe_config *c, const mt_moe_workspace *ws, size_
     return loss;
 }
 
-/* dg += d(Switch loss) / d g = aux_switch * E * f_e / n (the shares f_e held constant). */
-static void switch_backward(double *dg, const mt_moe_config *c, const double *g, size_t n)
+/* dg += d(Switch loss) / d g = aux_switch * E * f_e / n_total (the shares f_e of the whole
+ * batch, held constant) for the n rows of this block. */
+static void switch_backward(double *dg, const mt_moe_config *c, const double *f, size_t n,
+                            size_t n_total)
 {
     const size_t E = c->n_experts;
-    double f[E > 0 ? E : 1];
-    top1_share(f, g, n, E);
     for (size_t i = 0; i < n; i++)
-        for (size_t e = 0; e < E; e++) dg[i * E + e] += c->aux_switch * (double)E * f[e] / (double)n;
+        for (size_t e = 0; e < E; e++)
+            dg[i * E + e] += c->aux_switch * (double)E * f[e] / (double)n_total;
 }
 
-/* ds += d(z-loss) / d s = aux_z * 2 lse_i softmax(s_i) / n. */
-static void z_backward(double *ds, const mt_moe_config *c, const double *s, size_t n)
+/* ds += d(z-loss) / d s = aux_z * 2 lse_i softmax(s_i) / n_total for the n rows of this block. */
+static void z_backward(double *ds, const mt_moe_config *c, const double *s, size_t n,
+                       size_t n_total)
 {
     const size_t E = c->n_experts;
     for (size_t i = 0; i < n; i++) {
         const double *si = s + i * E;
         double lse = row_logsumexp(si, E);
         for (size_t e = 0; e < E; e++)
-            ds[i * E + e] += c->aux_z * 2.0 * lse * exp(si[e] - lse) / (double)n;
+            ds[i * E + e] += c->aux_z * 2.0 * lse * exp(si[e] - lse) / (double)n_total;
     }
 }
 
 
-/* Second layer with few outputs, by direct loops. out (n, O) with row stride ldo += a (n, H)
- * (row stride lda) times w2^T, w2 (O, H). restrict: the buffers never overlap, which lets the
- * compiler keep w2 in registers and vectorise over h. */
+/* Second layer with few outputs, by direct loops. out (n, O) with row stride ldo = b2 + a (n, H)
+ * (row stride lda) times w2^T, w2 (O, H), b2 (O,) or NULL. restrict: the buffers never overlap,
+ * which lets the compiler keep w2 in registers and vectorise over h. The bias starts the sum
+ * rather than being copied into out first: with one output that copy is a memcpy call of
+ * 8 bytes per row and expert. */
 static void small_second_layer_forward(double *restrict out, size_t ldo, const double *restrict a,
-                                       size_t lda, const double *restrict w2, size_t n, size_t O,
-                                       size_t H)
+                                       size_t lda, const double *restrict w2,
+                                       const double *restrict b2, size_t n, size_t O, size_t H)
 {
     for (size_t i = 0; i < n; i++) {
         const double *restrict ai = a + i * lda;
         for (size_t j = 0; j < O; j++) {
             const double *restrict wj = w2 + j * H;
-            double acc = 0.0;
+            double acc = b2 ? b2[j] : 0.0;
             for (size_t h = 0; h < H; h++) acc += wj[h] * ai[h];
-            out[i * ldo + j] += acc;
+            out[i * ldo + j] = acc;
         }
     }
 }
@@ -424,7 +455,100 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
                               size_t n, const mt_moe_config *c, mt_moe_workspace *ws);
 static mt_status backward_impl(double *grad, double *dX, const double *dout, const double *theta,
                                const double *X, size_t n, const mt_moe_config *c,
-                               mt_moe_workspace *ws);
+                               mt_moe_workspace *ws, const double *share, size_t n_total);
+
+/* The workspace as seen by a block of rows starting at row r: every per-row buffer advanced. */
+static mt_moe_workspace rows_view(const mt_moe_workspace *ws, size_t r)
+{
+    const size_t E = ws->cfg.n_experts, O = ws->cfg.d_out, G = ws->groups;
+    const size_t EH = ws->cfg.expert == MT_EXPERT_FFN ? E * ws->cfg.hidden : 0;
+    mt_moe_workspace v = *ws;
+    v.n_max = ws->n_max - r;
+    v.s += r * E; v.t += r * E; v.u += r * G; v.outer += r * G; v.inner += r * E;
+    v.g += r * E; v.idx += r * ws->k; v.z += r * EH; v.a += r * ws->a_width;
+    v.o += r * E * O; v.f += r * O; v.df += r * O; v.dg += r * E; v.ds += r * E; v.du += r * G;
+    v.dO += r * E * O;
+    return v;
+}
+
+/* Threads for a batch of n rows: one unless each gets MT_MIN_ROWS_PER_THREAD rows. */
+static int team_size(const mt_moe_workspace *ws, size_t n)
+{
+    size_t T = (size_t)mt_threads();
+    if (T > (size_t)ws->max_threads) T = (size_t)ws->max_threads;
+    if (T > n / MT_MIN_ROWS_PER_THREAD) T = n / MT_MIN_ROWS_PER_THREAD;
+    return T < 1 ? 1 : (int)T;
+}
+
+static mt_status first_error(const mt_status *st, int T)
+{
+    for (int t = 0; t < T; t++)
+        if (st[t] != MT_OK) return st[t];
+    return MT_OK;
+}
+
+static mt_status forward_rows(double *out, double *gates, const double *theta, const double *X,
+                              size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    const int T = team_size(ws, n);
+    if (T == 1) return forward_impl(out, gates, theta, X, n, c, ws);
+    mt_status st[T];
+    for (int t = 0; t < T; t++) st[t] = MT_OK;
+    const size_t d = c->d_in, O = c->d_out, E = c->n_experts;
+    const int blas = mt_parallel_enter();
+#pragma omp parallel num_threads(T)
+    {
+        const int team = omp_get_num_threads(), t = omp_get_thread_num();
+        size_t r, m;
+        mt_rows_of(n, team, t, &r, &m);
+        mt_moe_workspace v = rows_view(ws, r);
+        st[t] = forward_impl(out ? out + r * O : NULL, gates ? gates + r * E : NULL, theta,
+                             X + r * d, m, c, &v);
+    }
+    mt_parallel_leave(blas);
+    return first_error(st, T);
+}
+
+/* grad += the gradient of the n rows; each thread's rows into its own buffer (thread 0's
+ * into grad), then the buffers are added to grad in thread order, each thread summing a
+ * slice of the parameters. */
+static mt_status backward_rows(double *grad, double *dX, const double *dout, const double *theta,
+                               const double *X, size_t n, const mt_moe_config *c,
+                               mt_moe_workspace *ws)
+{
+    const size_t E = c->n_experts, d = c->d_in, O = c->d_out, P = ws->n_params;
+    double share_buf[E];
+    const double *share = NULL;
+    if (c->aux_switch > 0) {
+        top1_share(share_buf, ws->g, n, E);
+        share = share_buf;
+    }
+    const int T = team_size(ws, n);
+    if (T == 1) return backward_impl(grad, dX, dout, theta, X, n, c, ws, share, n);
+    mt_status st[T];
+    for (int t = 0; t < T; t++) st[t] = MT_OK;
+    const int blas = mt_parallel_enter();
+#pragma omp parallel num_threads(T)
+    {
+        const int team = omp_get_num_threads(), t = omp_get_thread_num();
+        size_t r, m;
+        mt_rows_of(n, team, t, &r, &m);
+        mt_moe_workspace v = rows_view(ws, r);
+        double *g = t == 0 ? grad : ws->grad_part + (size_t)(t - 1) * P;
+        if (t > 0) memset(g, 0, P * sizeof *g);
+        st[t] = backward_impl(g, dX ? dX + r * d : NULL, dout + r * O, theta, X + r * d, m, c, &v,
+                              share, n);
+#pragma omp barrier
+        size_t p0, pm;
+        mt_rows_of(P, team, t, &p0, &pm);
+        for (int u = 1; u < team; u++) {
+            const double *part = ws->grad_part + (size_t)(u - 1) * P;
+            for (size_t i = p0; i < p0 + pm; i++) grad[i] += part[i];
+        }
+    }
+    mt_parallel_leave(blas);
+    return first_error(st, T);
+}
 
 mt_status mt_moe_forward(double *out, double *gates, const double *theta, const double *X,
                          size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
@@ -436,7 +560,7 @@ mt_status mt_moe_forward(double *out, double *gates, const double *theta, const 
         if (st != MT_OK) return st;
         theta = ws->theta_eff;
     }
-    return forward_impl(out, gates, theta, X, n, c, ws);
+    return forward_rows(out, gates, theta, X, n, c, ws);
 }
 
 mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const double *theta,
@@ -444,9 +568,9 @@ mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const do
 {
     mt_status st = check_call(c, ws, n);
     if (st != MT_OK) return st;
-    if (!c->normalize) return backward_impl(grad, dX, dout, theta, X, n, c, ws);
+    if (!c->normalize) return backward_rows(grad, dX, dout, theta, X, n, c, ws);
     memset(ws->grad_eff, 0, ws->n_params * sizeof *grad);
-    st = backward_impl(ws->grad_eff, dX, dout, ws->theta_eff, X, n, c, ws);
+    st = backward_rows(ws->grad_eff, dX, dout, ws->theta_eff, X, n, c, ws);
     if (st != MT_OK) return st;
     fold_normalized_gradient(grad, ws->grad_eff, theta, ws->theta_eff, c);
     return MT_OK;
@@ -501,10 +625,11 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
             if (!ws->keep_all) mt_act_forward_2d(ws->a, H, ws->z + e * H, EH, n, H, c->activation);
             double *oe = ws->o + e * O;
             const double *w2 = theta + off.W2 + e * O * H;
-            fill_rows(oe, EO, off.b2 == SIZE_MAX ? NULL : theta + off.b2 + e * O, n, O);
+            const double *b2 = off.b2 == SIZE_MAX ? NULL : theta + off.b2 + e * O;
             if (O <= MT_SMALL_OUTPUT) {
-                small_second_layer_forward(oe, EO, ae, lda, w2, n, O, H);
+                small_second_layer_forward(oe, EO, ae, lda, w2, b2, n, O, H);
             } else {
+                fill_rows(oe, EO, b2, n, O);
                 mt_gemm_strided(0, 1, n, O, H, 1.0, ae, lda, w2, H, 1.0, oe, EO);
             }
         }
@@ -527,9 +652,11 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
     return MT_OK;
 }
 
+/* share: the Switch loss's top-1 shares of the whole batch (NULL when that loss is off);
+ * n_total: the whole batch's rows, which the auxiliary losses average over. */
 static mt_status backward_impl(double *grad, double *dX, const double *dout, const double *theta,
                                const double *X, size_t n, const mt_moe_config *c,
-                               mt_moe_workspace *ws)
+                               mt_moe_workspace *ws, const double *share, size_t n_total)
 {
     const offsets off = ws->off;
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out, EO = E * O;
@@ -548,11 +675,13 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
         }
     }
 
-    if (c->aux_switch > 0) switch_backward(ws->dg, c, ws->g, n);
+    if (share) switch_backward(ws->dg, c, share, n, n_total);
 
     /* Experts. */
     if (c->expert == MT_EXPERT_FFN) {
         const size_t EH = E * H, lda = ws->keep_all ? EH : H;
+        /* b2 (E, O) has the layout of a row of dO: all experts' bias sums in one pass */
+        if (off.b2 != SIZE_MAX) add_column_sums(grad + off.b2, ws->dO, EO, n, EO);
         for (size_t e = 0; e < E; e++) {
             const double *dOe = ws->dO + e * O;
             const double *w2 = theta + off.W2 + e * O * H;
@@ -560,7 +689,6 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
             double *ze = ws->z + e * H;
             double *ae = ws->keep_all ? ws->a + e * H : ws->a;
             if (!ws->keep_all) mt_act_forward_2d(ws->a, H, ze, EH, n, H, c->activation);
-            if (off.b2 != SIZE_MAX) add_column_sums(grad + off.b2 + e * O, dOe, EO, n, O);
             /* dW2_e += dO_e^T a_e; then a_e is overwritten by d loss / d a_e = dO_e W2_e. */
             if (O <= MT_SMALL_OUTPUT) {
                 small_second_layer_backward(gw2, ae, lda, dOe, EO, w2, n, O, H);
@@ -601,7 +729,7 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
         mt_gate_sigmoid_backward(ws->ds, ws->dg, ws->g, n, E);
         break;
     }
-    if (c->aux_z > 0) z_backward(ws->ds, c, ws->s, n);
+    if (c->aux_z > 0) z_backward(ws->ds, c, ws->s, n, n_total);
     affine_backward(grad, dX, ws->ds, X, theta, off.rw, off.rb, n, d, E);
     return MT_OK;
 }

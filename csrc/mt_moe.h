@@ -68,6 +68,8 @@ typedef struct mt_moe_workspace mt_moe_workspace;
 /* A workspace for batches of at most n_max rows; the only allocation the layer makes. */
 mt_status mt_moe_workspace_alloc(mt_moe_workspace **ws, const mt_moe_config *cfg, size_t n_max);
 void mt_moe_workspace_free(mt_moe_workspace *ws);
+/* Rows a call may pass with the current thread count: n_max, or 0 once mt_set_threads has raised
+ * the count above the team the workspace was sized for (then reallocate to use every thread). */
 size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws);
 
 /* out: (n, d_out); gates: (n, E) or NULL; theta: (P,); X: (n, d_in); 1 <= n <= capacity.
