@@ -201,14 +201,14 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"d_in", "n_experts", "expert", "hidden", "activation", "gate",
                              "top_k", "temperature", "gate_activation", "groups", "d_out",
-                             "bias", "normalize", NULL};
-    Py_ssize_t d_in, E, hidden, top_k, groups, d_out;
+                             "bias", "normalize", "depth", NULL};
+    Py_ssize_t d_in, E, hidden, top_k, groups, d_out, depth = 1;
     const char *expert, *act, *gate, *gate_act;
     double temperature;
     int bias, normalize = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnsnssndsnnp|p", kwlist, &d_in, &E, &expert,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnsnssndsnnp|pn", kwlist, &d_in, &E, &expert,
                                      &hidden, &act, &gate, &top_k, &temperature, &gate_act,
-                                     &groups, &d_out, &bias, &normalize))
+                                     &groups, &d_out, &bias, &normalize, &depth))
         return -1;
     int ie = lookup(EXPERT_NAMES, 2, expert), ia = lookup(ACT_NAMES, MT_ACT_COUNT, act);
     int ig = lookup(GATE_NAMES, 5, gate), iga = lookup(ACT_NAMES, MT_ACT_COUNT, gate_act);
@@ -217,9 +217,19 @@ static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "invalid MoE configuration (names or sizes)");
         return -1;
     }
+    if (depth < 1) {
+        PyErr_Format(PyExc_ValueError, "depth must be a positive integer (>= 1), got %zd", depth);
+        return -1;
+    }
+    if (ie == MT_EXPERT_LINEAR && depth != 1) {
+        PyErr_Format(PyExc_ValueError, "depth applies to expert='ffn' only; linear experts "
+                     "need depth=1, got %zd", depth);
+        return -1;
+    }
     mt_moe_config c = {
         .d_in = (size_t)d_in, .n_experts = (size_t)E, .hidden = (size_t)hidden,
-        .d_out = (size_t)d_out, .groups = (size_t)groups, .top_k = (size_t)top_k,
+        .depth = (size_t)depth, .d_out = (size_t)d_out, .groups = (size_t)groups,
+        .top_k = (size_t)top_k,
         .gate = (mt_gate_kind)ig, .expert = (mt_expert_kind)ie, .activation = (mt_act)ia,
         .gate_activation = (mt_act)iga, .temperature = temperature, .bias = bias,
         .normalize = normalize};

@@ -33,6 +33,11 @@ Gates after removing experts (what the smaller model computes, for kept set K):
 Removing hidden neurons (:func:`neurons`) never touches the gate: each expert loses exactly the
 removed neurons' terms W2[:, h] act(z_h), so removing neurons with zero output weight leaves the
 output unchanged for every gate.
+
+Experts with several hidden layers (``depth > 1``): :func:`experts` and :func:`expert_outputs`
+handle them (every expert parameter, ``experts.Wh`` and ``experts.bh`` included, is indexed by
+expert first); :func:`neurons` and :func:`merge_duplicates` reason about a single hidden layer
+and raise ValueError for them.
 """
 import numpy as np
 
@@ -134,6 +139,11 @@ def neurons(model, keep):
     c = model.config
     if c["expert"] != "ffn":
         raise ValueError(f"neurons() needs expert='ffn', got expert={c['expert']!r}")
+    if c["depth"] != 1:
+        # The core's layout needs one hidden width shared by every layer, and a neuron of one
+        # layer feeds every neuron of the next: removing neurons is not defined layer by layer.
+        raise ValueError(f"neurons() supports experts with one hidden layer (depth=1), got "
+                         f"depth={c['depth']}")
     E, H = c["n_experts"], c["hidden"]
     if isinstance(keep, np.ndarray) and keep.dtype == bool:
         if keep.shape != (E, H):
@@ -388,6 +398,11 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
     c = model.config
     if c["expert"] != "ffn":
         raise ValueError("merge_duplicates needs expert='ffn'")
+    if c["depth"] != 1:
+        # Duplicates are judged by the first layer only, and the parity rule (h(-z) = -h(z)) holds
+        # for one hidden layer, not through further layers.
+        raise ValueError(f"merge_duplicates supports experts with one hidden layer (depth=1), "
+                         f"got depth={c['depth']}")
     if c["gate"] == "softmax" and not c["bias"]:
         raise ValueError("merging under a softmax gate needs router biases (to add log count)")
     if c["gate"] not in ("sigmoid", "softmax"):

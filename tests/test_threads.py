@@ -9,6 +9,7 @@ import pytest
 
 import moetheory as mt
 import reference as ref
+from conftest import DEPTH_GRID, config_id
 from tolerances import assert_grads_close, assert_values_close
 
 N = 160  # > 32 rows per thread for 2 and 3 threads, and not a multiple of 3
@@ -52,6 +53,21 @@ def test_every_config_agrees_with_reference_on_any_thread_count(grid_config, thr
         assert_grads_close(grad, ref_grad, what=f"gradient, {T} threads")
         assert_values_close(out, ref_out, what=f"forward, {T} threads")
         np.testing.assert_array_equal(gates, results[1][2])  # row-wise: the same bits
+
+
+@pytest.mark.parametrize("config", DEPTH_GRID[::4], ids=[config_id(c) for c in DEPTH_GRID[::4]])
+def test_deep_experts_agree_with_reference_on_any_thread_count(config, threads, rng):
+    """Experts with further hidden layers keep per-row buffers of their own (a quarter of the
+    depth grid: every gate variant, both depths)."""
+    X = rng.standard_normal((N, config["d_in"]))
+    y = rng.standard_normal((N, config["d_out"]))
+    for T in (1, 2, 3):
+        threads(T)
+        model = make_model(dict(config), seed=3)
+        loss, grad = model.loss_and_grad(X, y)
+        ref_loss, ref_grad = ref.loss_and_grad(model.theta, X, y, config)
+        assert_values_close(loss, ref_loss, what=f"loss, {T} threads")
+        assert_grads_close(grad, ref_grad, what=f"gradient, {T} threads")
 
 
 def test_same_thread_count_gives_the_same_bits(threads, rng):

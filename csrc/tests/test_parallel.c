@@ -87,7 +87,7 @@ int main(void)
                                   MT_GATE_HIERARCHICAL, MT_GATE_SIGMOID};
     for (size_t gi = 0; gi < 5; gi++)
         for (int ex = 0; ex < 2; ex++) {
-            mt_moe_config c = {.d_in = 4, .n_experts = 4, .hidden = 5, .d_out = 2,
+            mt_moe_config c = {.d_in = 4, .n_experts = 4, .hidden = 5, .depth = 1, .d_out = 2,
                                .gate = gates[gi], .expert = (mt_expert_kind)ex,
                                .activation = MT_ACT_GELU, .gate_activation = MT_ACT_TANH,
                                .temperature = 0.7, .bias = 1};
@@ -100,6 +100,11 @@ int main(void)
             c.aux_switch = c.aux_z = 0.0;
             c.normalize = 1;
             check_teams(c);
+            if (c.expert == MT_EXPERT_FFN) { /* further hidden layers' per-row buffers */
+                c.normalize = 0;
+                c.depth = 3;
+                check_teams(c);
+            }
         }
     mt_set_threads(before);
     CHECK(mt_threads() == before);
