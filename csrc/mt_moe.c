@@ -388,8 +388,12 @@ static void small_second_layer_forward(double *restrict out, size_t ldo, const d
         const double *restrict ai = a + i * lda;
         for (size_t j = 0; j < O; j++) {
             const double *restrict wj = w2 + j * H;
-            double acc = b2 ? b2[j] : 0.0;
+            double acc = 0.0;
+            /* simd reduction: partial sums in vector lanes (a fixed order, so still bitwise
+             * reproducible); a plain loop is one chain of dependent adds per row */
+#pragma omp simd reduction(+ : acc)
             for (size_t h = 0; h < H; h++) acc += wj[h] * ai[h];
+            if (b2) acc += b2[j];
             out[i * ldo + j] = acc;
         }
     }
