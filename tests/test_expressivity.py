@@ -260,7 +260,11 @@ def full():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("embedding", ["coordinate", "rotated"])
+@pytest.mark.parametrize("embedding", ["coordinate", pytest.param("rotated", marks=pytest.mark.xfail(
+    strict=True, reason="not reproduced at full scale (10 seeds, 2000 iterations, measured "
+    "2026-11-25 by `moetheory reproduce expressivity`): seed-median test MSE 1.14e-2, 2.79e-2, "
+    "9.0e-3, 1.70e-2 for D = 16, 32, 64, 128, max/min 3.10 >= 3.0; the seeds scatter over "
+    "1e-3..1.4e-1 at 2000 iterations"))])
 def test_full_manifold_error_flat_in_D(full, embedding):
     ratio, med = _flat_ratio(full[embedding])
     assert ratio < FLAT_FACTOR, (ratio, med)
