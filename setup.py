@@ -10,7 +10,8 @@ import os
 import numpy
 from setuptools import Extension, setup
 
-CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fno-math-errno"]
+# -fopenmp: a batch's rows are shared among threads inside the core (csrc/mt_parallel.h).
+CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fno-math-errno", "-fopenmp"]
 
 
 def blas_options():
@@ -39,6 +40,7 @@ core = Extension(
     include_dirs=["csrc", numpy.get_include()] + blas.pop("include_dirs"),
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + blas.pop("define_macros", []),
     extra_compile_args=CFLAGS,
+    extra_link_args=blas.pop("extra_link_args", []) + ["-fopenmp"],
     **blas,
 )
 

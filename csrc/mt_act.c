@@ -100,10 +100,38 @@ void mt_act_forward_2d(double *a, size_t lda, const double *z, size_t ldz, size_
                 a[r * lda + i] = act_value(A_, k, z[r * ldz + i]))
 }
 
+/* dz = da * act'(z) with dz overwriting z (the layer's usual call): a loop of its own whose
+ * two buffers are restrict. The general loop must allow any overlap of dz, da and z; GCC then
+ * keeps it scalar when dz == z, with a branch per element for relu that random signs mispredict
+ * half the time (11% of a W2 step). */
+static void backward_in_place(double *restrict zdz, size_t ldz, const double *restrict da,
+                              size_t ldda, size_t rows, size_t cols, mt_act act)
+{
+    int k = (int)act - (int)MT_ACT_HE1 + 1;
+    if (act == MT_ACT_RELU) { /* a select, which the vectoriser if-converts; a product with a
+                                 0/1 slope it leaves as a branch */
+        for (size_t r = 0; r < rows; r++)
+            for (size_t i = 0; i < cols; i++) {
+                double z = zdz[r * ldz + i], g = da[r * ldda + i]; /* both loaded: no branch */
+                zdz[r * ldz + i] = z > 0 ? g : 0.0;
+            }
+        return;
+    }
+    MT_FOR_EACH_ACT(act,
+        for (size_t r = 0; r < rows; r++)
+            for (size_t i = 0; i < cols; i++)
+                zdz[r * ldz + i] = da[r * ldda + i] * act_slope(A_, k, zdz[r * ldz + i]))
+}
+
 void mt_act_backward_2d(double *dz, size_t lddz, const double *da, size_t ldda, const double *z,
                         size_t ldz, size_t rows, size_t cols, mt_act act)
 {
     int k = (int)act - (int)MT_ACT_HE1 + 1;
+    const int da_apart = da + (rows - 1) * ldda + cols <= z || z + (rows - 1) * ldz + cols <= da;
+    if (dz == z && lddz == ldz && rows > 0 && da_apart) {
+        backward_in_place(dz, ldz, da, ldda, rows, cols, act);
+        return;
+    }
     MT_FOR_EACH_ACT(act,
         for (size_t r = 0; r < rows; r++)
             for (size_t i = 0; i < cols; i++)

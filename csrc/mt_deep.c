@@ -47,7 +47,16 @@ void mt_deep_workspace_free(mt_deep_workspace *ws)
     free(ws);
 }
 
-size_t mt_deep_workspace_capacity(const mt_deep_workspace *ws) { return ws ? ws->n_max : 0; }
+size_t mt_deep_workspace_capacity(const mt_deep_workspace *ws)
+{
+    if (!ws) return 0;
+    size_t n = ws->n_max;
+    for (size_t l = 0; l < ws->cfg.n_layers; l++) {
+        size_t c = mt_moe_workspace_capacity(ws->layer[l]);
+        n = c < n ? c : n;
+    }
+    return n;
+}
 
 mt_status mt_deep_workspace_alloc(mt_deep_workspace **out, const mt_deep_config *c, size_t n_max)
 {

@@ -7,13 +7,24 @@
 
 #include "mt_blas.h"
 #include "mt_gate.h"
+#include "mt_hidden.h"
 #include "mt_loss.h"
+#include "mt_parallel.h"
 #include "mt_rng.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_num_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+#endif
 
 mt_status mt_moe_config_check(const mt_moe_config *c)
 {
     if (!c || c->d_in < 1 || c->n_experts < 1 || c->d_out < 1) return MT_EINVAL;
     if (c->expert == MT_EXPERT_FFN && c->hidden < 1) return MT_EINVAL;
+    /* depth counts an FFN expert's hidden layers; a linear expert has none to stack */
+    if (c->depth < 1 || (c->expert != MT_EXPERT_FFN && c->depth != 1)) return MT_EINVAL;
     if (c->expert != MT_EXPERT_FFN && c->expert != MT_EXPERT_LINEAR) return MT_EINVAL;
     if ((int)c->activation < 0 || c->activation >= MT_ACT_COUNT) return MT_EINVAL;
     if ((int)c->gate_activation < 0 || c->gate_activation >= MT_ACT_COUNT) return MT_EINVAL;
@@ -35,8 +46,16 @@ mt_status mt_moe_config_check(const mt_moe_config *c)
     return MT_EINVAL;
 }
 
-static void add_block(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
-                      size_t s2)
+/* Number of entries of a block: the product of its ndim sizes. */
+static size_t block_size(const mt_param_block *b)
+{
+    size_t size = 1;
+    for (size_t j = 0; j < b->ndim; j++) size *= b->shape[j];
+    return size;
+}
+
+static void add_block4(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
+                       size_t s2, size_t s3)
 {
     mt_param_block *b = &L->block[L->n_blocks++];
     b->name = name;
@@ -45,8 +64,14 @@ static void add_block(mt_moe_layout *L, const char *name, size_t ndim, size_t s0
     b->shape[0] = s0;
     b->shape[1] = s1;
     b->shape[2] = s2;
-    size_t size = s0 * (ndim > 1 ? s1 : 1) * (ndim > 2 ? s2 : 1);
-    L->n_params += size;
+    b->shape[3] = s3;
+    L->n_params += block_size(b);
+}
+
+static void add_block(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
+                      size_t s2)
+{
+    add_block4(L, name, ndim, s0, s1, s2, 0);
 }
 
 void mt_moe_layout_of(mt_moe_layout *L, const mt_moe_config *c)
@@ -65,6 +90,10 @@ void mt_moe_layout_of(mt_moe_layout *L, const mt_moe_config *c)
     if (c->expert == MT_EXPERT_FFN) {
         add_block(L, "experts.W1", 3, E, H, d);
         if (c->bias) add_block(L, "experts.b1", 2, E, H, 0);
+        if (c->depth > 1) { /* hidden layers 2 .. depth, each H -> H (docs/model.md) */
+            add_block4(L, "experts.Wh", 4, E, c->depth - 1, H, H);
+            if (c->bias) add_block(L, "experts.bh", 3, E, c->depth - 1, H);
+        }
         add_block(L, "experts.W2", 3, E, o, H);
         if (c->bias) add_block(L, "experts.b2", 2, E, o, 0);
     } else {
@@ -76,13 +105,15 @@ void mt_moe_layout_of(mt_moe_layout *L, const mt_moe_config *c)
 /* Offsets of the blocks the kernels need; SIZE_MAX for an absent one. */
 typedef struct {
     size_t rw, rb, ow, ob, W1, b1, W2, b2;
+    size_t Wh, bh; /* ffn experts with depth > 1 */
 } offsets;
 
 static offsets offsets_of(const mt_moe_config *c)
 {
     mt_moe_layout L;
     mt_moe_layout_of(&L, c);
-    offsets off = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    offsets off = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX,
+                   SIZE_MAX, SIZE_MAX};
     for (size_t i = 0; i < L.n_blocks; i++) {
         const char *n = L.block[i].name;
         size_t o = L.block[i].offset;
@@ -94,6 +125,8 @@ static offsets offsets_of(const mt_moe_config *c)
         else if (!strcmp(n, "experts.b1") || !strcmp(n, "experts.b")) off.b1 = o;
         else if (!strcmp(n, "experts.W2")) off.W2 = o;
         else if (!strcmp(n, "experts.b2")) off.b2 = o;
+        else if (!strcmp(n, "experts.Wh")) off.Wh = o;
+        else if (!strcmp(n, "experts.bh")) off.bh = o;
     }
     return off;
 }
@@ -110,11 +143,11 @@ mt_status mt_moe_init(double *theta, const mt_moe_config *c, unsigned long long 
     for (size_t i = 0; i < L.n_blocks; i++) {
         const mt_param_block *b = &L.block[i];
         if (strstr(b->name, "bias") || !strcmp(b->name, "experts.b1") ||
-            !strcmp(b->name, "experts.b2") || !strcmp(b->name, "experts.b"))
+            !strcmp(b->name, "experts.b2") || !strcmp(b->name, "experts.b") ||
+            !strcmp(b->name, "experts.bh"))
             continue;
-        size_t fan_in = b->shape[b->ndim - 1];
-        size_t size = 1;
-        for (size_t j = 0; j < b->ndim; j++) size *= b->shape[j];
+        size_t fan_in = b->shape[b->ndim - 1]; /* experts.Wh: H */
+        size_t size = block_size(b);
         mt_rng_fill_normal(theta + b->offset, &rng, size, 0.0, 1.0 / sqrt((double)fan_in));
     }
     return MT_OK;
@@ -141,16 +174,31 @@ struct mt_moe_workspace {
     double *ds;      /* (n, E) */
     double *du;      /* (n, G) */
     double *dO;      /* (n, E*d_out) */
+    double *zh;      /* depth > 1: (n, (depth-1)*W) pre-activations of hidden layers 2..depth,
+                        layer l at column l*W, W = E*H when keep_all (expert e at l*W + e*H),
+                        else H (one expert's, recomputed in backward); reused as gradients */
+    double *ah;      /* depth > 1: (n, (depth-1)*W) their activations, laid out as zh; the last
+                        layer's is overwritten by d loss / d activations in backward */
     double *theta_eff; /* (P,) normalize: theta with direction rows divided by their norms */
     double *grad_eff;  /* (P,) normalize: gradient with respect to theta_eff */
     offsets off;       /* where the kernels' blocks sit in theta: fixed by the configuration */
     size_t n_params;
+    size_t groups, a_width, k; /* widths of the per-row buffers u/outer/du, a and idx */
+    int max_threads;   /* team size the gradient buffers below were sized for */
+    double *grad_part; /* (max_threads - 1, P): gradients of the row blocks of threads 1.. */
     void *block;
 };
 
+/* A batch is split among threads only when each gets at least this many rows: below it the
+ * fork and join and the gradient reduction cost more than the rows' work (W1-sized layers,
+ * about 1 us a row, break even near 20 rows a thread). */
+#define MT_MIN_ROWS_PER_THREAD 32
+
 /* Activations of all experts are kept between forward and backward up to this many doubles
  * (16 MiB); above it one expert's are recomputed at a time, so memory stays near one set of
- * pre-activations for large problems (BENCH.md's W3 memory target). */
+ * pre-activations for large problems (BENCH.md's W3 memory target). With depth hidden layers
+ * the count is n * E * H * depth: all layers of all experts are kept, or, above it, the first
+ * layer's pre-activations of all experts plus every layer of one expert. */
 #define MT_KEEP_ACTIVATIONS ((size_t)1 << 21)
 
 /* Second layers with at most this many outputs are applied by direct loops: with one or a few
@@ -164,14 +212,18 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     if (mt_moe_config_check(c) != MT_OK || n_max < 1) return MT_EINVAL;
     size_t E = c->n_experts, G = c->gate == MT_GATE_HIERARCHICAL ? c->groups : 0;
     size_t H = c->expert == MT_EXPERT_FFN ? c->hidden : 0, o = c->d_out, k = c->top_k;
-    int keep_all = n_max * E * H <= MT_KEEP_ACTIVATIONS;
+    int keep_all = n_max * E * H * c->depth <= MT_KEEP_ACTIVATIONS;
     size_t a_width = keep_all ? E * H : H;
+    size_t h_width = (c->depth - 1) * a_width; /* zh and ah; 0 when depth == 1 */
     mt_moe_layout L;
     mt_moe_layout_of(&L, c);
     size_t P = c->normalize ? L.n_params : 0;
-    size_t doubles = 2 * P + n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
+    int max_threads = mt_threads();
+    size_t parts = (size_t)(max_threads - 1) * L.n_params;
+    size_t doubles = 2 * P + parts + n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
                               E * H /*z*/ + a_width /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
-                              E /*ds*/ + G /*du*/ + E * o /*dO*/);
+                              E /*ds*/ + G /*du*/ + E * o /*dO*/ +
+                              h_width /*zh*/ + h_width /*ah*/);
     mt_moe_workspace *ws = calloc(1, sizeof *ws);
     if (!ws) return MT_ENOMEM;
     ws->block = malloc(doubles * sizeof(double) + n_max * (k ? k : 1) * sizeof(int));
@@ -184,13 +236,20 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     CARVE(s, E); CARVE(t, E); CARVE(u, G); CARVE(outer, G); CARVE(inner, E); CARVE(g, E);
     CARVE(z, E * H); CARVE(a, a_width); CARVE(o, E * o); CARVE(f, o); CARVE(df, o); CARVE(dg, E);
     CARVE(ds, E); CARVE(du, G); CARVE(dO, E * o);
+    CARVE(zh, h_width); CARVE(ah, h_width);
 #undef CARVE
     ws->theta_eff = P ? p : NULL;
     ws->grad_eff = P ? p + P : NULL;
     p += 2 * P;
+    ws->grad_part = parts ? p : NULL;
+    p += parts;
     ws->idx = (int *)p;
     ws->n_max = n_max;
     ws->keep_all = keep_all;
+    ws->groups = G;
+    ws->a_width = a_width;
+    ws->k = k ? k : 1;
+    ws->max_threads = max_threads;
     ws->off = offsets_of(c);
     ws->n_params = L.n_params;
     ws->cfg = *c;
@@ -205,7 +264,10 @@ void mt_moe_workspace_free(mt_moe_workspace *ws)
     free(ws);
 }
 
-size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws) { return ws ? ws->n_max : 0; }
+size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws)
+{
+    return ws && ws->max_threads >= mt_threads() ? ws->n_max : 0;
+}
 
 /* Each row of C (n, m) set to v (m,), or to 0 when v is NULL (no bias). */
 static void fill_rows(double *C, size_t ldc, const double *v, size_t n, size_t m)
@@ -288,43 +350,51 @@ double mt_moe_aux_loss(const mt_moe_config *c, const mt_moe_workspace *ws, size_
     return loss;
 }
 
-/* dg += d(Switch loss) / d g = aux_switch * E * f_e / n (the shares f_e held constant). */
-static void switch_backward(double *dg, const mt_moe_config *c, const double *g, size_t n)
+/* dg += d(Switch loss) / d g = aux_switch * E * f_e / n_total (the shares f_e of the whole
+ * batch, held constant) for the n rows of this block. */
+static void switch_backward(double *dg, const mt_moe_config *c, const double *f, size_t n,
+                            size_t n_total)
 {
     const size_t E = c->n_experts;
-    double f[E > 0 ? E : 1];
-    top1_share(f, g, n, E);
     for (size_t i = 0; i < n; i++)
-        for (size_t e = 0; e < E; e++) dg[i * E + e] += c->aux_switch * (double)E * f[e] / (double)n;
+        for (size_t e = 0; e < E; e++)
+            dg[i * E + e] += c->aux_switch * (double)E * f[e] / (double)n_total;
 }
 
-/* ds += d(z-loss) / d s = aux_z * 2 lse_i softmax(s_i) / n. */
-static void z_backward(double *ds, const mt_moe_config *c, const double *s, size_t n)
+/* ds += d(z-loss) / d s = aux_z * 2 lse_i softmax(s_i) / n_total for the n rows of this block. */
+static void z_backward(double *ds, const mt_moe_config *c, const double *s, size_t n,
+                       size_t n_total)
 {
     const size_t E = c->n_experts;
     for (size_t i = 0; i < n; i++) {
         const double *si = s + i * E;
         double lse = row_logsumexp(si, E);
         for (size_t e = 0; e < E; e++)
-            ds[i * E + e] += c->aux_z * 2.0 * lse * exp(si[e] - lse) / (double)n;
+            ds[i * E + e] += c->aux_z * 2.0 * lse * exp(si[e] - lse) / (double)n_total;
     }
 }
 
 
-/* Second layer with few outputs, by direct loops. out (n, O) with row stride ldo += a (n, H)
- * (row stride lda) times w2^T, w2 (O, H). restrict: the buffers never overlap, which lets the
- * compiler keep w2 in registers and vectorise over h. */
+/* Second layer with few outputs, by direct loops. out (n, O) with row stride ldo = b2 + a (n, H)
+ * (row stride lda) times w2^T, w2 (O, H), b2 (O,) or NULL. restrict: the buffers never overlap,
+ * which lets the compiler keep w2 in registers and vectorise over h. The bias starts the sum
+ * rather than being copied into out first: with one output that copy is a memcpy call of
+ * 8 bytes per row and expert. */
 static void small_second_layer_forward(double *restrict out, size_t ldo, const double *restrict a,
-                                       size_t lda, const double *restrict w2, size_t n, size_t O,
-                                       size_t H)
+                                       size_t lda, const double *restrict w2,
+                                       const double *restrict b2, size_t n, size_t O, size_t H)
 {
     for (size_t i = 0; i < n; i++) {
         const double *restrict ai = a + i * lda;
         for (size_t j = 0; j < O; j++) {
             const double *restrict wj = w2 + j * H;
             double acc = 0.0;
+            /* simd reduction: partial sums in vector lanes (a fixed order, so still bitwise
+             * reproducible); a plain loop is one chain of dependent adds per row */
+#pragma omp simd reduction(+ : acc)
             for (size_t h = 0; h < H; h++) acc += wj[h] * ai[h];
-            out[i * ldo + j] += acc;
+            if (b2) acc += b2[j];
+            out[i * ldo + j] = acc;
         }
     }
 }
@@ -356,7 +426,7 @@ static mt_status check_call(const mt_moe_config *c, const mt_moe_workspace *ws, 
     if (w->d_in != c->d_in || w->n_experts != c->n_experts || w->hidden != c->hidden ||
         w->d_out != c->d_out || w->groups != c->groups || w->top_k != c->top_k ||
         w->gate != c->gate || w->expert != c->expert || w->normalize != c->normalize ||
-        w->bias != c->bias)
+        w->bias != c->bias || w->depth != c->depth)
         return MT_EINVAL;
     return MT_OK;
 }
@@ -400,8 +470,7 @@ static void fold_normalized_gradient(double *grad, const double *grad_eff, const
     mt_moe_layout_of(&L, c);
     for (size_t b = 0; b < L.n_blocks; b++) {
         const mt_param_block *blk = &L.block[b];
-        size_t size = blk->shape[0] * (blk->ndim > 1 ? blk->shape[1] : 1) *
-                      (blk->ndim > 2 ? blk->shape[2] : 1);
+        size_t size = block_size(blk);
         if (!is_direction_block(blk->name)) {
             for (size_t i = 0; i < size; i++) grad[blk->offset + i] += grad_eff[blk->offset + i];
             continue;
@@ -424,7 +493,102 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
                               size_t n, const mt_moe_config *c, mt_moe_workspace *ws);
 static mt_status backward_impl(double *grad, double *dX, const double *dout, const double *theta,
                                const double *X, size_t n, const mt_moe_config *c,
-                               mt_moe_workspace *ws);
+                               mt_moe_workspace *ws, const double *share, size_t n_total);
+
+/* The workspace as seen by a block of rows starting at row r: every per-row buffer advanced. */
+static mt_moe_workspace rows_view(const mt_moe_workspace *ws, size_t r)
+{
+    const size_t E = ws->cfg.n_experts, O = ws->cfg.d_out, G = ws->groups;
+    const size_t EH = ws->cfg.expert == MT_EXPERT_FFN ? E * ws->cfg.hidden : 0;
+    mt_moe_workspace v = *ws;
+    v.n_max = ws->n_max - r;
+    v.s += r * E; v.t += r * E; v.u += r * G; v.outer += r * G; v.inner += r * E;
+    v.g += r * E; v.idx += r * ws->k; v.z += r * EH; v.a += r * ws->a_width;
+    v.o += r * E * O; v.f += r * O; v.df += r * O; v.dg += r * E; v.ds += r * E; v.du += r * G;
+    v.dO += r * E * O;
+    v.zh += r * (ws->cfg.depth - 1) * ws->a_width;
+    v.ah += r * (ws->cfg.depth - 1) * ws->a_width;
+    return v;
+}
+
+/* Threads for a batch of n rows: one unless each gets MT_MIN_ROWS_PER_THREAD rows. */
+static int team_size(const mt_moe_workspace *ws, size_t n)
+{
+    size_t T = (size_t)mt_threads();
+    if (T > (size_t)ws->max_threads) T = (size_t)ws->max_threads;
+    if (T > n / MT_MIN_ROWS_PER_THREAD) T = n / MT_MIN_ROWS_PER_THREAD;
+    return T < 1 ? 1 : (int)T;
+}
+
+static mt_status first_error(const mt_status *st, int T)
+{
+    for (int t = 0; t < T; t++)
+        if (st[t] != MT_OK) return st[t];
+    return MT_OK;
+}
+
+static mt_status forward_rows(double *out, double *gates, const double *theta, const double *X,
+                              size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    const int T = team_size(ws, n);
+    if (T == 1) return forward_impl(out, gates, theta, X, n, c, ws);
+    mt_status st[T];
+    for (int t = 0; t < T; t++) st[t] = MT_OK;
+    const size_t d = c->d_in, O = c->d_out, E = c->n_experts;
+    const int blas = mt_parallel_enter();
+#pragma omp parallel num_threads(T)
+    {
+        const int team = omp_get_num_threads(), t = omp_get_thread_num();
+        size_t r, m;
+        mt_rows_of(n, team, t, &r, &m);
+        mt_moe_workspace v = rows_view(ws, r);
+        st[t] = forward_impl(out ? out + r * O : NULL, gates ? gates + r * E : NULL, theta,
+                             X + r * d, m, c, &v);
+    }
+    mt_parallel_leave(blas);
+    return first_error(st, T);
+}
+
+/* grad += the gradient of the n rows; each thread's rows into its own buffer (thread 0's
+ * into grad), then the buffers are added to grad in thread order, each thread summing a
+ * slice of the parameters. */
+static mt_status backward_rows(double *grad, double *dX, const double *dout, const double *theta,
+                               const double *X, size_t n, const mt_moe_config *c,
+                               mt_moe_workspace *ws)
+{
+    const size_t E = c->n_experts, d = c->d_in, O = c->d_out, P = ws->n_params;
+    double share_buf[E];
+    const double *share = NULL;
+    if (c->aux_switch > 0) {
+        top1_share(share_buf, ws->g, n, E);
+        share = share_buf;
+    }
+    const int T = team_size(ws, n);
+    if (T == 1) return backward_impl(grad, dX, dout, theta, X, n, c, ws, share, n);
+    mt_status st[T];
+    for (int t = 0; t < T; t++) st[t] = MT_OK;
+    const int blas = mt_parallel_enter();
+#pragma omp parallel num_threads(T)
+    {
+        const int team = omp_get_num_threads(), t = omp_get_thread_num();
+        size_t r, m;
+        mt_rows_of(n, team, t, &r, &m);
+        mt_moe_workspace v = rows_view(ws, r);
+        double *g = t == 0 ? grad : ws->grad_part + (size_t)(t - 1) * P;
+        if (t > 0) memset(g, 0, P * sizeof *g);
+        st[t] = backward_impl(g, dX ? dX + r * d : NULL, dout + r * O, theta, X + r * d, m, c, &v,
+                              share, n);
+#pragma omp barrier
+        size_t p0, pm;
+        mt_rows_of(P, team, t, &p0, &pm);
+        for (int u = 1; u < team; u++) {
+            const double *part = ws->grad_part + (size_t)(u - 1) * P;
+            for (size_t i = p0; i < p0 + pm; i++) grad[i] += part[i];
+        }
+    }
+    mt_parallel_leave(blas);
+    return first_error(st, T);
+}
 
 mt_status mt_moe_forward(double *out, double *gates, const double *theta, const double *X,
                          size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
@@ -436,7 +600,7 @@ mt_status mt_moe_forward(double *out, double *gates, const double *theta, const 
         if (st != MT_OK) return st;
         theta = ws->theta_eff;
     }
-    return forward_impl(out, gates, theta, X, n, c, ws);
+    return forward_rows(out, gates, theta, X, n, c, ws);
 }
 
 mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const double *theta,
@@ -444,9 +608,9 @@ mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const do
 {
     mt_status st = check_call(c, ws, n);
     if (st != MT_OK) return st;
-    if (!c->normalize) return backward_impl(grad, dX, dout, theta, X, n, c, ws);
+    if (!c->normalize) return backward_rows(grad, dX, dout, theta, X, n, c, ws);
     memset(ws->grad_eff, 0, ws->n_params * sizeof *grad);
-    st = backward_impl(ws->grad_eff, dX, dout, ws->theta_eff, X, n, c, ws);
+    st = backward_rows(ws->grad_eff, dX, dout, ws->theta_eff, X, n, c, ws);
     if (st != MT_OK) return st;
     fold_normalized_gradient(grad, ws->grad_eff, theta, ws->theta_eff, c);
     return MT_OK;
@@ -496,16 +660,28 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
         affine(ws->z, X, theta, off.W1, off.b1, n, d, EH);
         if (ws->keep_all) mt_act_forward(ws->a, ws->z, n * EH, c->activation);
         const size_t lda = ws->keep_all ? EH : H;
+        const size_t layers = c->depth - 1, ldh = layers * lda; /* hidden layers after the first */
         for (size_t e = 0; e < E; e++) {
             const double *ae = ws->keep_all ? ws->a + e * H : ws->a;
             if (!ws->keep_all) mt_act_forward_2d(ws->a, H, ws->z + e * H, EH, n, H, c->activation);
+            size_t ld_last = lda; /* the output layer reads the last hidden layer */
+            if (layers) {
+                const size_t col = ws->keep_all ? e * H : 0;
+                mt_hidden_forward(ws->zh + col, ws->ah + col, ldh, lda, ae, lda,
+                                  theta + off.Wh + e * layers * H * H,
+                                  off.bh == SIZE_MAX ? NULL : theta + off.bh + e * layers * H, n,
+                                  H, layers, c->activation);
+                ae = ws->ah + col + (layers - 1) * lda;
+                ld_last = ldh;
+            }
             double *oe = ws->o + e * O;
             const double *w2 = theta + off.W2 + e * O * H;
-            fill_rows(oe, EO, off.b2 == SIZE_MAX ? NULL : theta + off.b2 + e * O, n, O);
+            const double *b2 = off.b2 == SIZE_MAX ? NULL : theta + off.b2 + e * O;
             if (O <= MT_SMALL_OUTPUT) {
-                small_second_layer_forward(oe, EO, ae, lda, w2, n, O, H);
+                small_second_layer_forward(oe, EO, ae, ld_last, w2, b2, n, O, H);
             } else {
-                mt_gemm_strided(0, 1, n, O, H, 1.0, ae, lda, w2, H, 1.0, oe, EO);
+                fill_rows(oe, EO, b2, n, O);
+                mt_gemm_strided(0, 1, n, O, H, 1.0, ae, ld_last, w2, H, 1.0, oe, EO);
             }
         }
     } else {
@@ -527,9 +703,11 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
     return MT_OK;
 }
 
+/* share: the Switch loss's top-1 shares of the whole batch (NULL when that loss is off);
+ * n_total: the whole batch's rows, which the auxiliary losses average over. */
 static mt_status backward_impl(double *grad, double *dX, const double *dout, const double *theta,
                                const double *X, size_t n, const mt_moe_config *c,
-                               mt_moe_workspace *ws)
+                               mt_moe_workspace *ws, const double *share, size_t n_total)
 {
     const offsets off = ws->off;
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out, EO = E * O;
@@ -548,11 +726,14 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
         }
     }
 
-    if (c->aux_switch > 0) switch_backward(ws->dg, c, ws->g, n);
+    if (share) switch_backward(ws->dg, c, share, n, n_total);
 
     /* Experts. */
     if (c->expert == MT_EXPERT_FFN) {
         const size_t EH = E * H, lda = ws->keep_all ? EH : H;
+        const size_t layers = c->depth - 1, ldh = layers * lda; /* hidden layers after the first */
+        /* b2 (E, O) has the layout of a row of dO: all experts' bias sums in one pass */
+        if (off.b2 != SIZE_MAX) add_column_sums(grad + off.b2, ws->dO, EO, n, EO);
         for (size_t e = 0; e < E; e++) {
             const double *dOe = ws->dO + e * O;
             const double *w2 = theta + off.W2 + e * O * H;
@@ -560,14 +741,32 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
             double *ze = ws->z + e * H;
             double *ae = ws->keep_all ? ws->a + e * H : ws->a;
             if (!ws->keep_all) mt_act_forward_2d(ws->a, H, ze, EH, n, H, c->activation);
-            if (off.b2 != SIZE_MAX) add_column_sums(grad + off.b2 + e * O, dOe, EO, n, O);
-            /* dW2_e += dO_e^T a_e; then a_e is overwritten by d loss / d a_e = dO_e W2_e. */
-            if (O <= MT_SMALL_OUTPUT) {
-                small_second_layer_backward(gw2, ae, lda, dOe, EO, w2, n, O, H);
-            } else {
-                mt_gemm_strided(1, 0, O, H, n, 1.0, dOe, EO, ae, lda, 1.0, gw2, H);
-                mt_gemm_strided(0, 0, n, H, O, 1.0, dOe, EO, w2, H, 0.0, ae, lda);
+            /* a_last: the activations the output layer read (the last hidden layer's) */
+            double *a_last = ae;
+            size_t ld_last = lda;
+            const size_t col = ws->keep_all ? e * H : 0;
+            const double *wh = layers ? theta + off.Wh + e * layers * H * H : NULL;
+            if (layers) {
+                if (!ws->keep_all) /* recompute this expert's further layers */
+                    mt_hidden_forward(ws->zh, ws->ah, ldh, lda, ae, lda, wh,
+                                      off.bh == SIZE_MAX ? NULL : theta + off.bh + e * layers * H,
+                                      n, H, layers, c->activation);
+                a_last = ws->ah + col + (layers - 1) * lda;
+                ld_last = ldh;
             }
+            /* dW2_e += dO_e^T a_last; then a_last is overwritten by d loss / d a_last = dO_e W2_e */
+            if (O <= MT_SMALL_OUTPUT) {
+                small_second_layer_backward(gw2, a_last, ld_last, dOe, EO, w2, n, O, H);
+            } else {
+                mt_gemm_strided(1, 0, O, H, n, 1.0, dOe, EO, a_last, ld_last, 1.0, gw2, H);
+                mt_gemm_strided(0, 0, n, H, O, 1.0, dOe, EO, w2, H, 0.0, a_last, ld_last);
+            }
+            /* Down through the further hidden layers: a_e becomes d loss / d a_e. */
+            if (layers)
+                mt_hidden_backward(grad + off.Wh + e * layers * H * H,
+                                   off.bh == SIZE_MAX ? NULL : grad + off.bh + e * layers * H, ae,
+                                   lda, ws->zh + col, ws->ah + col, ldh, lda, wh, n, H, layers,
+                                   c->activation);
             /* z_e becomes d loss / d z_e in place (all experts at once below when kept). */
             if (!ws->keep_all) mt_act_backward_2d(ze, EH, ws->a, H, ze, EH, n, H, c->activation);
         }
@@ -601,7 +800,7 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
         mt_gate_sigmoid_backward(ws->ds, ws->dg, ws->g, n, E);
         break;
     }
-    if (c->aux_z > 0) z_backward(ws->ds, c, ws->s, n);
+    if (c->aux_z > 0) z_backward(ws->ds, c, ws->s, n, n_total);
     affine_backward(grad, dX, ws->ds, X, theta, off.rw, off.rb, n, d, E);
     return MT_OK;
 }

@@ -21,6 +21,8 @@ typedef enum { MT_EXPERT_FFN = 0, MT_EXPERT_LINEAR } mt_expert_kind;
 
 typedef struct {
     size_t d_in, n_experts, hidden, d_out;
+    size_t depth;          /* ffn: hidden layers per expert, >= 1 (1: W2 act(W1 x + b1) + b2;
+                              each further layer is act(Wh z + bh), H -> H); linear: must be 1 */
     size_t groups;         /* hierarchical only, divides n_experts */
     size_t top_k;          /* 0 = dense; topk gate: 1..E; temperature gate: 0 or 1..E */
     mt_gate_kind gate;
@@ -41,13 +43,14 @@ typedef struct {
 /* Returns MT_EINVAL for any inconsistent field; the binding turns that into a message. */
 mt_status mt_moe_config_check(const mt_moe_config *cfg);
 
-#define MT_MAX_BLOCKS 8
+/* hierarchical router with biases (4) + ffn experts with biases and depth > 1 (6) */
+#define MT_MAX_BLOCKS 10
 
 typedef struct {
     const char *name;      /* e.g. "router.weight" */
     size_t offset;         /* into theta */
-    size_t ndim;
-    size_t shape[3];
+    size_t ndim;           /* 1 to 4 */
+    size_t shape[4];
 } mt_param_block;
 
 typedef struct {
@@ -68,6 +71,8 @@ typedef struct mt_moe_workspace mt_moe_workspace;
 /* A workspace for batches of at most n_max rows; the only allocation the layer makes. */
 mt_status mt_moe_workspace_alloc(mt_moe_workspace **ws, const mt_moe_config *cfg, size_t n_max);
 void mt_moe_workspace_free(mt_moe_workspace *ws);
+/* Rows a call may pass with the current thread count: n_max, or 0 once mt_set_threads has raised
+ * the count above the team the workspace was sized for (then reallocate to use every thread). */
 size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws);
 
 /* out: (n, d_out); gates: (n, E) or NULL; theta: (P,); X: (n, d_in); 1 <= n <= capacity.

@@ -24,13 +24,17 @@ def one_of(name, value, choices):
 
 
 def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
-               gate_activation, groups, d_out, bias, normalize=False):
+               gate_activation, groups, d_out, bias, normalize=False, depth=1):
     """Check every field of an MoE configuration; return it as a plain dict."""
     d_in = positive_int("d_in", d_in)
     n_experts = positive_int("n_experts", n_experts)
     d_out = positive_int("d_out", d_out)
     expert = one_of("expert", expert, EXPERTS)
     hidden = positive_int("hidden", hidden)
+    depth = positive_int("depth", depth)
+    if expert != "ffn" and depth != 1:
+        raise ValueError(f"depth applies to expert='ffn' only (hidden layers per expert); "
+                         f"expert={expert!r} needs depth=1, got {depth}")
     activation = one_of("activation", activation, ACTIVATIONS)
     gate = one_of("gate", gate, GATES)
     if not isinstance(bias, (bool, numbers.Integral)):
@@ -62,7 +66,7 @@ def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, tempera
             raise ValueError(f"groups must divide n_experts = {n_experts}, got {groups}")
     elif groups is not None:
         raise ValueError(f"groups applies to gate='hierarchical' only, not gate={gate!r}")
-    return dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden,
+    return dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden, depth=depth,
                 activation=activation, gate=gate, top_k=top_k, temperature=float(temperature),
                 gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bool(bias),
                 normalize=bool(normalize))
@@ -74,4 +78,4 @@ def core_layer(config):
     return _core.Layer(c["d_in"], c["n_experts"], c["expert"], c["hidden"], c["activation"],
                        c["gate"], c["top_k"] or 0, c["temperature"],
                        c["gate_activation"] or "identity", c["groups"] or 0, c["d_out"], c["bias"],
-                       c["normalize"])
+                       c["normalize"], c["depth"])

@@ -31,8 +31,9 @@ class DeepMoE(FlatModel):
     gate : str
         Gate of every layer (default "topk" with top_k=1: the expressivity theory's top-1
         routing, with the Switch convention so routers receive gradients).
-    top_k, temperature, gate_activation, groups, expert, hidden, activation, bias, normalize :
-        As for `moetheory.MoE`; `hidden` and `n_experts` may be given per layer.
+    top_k, temperature, gate_activation, groups, expert, hidden, depth, activation, bias, normalize :
+        As for `moetheory.MoE`; `hidden`, `depth` (hidden layers per expert) and `n_experts`
+        may be given per layer.
     seed : int
         Layer l is initialised from stream l of the seed.
 
@@ -48,13 +49,14 @@ class DeepMoE(FlatModel):
 
     def __init__(self, d_in, widths, n_experts, *, gate="topk", top_k=1, temperature=1.0,
                  gate_activation=None, groups=None, expert="ffn", hidden=8, activation="relu",
-                 bias=True, normalize=False, seed=0):
+                 bias=True, normalize=False, depth=1, seed=0):
         if isinstance(widths, numbers.Integral) or not len(widths):
             raise ValueError(f"widths must be a non-empty sequence of layer output sizes, "
                              f"got {widths!r}")
         L = len(widths)
         experts = _per_layer("n_experts", n_experts, L)
         hiddens = _per_layer("hidden", hidden, L)
+        depths = _per_layer("depth", depth, L)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         layer_configs = []
@@ -64,14 +66,14 @@ class DeepMoE(FlatModel):
                 layer_configs.append(_config.moe_config(
                     width_in, experts[l], expert, hiddens[l], activation, gate,
                     top_k if gate in ("topk", "temperature") else None, temperature,
-                    gate_activation, groups, widths[l], bias, normalize))
+                    gate_activation, groups, widths[l], bias, normalize, depths[l]))
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"layer {l}: {exc}") from None
             width_in = widths[l]
         self._config = dict(d_in=d_in, widths=list(widths), n_experts=experts, gate=gate,
                             top_k=top_k, temperature=temperature,
                             gate_activation=gate_activation, groups=groups, expert=expert,
-                            hidden=hiddens, activation=activation, bias=bias,
+                            hidden=hiddens, depth=depths, activation=activation, bias=bias,
                             normalize=normalize)
         self.layer_configs = layer_configs
         self._layers = [_config.core_layer(c) for c in layer_configs]
@@ -100,6 +102,7 @@ class DeepMoE(FlatModel):
         c = self._config
         return (f"DeepMoE(d_in={c['d_in']}, widths={c['widths']}, n_experts={c['n_experts']}, "
                 f"gate={c['gate']!r}, top_k={c['top_k']}, hidden={c['hidden']}, "
+                f"depth={c['depth']}, "
                 f"activation={c['activation']!r}, P={self.n_params})")
 
 

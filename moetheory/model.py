@@ -150,6 +150,11 @@ class MoE(FlatModel):
         ``"ffn"``: h_e(x) = W2 act(W1 x + b1) + b2 with `hidden` neurons; ``"linear"``: W x + b.
     hidden : int
         Hidden neurons per FFN expert (ignored by linear experts).
+    depth : int
+        Hidden layers per FFN expert, each of `hidden` neurons (default 1, the expert above).
+        depth > 1 inserts layers a <- act(Wh[l] a + bh[l]) between the first and W2, with
+        parameters ``experts.Wh`` (E, depth-1, hidden, hidden) and ``experts.bh``
+        (E, depth-1, hidden). Linear experts need depth=1.
     activation : str
         relu, leaky_relu, gelu, tanh, sigmoid, identity, or the Hermite polynomials he1 .. he8.
     gate : {"softmax", "topk", "temperature", "hierarchical", "sigmoid"}
@@ -194,12 +199,12 @@ class MoE(FlatModel):
 
     def __init__(self, d_in, n_experts, *, expert="ffn", hidden=8, activation="relu",
                  gate="softmax", top_k=None, temperature=1.0, gate_activation=None, groups=None,
-                 d_out=1, bias=True, normalize=False, seed=0):
+                 d_out=1, bias=True, normalize=False, depth=1, seed=0):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self._config = _config.moe_config(d_in, n_experts, expert, hidden, activation, gate,
                                           top_k, temperature, gate_activation, groups, d_out, bias,
-                                          normalize)
+                                          normalize, depth)
         self._layer = _config.core_layer(self._config)
         self._setup_parameters(seed)
 
@@ -259,5 +264,6 @@ class MoE(FlatModel):
         extras = ", ".join(f"{k}={c[k]!r}" for k in ("top_k", "groups", "gate_activation")
                            if c[k] is not None)
         return (f"MoE(d_in={c['d_in']}, n_experts={c['n_experts']}, expert={c['expert']!r}, "
-                f"hidden={c['hidden']}, activation={c['activation']!r}, gate={c['gate']!r}"
+                f"hidden={c['hidden']}, depth={c['depth']}, activation={c['activation']!r}, "
+                f"gate={c['gate']!r}"
                 f"{', ' + extras if extras else ''}, d_out={c['d_out']}, P={self.n_params})")

@@ -39,6 +39,11 @@ Gates after removing experts (what the smaller model computes, for kept set K):
 Removing hidden neurons (:func:`neurons`) never touches the gate: each expert loses exactly the
 removed neurons' terms W2[:, h] act(z_h), so removing neurons with zero output weight leaves the
 output unchanged for every gate.
+
+Experts with several hidden layers (``depth > 1``): :func:`experts` and :func:`expert_outputs`
+handle them (every expert parameter, ``experts.Wh`` and ``experts.bh`` included, is indexed by
+expert first); :func:`neurons` and :func:`merge_duplicates` reason about a single hidden layer
+and raise ValueError for them.
 """
 import numbers
 
@@ -144,6 +149,11 @@ def neurons(model, keep):
     c = model.config
     if c["expert"] != "ffn":
         raise ValueError(f"neurons() needs expert='ffn', got expert={c['expert']!r}")
+    if c["depth"] != 1:
+        # The core's layout needs one hidden width shared by every layer, and a neuron of one
+        # layer feeds every neuron of the next: removing neurons is not defined layer by layer.
+        raise ValueError(f"neurons() supports experts with one hidden layer (depth=1), got "
+                         f"depth={c['depth']}")
     E, H = c["n_experts"], c["hidden"]
     if isinstance(keep, np.ndarray) and keep.dtype == bool:
         if keep.shape != (E, H):
@@ -444,6 +454,11 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
     if c["expert"] != "ffn":
         raise ValueError(f"merge_duplicates needs a model with expert='ffn', got "
                          f"expert={c['expert']!r}")
+    if c["depth"] != 1:
+        # Duplicates are judged by the first layer only, and the parity rule (h(-z) = -h(z)) holds
+        # for one hidden layer, not through further layers.
+        raise ValueError(f"merge_duplicates supports experts with one hidden layer (depth=1), "
+                         f"got depth={c['depth']}")
     plain_temperature = (c["gate"] == "temperature" and c["top_k"] is None
                          and c["gate_activation"] is None)
     if c["gate"] not in ("sigmoid", "softmax") and not plain_temperature:
@@ -608,6 +623,11 @@ def merge_neurons(model, threshold=0.999):
     if c["expert"] != "ffn":
         raise ValueError(f"merge_neurons needs a model with expert='ffn' (hidden neurons), got "
                          f"expert={c['expert']!r}")
+    if c["depth"] != 1:
+        # A neuron of the first layer feeds further layers, not the output: summing output
+        # weights is the merge rule of one hidden layer only.
+        raise ValueError(f"merge_neurons supports experts with one hidden layer (depth=1), "
+                         f"got depth={c['depth']}")
     threshold = _check_threshold(threshold)
     E, H = c["n_experts"], c["hidden"]
     W1 = np.array(model.params["experts.W1"])  # (E, H, d)

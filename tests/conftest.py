@@ -58,6 +58,30 @@ def config_grid():
     return grid
 
 
+# Experts with several hidden layers (depth > 1): every gate variant x a kinked, a smooth and an
+# odd activation x d_out in {1, 3} x depth in {2, 3}, with biases; plus, per gate variant and
+# depth, one config without biases and one with normalised directions. 240 configs: the depth
+# axis times the parts of the main grid whose code paths depth meets (the expert's hidden layers,
+# both second-layer paths, bias handling, the normalised first layer), not the whole grid again.
+DEPTHS = (2, 3)
+DEPTH_ACTIVATIONS = ("relu", "gelu", "tanh")
+
+
+def depth_config_grid():
+    grid = []
+    for gv in _gate_variants():
+        for depth in DEPTHS:
+            for act in DEPTH_ACTIVATIONS:
+                for d_out in (1, 3):
+                    grid.append(reference.make_config(D_IN, N_EXPERTS, hidden=HIDDEN, depth=depth,
+                                                      activation=act, d_out=d_out, **gv))
+            grid.append(reference.make_config(D_IN, N_EXPERTS, hidden=HIDDEN, depth=depth,
+                                              activation="tanh", d_out=3, bias=False, **gv))
+            grid.append(reference.make_config(D_IN, N_EXPERTS, hidden=HIDDEN, depth=depth,
+                                              activation="relu", d_out=1, normalize=True, **gv))
+    return grid
+
+
 def config_id(config):
     parts = [config["gate"]]
     if config["top_k"] is not None:
@@ -67,6 +91,8 @@ def config_id(config):
     if config["groups"] is not None:
         parts.append(f"G{config['groups']}")
     parts.append(config["activation"] if config["expert"] == "ffn" else "linear")
+    if config["depth"] > 1:
+        parts.append(f"depth{config['depth']}")
     parts.append(f"o{config['d_out']}")
     parts.append("bias" if config["bias"] else "nobias")
     if config["normalize"]:
@@ -75,11 +101,18 @@ def config_id(config):
 
 
 CONFIG_GRID = config_grid()
+DEPTH_GRID = depth_config_grid()
 
 
 @pytest.fixture(params=CONFIG_GRID, ids=[config_id(c) for c in CONFIG_GRID])
 def grid_config(request):
     """One config of the grid (a fresh copy, so a test may not disturb the others)."""
+    return dict(request.param)
+
+
+@pytest.fixture(params=DEPTH_GRID, ids=[config_id(c) for c in DEPTH_GRID])
+def depth_config(request):
+    """One config of the depth grid (FFN experts with 2 or 3 hidden layers), a fresh copy."""
     return dict(request.param)
 
 

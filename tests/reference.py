@@ -7,12 +7,13 @@ never imports ``moetheory``. The tests compare the package against it, and the b
 
 A *config* is a plain dict with exactly the keys in ``CONFIG_KEYS``::
 
-    d_in, n_experts, expert ("ffn" | "linear"), hidden, activation,
+    d_in, n_experts, expert ("ffn" | "linear"), hidden, depth, activation,
     gate ("softmax" | "topk" | "temperature" | "hierarchical" | "sigmoid"),
     top_k (None | int), temperature (float), gate_activation (None | activation name),
-    groups (None | int), d_out, bias (bool)
+    groups (None | int), d_out, bias (bool), normalize (bool)
 
-Shapes: n samples, d = d_in, E experts, H hidden, o = d_out, G router groups. Samples first.
+Shapes: n samples, d = d_in, E experts, H hidden, D = depth (hidden layers per ffn expert),
+o = d_out, G router groups. Samples first.
 
 Conventions that ``docs/model.md`` leaves to the implementation are resolved here and noted where
 they are used (see ``validate_config``).
@@ -32,7 +33,7 @@ HERMITE = tuple(f"he{k}" for k in range(1, 9))
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid", "identity") + HERMITE
 GATES = ("softmax", "topk", "temperature", "hierarchical", "sigmoid")
 EXPERTS = ("ffn", "linear")
-CONFIG_KEYS = ("d_in", "n_experts", "expert", "hidden", "activation", "gate", "top_k",
+CONFIG_KEYS = ("d_in", "n_experts", "expert", "hidden", "depth", "activation", "gate", "top_k",
                "temperature", "gate_activation", "groups", "d_out", "bias", "normalize")
 
 # With normalize=True these blocks' rows (each acting on x) are used as w / |w|.
@@ -45,11 +46,11 @@ LEAKY_SLOPE = 0.01
 # Configs and the parameter layout
 # ------------------------------------------------------------------------------------------------
 
-def make_config(d_in, n_experts, *, expert="ffn", hidden=8, activation="relu", gate="softmax",
-                top_k=None, temperature=1.0, gate_activation=None, groups=None, d_out=1,
-                bias=True, normalize=False):
+def make_config(d_in, n_experts, *, expert="ffn", hidden=8, depth=1, activation="relu",
+                gate="softmax", top_k=None, temperature=1.0, gate_activation=None, groups=None,
+                d_out=1, bias=True, normalize=False):
     """A full config dict with the same defaults as ``moetheory.MoE`` (seed excluded)."""
-    config = dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden,
+    config = dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden, depth=depth,
                   activation=activation, gate=gate, top_k=top_k, temperature=temperature,
                   gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bias,
                   normalize=normalize)
@@ -64,7 +65,9 @@ def validate_config(config):
     "temperature", and must be None for the other gates; ``groups`` is required for
     "hierarchical" (and must divide E) and must be None otherwise; ``gate_activation`` is only
     read by "temperature"; ``temperature`` must be finite and > 0 (it is only read by
-    "temperature"); ``hidden`` and ``activation`` are only read by "ffn" experts.
+    "temperature"); ``hidden`` and ``activation`` are only read by "ffn" experts; ``depth`` is
+    an integer >= 1 and must be 1 for "linear" experts (docs/model.md: only ffn experts stack
+    hidden layers).
     """
     if set(config) != set(CONFIG_KEYS):
         raise ValueError(f"config keys must be {sorted(CONFIG_KEYS)}, got {sorted(config)}")
@@ -74,6 +77,11 @@ def validate_config(config):
     E = config["n_experts"]
     if config["expert"] not in EXPERTS:
         raise ValueError(f"expert must be one of {EXPERTS}, got {config['expert']!r}")
+    depth = config["depth"]
+    if isinstance(depth, bool) or int(depth) != depth or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    if config["expert"] != "ffn" and depth != 1:
+        raise ValueError(f"depth must be 1 for expert={config['expert']!r}, got {depth}")
     if config["expert"] == "ffn":
         if int(config["hidden"]) < 1:
             raise ValueError(f"hidden must be >= 1, got {config['hidden']}")
@@ -127,6 +135,11 @@ def param_shapes(config):
         shapes.append(("experts.W1", (E, H, d)))
         if bias:
             shapes.append(("experts.b1", (E, H)))
+        D = config["depth"]
+        if D > 1:  # hidden layers 2 .. D, each H -> H
+            shapes.append(("experts.Wh", (E, D - 1, H, H)))
+            if bias:
+                shapes.append(("experts.bh", (E, D - 1, H)))
         shapes.append(("experts.W2", (E, o, H)))
         if bias:
             shapes.append(("experts.b2", (E, o)))
@@ -372,14 +385,22 @@ def _gate_backward(dg, cache, params, X, config, grads):
 def _experts_forward(params, X, config):
     E, o = config["n_experts"], config["d_out"]
     if config["expert"] == "ffn":
-        H = config["hidden"]
+        H, D = config["hidden"], config["depth"]
         W1, W2 = params["experts.W1"], params["experts.W2"]            # (E, H, d), (E, o, H)
         b1 = _bias(params, "experts.b1", (E, H))
         b2 = _bias(params, "experts.b2", (E, o))
         Z = X @ W1.transpose(0, 2, 1) + b1[:, None, :]                   # (E, n, H)
         A = activation(config["activation"], Z)
-        h = A @ W2.transpose(0, 2, 1) + b2[:, None, :]                   # (E, n, o)
-        return h, {"Z": Z, "A": A}
+        Zs, As = [Z], [A]                                                # one per hidden layer
+        if D > 1:
+            Wh = params["experts.Wh"]                                    # (E, D-1, H, H)
+            bh = _bias(params, "experts.bh", (E, D - 1, H))
+            for l in range(D - 1):
+                Z = As[-1] @ Wh[:, l].transpose(0, 2, 1) + bh[:, l][:, None, :]   # (E, n, H)
+                Zs.append(Z)
+                As.append(activation(config["activation"], Z))
+        h = As[-1] @ W2.transpose(0, 2, 1) + b2[:, None, :]              # (E, n, o)
+        return h, {"Z": Zs[0], "A": As[0], "Zs": Zs, "As": As}
     W = params["experts.W"]                                             # (E, o, d)
     b = _bias(params, "experts.b", (E, o))
     h = X @ W.transpose(0, 2, 1) + b[:, None, :]                        # (E, n, o)
@@ -389,10 +410,17 @@ def _experts_forward(params, X, config):
 def _experts_backward(dh, cache, params, X, config, grads):
     """Accumulate the expert gradients from dL/dh (E, n, o)."""
     if config["expert"] == "ffn":
-        Z, A = cache["Z"], cache["A"]
-        grads["experts.W2"] += dh.transpose(0, 2, 1) @ A                # (E, o, H)
+        Zs, As = cache["Zs"], cache["As"]
+        grads["experts.W2"] += dh.transpose(0, 2, 1) @ As[-1]           # (E, o, H)
         dA = dh @ params["experts.W2"]                                   # (E, n, H)
-        dZ = dA * activation_grad(config["activation"], Z)
+        # Down through hidden layers D .. 2: layer l + 1 (index l + 1 in Zs) maps As[l].
+        for l in range(len(Zs) - 2, -1, -1):
+            dZ = dA * activation_grad(config["activation"], Zs[l + 1])
+            grads["experts.Wh"][:, l] += dZ.transpose(0, 2, 1) @ As[l]  # (E, H, H)
+            if "experts.bh" in grads:
+                grads["experts.bh"][:, l] += dZ.sum(axis=1)
+            dA = dZ @ params["experts.Wh"][:, l]                         # (E, n, H)
+        dZ = dA * activation_grad(config["activation"], Zs[0])
         grads["experts.W1"] += dZ.transpose(0, 2, 1) @ X                # (E, H, d)
         if "experts.b1" in grads:
             grads["experts.b2"] += dh.sum(axis=1)
@@ -518,7 +546,8 @@ def finite_difference_grad(f, theta, h=1e-6):
 def kink_margin(theta, X, config):
     """Distance of (theta, X) from the model's non-differentiable points; inf if it has none.
 
-    The minimum of: |z| over every ffn pre-activation when the activation is relu/leaky_relu;
+    The minimum of: |z| over every ffn pre-activation (of every hidden layer) when the
+    activation is relu/leaky_relu;
     |s| over the router scores when the temperature gate's gate_activation is relu/leaky_relu;
     the gap between the k-th and (k+1)-th largest routed score per row when top-k drops experts
     (a tie there would let a finite-difference step change the selection).
@@ -529,7 +558,7 @@ def kink_margin(theta, X, config):
     margin = np.inf
     if config["expert"] == "ffn" and config["activation"] in kinked:
         _, cache = _experts_forward(params, X, config)
-        margin = min(margin, float(np.min(np.abs(cache["Z"]))))
+        margin = min(margin, min(float(np.min(np.abs(Z))) for Z in cache["Zs"]))
     gate, k, E = config["gate"], config["top_k"], config["n_experts"]
     if gate in ("topk", "temperature"):
         s = scores(params, X, config)

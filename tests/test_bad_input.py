@@ -273,6 +273,9 @@ CTOR_ERRORS = [
     (dict(hidden=-3), "hidden"),
     (dict(d_out=0), "d_out"),
     (dict(d_out=-1), "d_out"),
+    (dict(depth=0), "depth"),
+    (dict(depth=-2), "depth"),
+    (dict(expert="linear", depth=2), "depth"),                # linear experts have no hidden layer
 ]
 
 
@@ -281,6 +284,26 @@ CTOR_ERRORS = [
 def test_constructor_rejects(kw, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         mt.MoE(D_IN, E, **dict(dict(hidden=H), **kw))
+
+
+@pytest.mark.parametrize("depth", [1.5, 2.0, "2", None, True, [2]],
+                         ids=["float", "integral-float", "str", "None", "bool", "list"])
+def test_constructor_rejects_non_integer_depth(depth):
+    with pytest.raises(TypeError, match=r"\bdepth\b"):
+        mt.MoE(D_IN, E, hidden=H, depth=depth)
+
+
+def test_core_layer_rejects_bad_depth():
+    # The binding checks depth itself too: a ValueError naming it, never a crash.
+    from moetheory import _core
+    args = (D_IN, E, "ffn", H, "relu", "softmax", 0, 1.0, "identity", 0, 1, True, False)
+    for depth, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="depth" if error is ValueError else None):
+            _core.Layer(*args, depth)
+    with pytest.raises(ValueError, match="depth"):
+        _core.Layer(D_IN, E, "linear", H, "relu", "softmax", 0, 1.0, "identity", 0, 1, True,
+                    False, 2)
+    assert _core.Layer(*args, 3).n_params > _core.Layer(*args).n_params
 
 
 @pytest.mark.parametrize("d_in, n_experts, name", [

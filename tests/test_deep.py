@@ -35,6 +35,12 @@ CASES = [
     dict(widths=[3, 1], n_experts=2, gate="temperature", temperature=0.7, top_k=None,
          activation="tanh", normalize=True),
     dict(widths=[3, 2], n_experts=3, gate="topk", top_k=1, expert="linear"),
+    # experts with several hidden layers, one depth for all layers or one per layer
+    dict(widths=[4, 1], n_experts=3, gate="topk", top_k=1, activation="tanh", depth=2),
+    dict(widths=[3, 3, 2], n_experts=[2, 3, 2], gate="softmax", activation="gelu",
+         hidden=[3, 2, 4], depth=[3, 1, 2]),
+    dict(widths=[4, 2], n_experts=4, gate="hierarchical", groups=2, activation="tanh",
+         bias=False, depth=3),
 ]
 
 
@@ -112,8 +118,9 @@ def test_training_a_deep_stack_reduces_the_loss_and_is_reproducible(rng):
     assert h.losses[-40:].mean() < 0.5 * h.losses[:40].mean()
 
 
-def test_save_and_load_round_trip(tmp_path, rng):
-    model = mt.DeepMoE(3, [4, 2], [2, 3], hidden=[3, 5], seed=4)
+@pytest.mark.parametrize("depth", [1, [2, 3]], ids=["depth1", "depth2-3"])
+def test_save_and_load_round_trip(depth, tmp_path, rng):
+    model = mt.DeepMoE(3, [4, 2], [2, 3], hidden=[3, 5], depth=depth, seed=4)
     model.theta[:] = rng.normal(size=model.n_params)
     model.save(tmp_path / "deep.npz")
     loaded = mt.DeepMoE.load(tmp_path / "deep.npz")
@@ -122,6 +129,31 @@ def test_save_and_load_round_trip(tmp_path, rng):
     np.testing.assert_array_equal(loaded(X), model(X))
     with pytest.raises(ValueError, match="format"):
         mt.MoE.load(tmp_path / "deep.npz")
+    assert loaded.config == model.config
+
+
+def test_depth_per_layer_reaches_each_layer():
+    model = mt.DeepMoE(3, [4, 2], 2, hidden=3, depth=[2, 1], seed=0)
+    assert [c["depth"] for c in model.layer_configs] == [2, 1]
+    assert model.params["layers.0.experts.Wh"].shape == (2, 1, 3, 3)
+    assert "layers.1.experts.Wh" not in model.params
+    assert "depth=[2, 1]" in repr(model)
+
+
+def test_files_saved_before_depth_load_as_depth_one(tmp_path, rng):
+    import json
+    model = mt.DeepMoE(3, [4, 1], 2, hidden=3, seed=1)
+    model.theta[:] = rng.normal(size=model.n_params)
+    model.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as f:
+        fields = {k: f[k] for k in f.files}
+    config = json.loads(str(fields["config"]))
+    del config["depth"]
+    fields["config"] = np.array(json.dumps(config))
+    np.savez(tmp_path / "old.npz", **fields)
+    loaded = mt.DeepMoE.load(tmp_path / "old.npz")
+    assert loaded.config == model.config and loaded.config["depth"] == [1, 1]
+    assert loaded.theta.tobytes() == model.theta.tobytes()
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -129,6 +161,11 @@ def test_save_and_load_round_trip(tmp_path, rng):
     (dict(widths=[2, 1], n_experts=[2]), ValueError, "n_experts"),
     (dict(widths=[2, 1], n_experts=2, top_k=3), ValueError, "layer 0: top_k"),
     (dict(widths=[2, 0], n_experts=2), ValueError, "layer 1: d_out"),
+    (dict(widths=[2, 1], n_experts=2, depth=0), ValueError, "layer 0: depth"),
+    (dict(widths=[2, 1], n_experts=2, depth=[1, -1]), ValueError, "layer 1: depth"),
+    (dict(widths=[2, 1], n_experts=2, depth=[2]), ValueError, "depth must be one value or 2"),
+    (dict(widths=[2, 1], n_experts=2, depth=1.5), TypeError, "layer 0: depth"),
+    (dict(widths=[2, 1], n_experts=2, expert="linear", depth=2), ValueError, "layer 0: depth"),
 ])
 def test_bad_configurations(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -104,6 +104,8 @@ def test_circle_data_is_on_the_circle_and_target_uses_circle_coordinates():
     (ex.ManifoldConfig(reps=0), "reps"),
     (ex.CompositionalConfig(models=("wide",)), "models"),
     (ex.CompositionalConfig(d_mid=0), "d_mid"),
+    (ex.ManifoldConfig(expert_depth=0), "expert_depth"),
+    (ex.CompositionalConfig(expert_depth=0), "expert_depth"),
 ])
 def test_config_validation_names_the_field(cfg, field):
     with pytest.raises(ValueError, match=field):
@@ -170,6 +172,20 @@ def test_run_tables_are_tidy():
                                                        ("shallow", 4), ("shallow", 8)]
     assert np.all((comp["n_paths"] >= 1) & (comp["n_paths"] <= np.where(
         comp["model"] == "deep", 9, 6)))
+
+
+def test_expert_depth_option_reaches_the_models():
+    # Each extra hidden layer of width m adds m * m + m parameters per expert: 3 experts per
+    # deep layer (2 layers) and 6 shallow experts, at m = 4: 2 * 3 * 20 = 120 and 6 * 20 = 120.
+    kw = dict(widths=(4,), reps=1, steps=20, n_train=200, n_test=50, grid=10)
+    one = ex.run_compositional(ex.CompositionalConfig(**kw), workers=1)
+    two = ex.run_compositional(ex.CompositionalConfig(expert_depth=2, **kw), workers=1)
+    assert list(two["expert_depth"]) == [2, 2] and list(one["expert_depth"]) == [1, 1]
+    np.testing.assert_array_equal(two["n_params"] - one["n_params"], [120, 120])
+    assert np.all(np.isfinite(two["test_mse"]))
+    man = ex.run_manifold(ex.ManifoldConfig(dims=(3,), reps=1, steps=20, n_train=200, n_test=50,
+                                            expert_depth=3), workers=1)
+    assert list(man["expert_depth"]) == [3] and np.isfinite(man["test_mse"][0])
 
 
 def test_reproduce_writes_figures_and_csv(tmp_path):
@@ -244,7 +260,11 @@ def full():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("embedding", ["coordinate", "rotated"])
+@pytest.mark.parametrize("embedding", ["coordinate", pytest.param("rotated", marks=pytest.mark.xfail(
+    strict=True, reason="not reproduced at full scale (10 seeds, 2000 iterations, measured "
+    "2026-11-25 by `moetheory reproduce expressivity`): seed-median test MSE 1.14e-2, 2.79e-2, "
+    "9.0e-3, 1.70e-2 for D = 16, 32, 64, 128, max/min 3.10 >= 3.0; the seeds scatter over "
+    "1e-3..1.4e-1 at 2000 iterations"))])
 def test_full_manifold_error_flat_in_D(full, embedding):
     ratio, med = _flat_ratio(full[embedding])
     assert ratio < FLAT_FACTOR, (ratio, med)

@@ -3,6 +3,7 @@
 Every comparison is with tests/reference.py (docs/model.md in NumPy) to VALUE_RTOL[float64]
 (1e-12, normwise relative; see tests/tolerances.py).
 """
+import json
 import math
 import pathlib
 import sys
@@ -13,7 +14,7 @@ import scipy.stats
 
 import moetheory as mt
 import reference as ref
-from conftest import CONFIG_GRID, config_id
+from conftest import CONFIG_GRID, DEPTH_GRID, config_id
 from tolerances import assert_grads_close, assert_values_close
 
 N_FORWARD = 11
@@ -106,6 +107,58 @@ def test_forward_and_gates_match_reference(grid_config, rng):
     np.testing.assert_array_equal(model.theta, theta)
 
 
+# ------------------------------------------------------------------------------------------------
+# Experts with several hidden layers (depth > 1) on the depth grid
+# ------------------------------------------------------------------------------------------------
+
+def test_depth_layout_forward_and_gates_match_reference(depth_config, rng):
+    config = depth_config
+    model = make_model(config)
+    assert model.config == config
+    # experts.Wh (E, depth-1, H, H) and experts.bh (E, depth-1, H) between b1 and W2 (docs/model.md)
+    assert [(name, tuple(v.shape)) for name, v in model.params.items()] == ref.param_shapes(config)
+    for name, (offset, shape) in ref.param_offsets(config).items():
+        assert _offset(model.params[name], model.theta) == offset, name
+    model.theta[:] = rng.normal(size=model.theta.size)
+    theta = model.theta.copy()
+    X = rng.standard_normal((N_FORWARD, config["d_in"]))
+    y = rng.standard_normal((N_FORWARD, config["d_out"]))
+    f = model(X)
+    assert_values_close(f, ref.forward(theta, X, config), what="model(X)")
+    assert_values_close(model.gates(X), ref.gates(theta, X, config), what="model.gates(X)")
+    assert_values_close(model.loss_and_grad(X, y)[0], ref.mse(f, y), what="loss")
+    np.testing.assert_array_equal(model.theta, theta)
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity"])
+@pytest.mark.parametrize("depth", [2, 3])
+def test_identity_extra_layers_give_the_depth_one_model(depth, activation, rng):
+    # A check that does not go through the reference: with Wh = I and bh = 0 each extra layer
+    # maps a to act(a), which is a itself for the identity and for relu (a >= 0 already), so the
+    # deeper model must compute exactly what the depth-1 model with the same W1, b1, W2, b2 does.
+    deep = mt.MoE(3, 4, hidden=5, depth=depth, activation=activation, d_out=2, seed=1)
+    flat = mt.MoE(3, 4, hidden=5, activation=activation, d_out=2, seed=1)
+    for name, v in flat.params.items():
+        v[...] = rng.normal(size=v.shape)
+        deep.params[name][...] = v
+    deep.params["experts.Wh"][...] = np.eye(5)
+    deep.params["experts.bh"][...] = 0.0
+    X = rng.standard_normal((13, 3))
+    assert_values_close(deep(X), flat(X), what="depth with identity layers vs depth 1")
+    deep.params["experts.bh"][...] = 0.5  # and the extra layers are really used
+    assert np.max(np.abs(deep(X) - flat(X))) > 1e-3
+
+
+def test_depth_one_is_the_default_layout():
+    explicit = mt.MoE(3, 4, hidden=5, depth=1, d_out=2, seed=3)
+    default = mt.MoE(3, 4, hidden=5, d_out=2, seed=3)
+    assert explicit.theta.tobytes() == default.theta.tobytes()
+    assert list(explicit.params) == ["router.weight", "router.bias", "experts.W1", "experts.b1",
+                                     "experts.W2", "experts.b2"]
+    assert default.config["depth"] == 1
+    assert "depth=1" in repr(default) and "depth=3" in repr(mt.MoE(3, 4, depth=3))
+
+
 @pytest.mark.parametrize("gate, kw", [
     ("topk", dict(top_k=1)), ("topk", dict(top_k=2)), ("topk", dict(top_k=3)),
     ("temperature", dict(top_k=2, temperature=0.5)),
@@ -159,6 +212,13 @@ def _shape_configs():
 
 
 SHAPE_CASES = list(_shape_configs())
+# Deeper experts at the larger shapes, d_out 5 included (the second layer's BLAS path).
+SHAPE_CASES += [(n, ref.make_config(d_in, E, hidden=H, depth=depth, d_out=d_out, **gv, **ev))
+                for d_in, E, H, _, n in SHAPES[2:]
+                for depth in (2, 3)
+                for d_out in (2, 5)
+                for gv in (dict(gate="softmax"), dict(gate="topk", top_k=2))
+                for ev in (dict(activation="relu"), dict(activation="tanh"))]
 
 
 @pytest.mark.parametrize("n, config", SHAPE_CASES,
@@ -201,18 +261,20 @@ def test_default_seed_is_zero():
     np.testing.assert_array_equal(mt.MoE(3, 4, **kw).theta, make_model(config, seed=0).theta)
 
 
-@pytest.mark.parametrize("expert, gate", [("ffn", "softmax"), ("linear", "hierarchical")])
-def test_init_distribution(expert, gate):
+@pytest.mark.parametrize("expert, gate, depth", [("ffn", "softmax", 1),
+                                                 ("linear", "hierarchical", 1),
+                                                 ("ffn", "softmax", 3)])
+def test_init_distribution(expert, gate, depth):
     # Statistical test, seed 2024: each weight block, scaled by sqrt(fan_in), must have mean 0
     # within 5 standard errors (5 / sqrt(N)), variance 1 within 5 standard errors
     # (5 sqrt(2 / N)), and pass a Kolmogorov-Smirnov test against N(0, 1) at p > 1e-4.
     # With d_in = 40 and hidden = 30 a N(0, 1) (unscaled) or a uniform init fails it.
     d_in, E, H, d_out = 40, 8, 30, 3
     config = ref.make_config(d_in, E, expert=expert, gate=gate, hidden=H, d_out=d_out,
-                             groups=4 if gate == "hierarchical" else None)
+                             groups=4 if gate == "hierarchical" else None, depth=depth)
     model = make_model(config, seed=2024)
     fan_in = {"router.weight": d_in, "router.outer.weight": d_in, "router.inner.weight": d_in,
-              "experts.W1": d_in, "experts.W": d_in, "experts.W2": H}
+              "experts.W1": d_in, "experts.W": d_in, "experts.W2": H, "experts.Wh": H}
     for name, v in model.params.items():
         if name in fan_in:
             w = v.ravel() * math.sqrt(fan_in[name])
@@ -230,6 +292,8 @@ def test_init_distribution(expert, gate):
 
 SAVE_CONFIGS = [dict(c) for c in CONFIG_GRID
                 if c["d_out"] == 3 and c["activation"] in ("relu", "he8")]
+SAVE_CONFIGS += [dict(c) for c in DEPTH_GRID
+                 if c["d_out"] == 3 and c["gate"] in ("softmax", "hierarchical")]
 
 
 @pytest.mark.parametrize("config", SAVE_CONFIGS, ids=[config_id(c) for c in SAVE_CONFIGS])
@@ -269,12 +333,29 @@ def test_save_load_accepts_str_and_pathlike(as_path, tmp_path, rng):
     assert loaded.config == config
 
 
+def test_files_saved_before_depth_load_as_depth_one(tmp_path, rng):
+    # A file written before `depth` existed has no "depth" in its config; it is a depth-1 model.
+    model = mt.MoE(3, 4, hidden=5, d_out=2, seed=2)
+    model.theta[:] = rng.normal(size=model.n_params)
+    model.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as f:
+        fields = {k: f[k] for k in f.files}
+    config = json.loads(str(fields["config"]))
+    del config["depth"]
+    fields["config"] = np.array(json.dumps(config))
+    np.savez(tmp_path / "old.npz", **fields)
+    loaded = mt.MoE.load(tmp_path / "old.npz")
+    assert loaded.config["depth"] == 1 and loaded.config == model.config
+    assert loaded.theta.tobytes() == model.theta.tobytes()
+
+
 # ------------------------------------------------------------------------------------------------
 # Reference counts
 # ------------------------------------------------------------------------------------------------
 
 REFCOUNT_CONFIGS = [
     ref.make_config(3, 4, hidden=3),
+    ref.make_config(3, 4, hidden=3, depth=3, d_out=2),
     ref.make_config(3, 4, hidden=3, gate="topk", top_k=1, d_out=2),
     ref.make_config(3, 4, expert="linear", gate="hierarchical", groups=2, d_out=1),
     ref.make_config(3, 4, hidden=3, gate="temperature", top_k=2, gate_activation="tanh",

@@ -1,6 +1,7 @@
 """moetheory.MoE.loss_and_grad: against central finite differences and against the reference.
 
-For every config of the grid (tests/conftest.py: n = 7, d_in = 3, E = 4, hidden = 3):
+For every config of the grid and of the depth grid (experts with 2 or 3 hidden layers)
+(tests/conftest.py: n = 7, d_in = 3, E = 4, hidden = 3):
   - the gradient equals central differences (step 1e-6) of the package's own loss over the whole
     theta, with a 2-norm relative error of the whole vector <= FD_RTOL = 1e-6 (observed ~1e-9);
   - the gradient equals reference.loss_and_grad's to GRAD_RTOL = 1e-10, the loss to 1e-12.
@@ -25,7 +26,14 @@ def make_model(config, seed=0):
 
 
 def test_gradient_matches_finite_differences_and_reference(grid_config, smooth_problem):
-    config = grid_config
+    _check_gradient(grid_config, smooth_problem)
+
+
+def test_depth_gradient_matches_finite_differences_and_reference(depth_config, smooth_problem):
+    _check_gradient(depth_config, smooth_problem)
+
+
+def _check_gradient(config, smooth_problem):
     theta, X, y = smooth_problem(config)  # away from ReLU kinks and top-k ties (see module doc)
     model = make_model(config)
     model.theta[:] = theta

@@ -16,9 +16,9 @@ GATES = [dict(gate="sigmoid"), dict(gate="softmax"), dict(gate="topk", top_k=1),
 IDS = ["sigmoid", "softmax", "top1", "top2", "temp", "temp-top2-tanh", "hier"]
 
 
-def _model(gate, expert="ffn", E=6, hidden=3, d_out=2, bias=True, seed=3):
+def _model(gate, expert="ffn", E=6, hidden=3, d_out=2, bias=True, seed=3, depth=1):
     model = mt.MoE(5, E, expert=expert, hidden=hidden, activation="tanh", d_out=d_out, bias=bias,
-                   seed=seed, **gate)
+                   seed=seed, depth=depth, **gate)
     model.theta = np.random.default_rng(seed).normal(size=model.n_params)
     return model
 
@@ -159,6 +159,35 @@ def test_expert_outputs_recompose_the_model(rng):
     H, G = prune.expert_outputs(model, X)
     assert H.shape == (8, 6, 2) and G.shape == (8, 6)
     assert_values_close(np.einsum("ne,neo->no", G, H), model(X))
+
+
+@pytest.mark.parametrize("gate", [GATES[0], GATES[2], GATES[6]], ids=["sigmoid", "top1", "hier"])
+def test_experts_of_deep_experts(gate, rng):
+    # depth > 1: experts.Wh / experts.bh are sliced by expert like every expert parameter, and
+    # for the sigmoid gate (no renormalisation) the smaller model computes exactly the kept terms.
+    model = _model(gate, depth=3)
+    keep = [0, 1, 4, 5] if gate["gate"] == "hierarchical" else [4, 0, 2]
+    small = prune.experts(model, keep)
+    assert small.config["depth"] == 3
+    assert small.params["experts.Wh"].shape == (len(keep), 2, 3, 3)
+    for name, value in small.params.items():
+        if not name.startswith("router.outer."):
+            np.testing.assert_array_equal(value, model.params[name][keep])
+    X = rng.standard_normal((9, 5))
+    Hs, G = prune.expert_outputs(model, X)
+    assert_values_close(np.einsum("ne,neo->no", G, Hs), model(X))
+    if gate["gate"] == "sigmoid":
+        assert_values_close(small(X), np.einsum("ne,neo->no", G[:, keep], Hs[:, keep]))
+
+
+def test_single_layer_pruning_rules_refuse_deep_experts():
+    model = _model(dict(gate="sigmoid"), depth=2)
+    with pytest.raises(ValueError, match="depth"):
+        prune.neurons(model, [[0, 1]] * 6)
+    with pytest.raises(ValueError, match="depth"):
+        prune.merge_duplicates(model)
+    with pytest.raises(ValueError, match="depth"):
+        prune.merge_neurons(model)
 
 
 def test_merge_duplicates_sigmoid(rng):

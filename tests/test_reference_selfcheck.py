@@ -12,7 +12,7 @@ import pytest
 from numpy.polynomial import hermite_e
 
 import reference as ref
-from conftest import D_IN, N_EXPERTS, HIDDEN, config_id
+from conftest import DEPTH_GRID, D_IN, N_EXPERTS, HIDDEN, config_id
 from tolerances import (FD_STEP, KINK_MARGIN, assert_fd_close, assert_values_close,
                         relative_error)
 
@@ -116,6 +116,11 @@ def slow_forward(theta, X, config):
             if config["expert"] == "ffn":
                 z = P["experts.W1"][e] @ x + (P["experts.b1"][e] if bias else 0.0)
                 a = np.array([_slow_act(config["activation"], float(zj)) for zj in z])
+                for l in range(config["depth"] - 1):  # further hidden layers, neuron by neuron
+                    a = np.array([_slow_act(config["activation"],
+                                            sum(float(w) * float(v) for w, v in zip(row, a)) +
+                                            (float(P["experts.bh"][e, l, j]) if bias else 0.0))
+                                  for j, row in enumerate(P["experts.Wh"][e, l])])
                 h = P["experts.W2"][e] @ a + (P["experts.b2"][e] if bias else 0.0)
             else:
                 h = P["experts.W"][e] @ x + (P["experts.b"][e] if bias else 0.0)
@@ -149,6 +154,23 @@ def test_vectorised_forward_matches_per_sample_loops(grid_config, rng):
     X = rng.standard_normal((5, config["d_in"]))
     assert_values_close(ref.gates(theta, X, config), slow_gates(theta, X, config), what="gates")
     assert_values_close(ref.forward(theta, X, config), slow_forward(theta, X, config), what="f")
+
+
+# The depth grid's d_out = 3 and normalised configs: every gate variant, both depths, every
+# activation of the grid, with and without biases. (The C core is checked on the whole depth grid
+# against this reference and against its own finite differences; d_out = 1 takes no other path
+# through the reference.)
+DEPTH_SELFCHECK = [c for c in DEPTH_GRID if c["d_out"] == 3 or c["normalize"]]
+
+
+@pytest.mark.parametrize("config", DEPTH_SELFCHECK, ids=[config_id(c) for c in DEPTH_SELFCHECK])
+def test_depth_backprop_matches_finite_differences(config, smooth_problem):
+    test_backprop_matches_finite_differences(dict(config), smooth_problem)
+
+
+@pytest.mark.parametrize("config", DEPTH_SELFCHECK, ids=[config_id(c) for c in DEPTH_SELFCHECK])
+def test_depth_vectorised_forward_matches_per_sample_loops(config, rng):
+    test_vectorised_forward_matches_per_sample_loops(dict(config), rng)
 
 
 def test_gate_properties(grid_config, rng):
@@ -379,6 +401,18 @@ def test_param_shapes_order():
     c = ref.make_config(3, 4, expert="linear", gate="hierarchical", groups=4, bias=False)
     assert ref.param_shapes(c) == [
         ("router.outer.weight", (4, 3)), ("router.inner.weight", (4, 3)), ("experts.W", (4, 1, 3))]
+    c = ref.make_config(3, 4, hidden=5, depth=3, d_out=2)
+    assert ref.param_shapes(c) == [
+        ("router.weight", (4, 3)), ("router.bias", (4,)),
+        ("experts.W1", (4, 5, 3)), ("experts.b1", (4, 5)),
+        ("experts.Wh", (4, 2, 5, 5)), ("experts.bh", (4, 2, 5)),
+        ("experts.W2", (4, 2, 5)), ("experts.b2", (4, 2))]
+    c = ref.make_config(3, 4, hidden=5, depth=2, bias=False)
+    assert [name for name, _ in ref.param_shapes(c)] == [
+        "router.weight", "experts.W1", "experts.Wh", "experts.W2"]
+    for bad in (dict(depth=0), dict(depth=-1), dict(depth=2, expert="linear")):
+        with pytest.raises(ValueError, match="depth"):
+            ref.make_config(3, 4, **bad)
 
 
 def test_unpack_returns_views(grid_config):
@@ -455,4 +489,14 @@ def test_kink_margin_sees_kinks():
     assert ref.kink_margin(theta, X, config) == 0.0
     assert ref.kink_margin(theta, X, dict(config, activation="tanh", gate="softmax",
                                           top_k=None)) == np.inf
+    # A kink in a deeper hidden layer counts too: the first layer is far from 0 (z = 0.5), the
+    # second layer's pre-activation is exactly 0.
+    deep = ref.make_config(2, 2, hidden=2, depth=2)
+    theta = np.zeros(ref.n_params(deep))
+    P = ref.unpack(theta, deep)
+    P["experts.b1"][:] = 0.5
+    P["experts.bh"][:] = 0.25
+    assert ref.kink_margin(theta, X, deep) == pytest.approx(0.25)
+    P["experts.bh"][:] = 0.0
+    assert ref.kink_margin(theta, X, deep) == 0.0
     assert KINK_MARGIN >= 100 * FD_STEP[F64] * 10  # 100x what a step moves z by when |x| <= 10

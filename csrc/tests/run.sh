@@ -10,8 +10,8 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 lib=$("$py" -c 'import scipy_openblas32 as s; print(s.get_lib_dir())')
 cflags=(-std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer
-        -fsanitize=address,undefined -fno-sanitize-recover=all -I"$csrc")
-ldflags=(-L"$lib" -lscipy_openblas -Wl,-rpath,"$lib" -lm)
+        -fsanitize=address,undefined -fno-sanitize-recover=all -fopenmp -I"$csrc")
+ldflags=(-L"$lib" -lscipy_openblas -Wl,-rpath,"$lib" -lm -fopenmp)
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
   for f in "$here"/test_*.c; do tests+=("$(basename "$f" .c)"); done

@@ -183,6 +183,7 @@ static void test_source(void)
     mt_moe_config cfg = {0};
     cfg.d_in = D;
     cfg.n_experts = 1;
+    cfg.depth = 1;
     cfg.expert = MT_EXPERT_LINEAR;
     cfg.gate = MT_GATE_SOFTMAX;
     cfg.d_out = 1;

@@ -14,7 +14,8 @@ static double lcg(unsigned long long *s)
 
 static mt_moe_config layer(size_t d_in, size_t d_out, mt_gate_kind gate, size_t k)
 {
-    mt_moe_config c = {.d_in = d_in, .n_experts = 3, .hidden = 4, .d_out = d_out, .top_k = k,
+    mt_moe_config c = {.d_in = d_in, .n_experts = 3, .hidden = 4, .depth = 1, .d_out = d_out,
+                       .top_k = k,
                        .gate = gate, .expert = MT_EXPERT_FFN, .activation = MT_ACT_TANH,
                        .gate_activation = MT_ACT_IDENTITY, .temperature = 1.0, .bias = 1};
     return c;

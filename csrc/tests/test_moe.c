@@ -58,7 +58,7 @@ static void check_gradient(mt_moe_config c)
 
 static mt_moe_config base(void)
 {
-    mt_moe_config c = {.d_in = 3, .n_experts = 4, .hidden = 3, .d_out = 2, .groups = 0,
+    mt_moe_config c = {.d_in = 3, .n_experts = 4, .hidden = 3, .depth = 1, .d_out = 2, .groups = 0,
                        .top_k = 0, .gate = MT_GATE_SOFTMAX, .expert = MT_EXPERT_FFN,
                        .activation = MT_ACT_TANH, .gate_activation = MT_ACT_IDENTITY,
                        .temperature = 1.0, .bias = 1};

@@ -43,7 +43,9 @@ II. Compositional sparsity (:class:`CompositionalConfig`, :func:`run_composition
    out of 3^2 = 9 (for the shallow model: distinct experts out of 6).
    Paper: deep 8.32e-5, 1.41e-5, 4.73e-6, 2.59e-6; shallow 7.96e-5, 2.17e-5, 2.65e-5, 4.60e-5.
 
-Experts have one hidden layer: experts with several hidden layers are not in the core. Every
+Experts have one hidden layer by default (the paper's two-layer ReLU networks); the configs'
+``expert_depth`` gives every expert that many hidden layers of the same width (``depth`` of
+:class:`moetheory.MoE`, docs/model.md), an extra the paper does not run. Every
 run is bitwise reproducible from the cell's seeds (data seed ``seed * 1_000_003 + rep * 1009 +
 key``, model and mini-batch seed ``rep``).
 """
@@ -87,6 +89,8 @@ class ManifoldConfig:
     embedding : {"coordinate", "rotated"}
     n_train, n_test : int
     n_experts, hidden : int
+    expert_depth : int
+        Hidden layers per expert (default 1: the paper's two-layer networks).
     steps, batch_size : int
     lr : float
     seed : int
@@ -100,6 +104,7 @@ class ManifoldConfig:
     n_test: int = 10000
     n_experts: int = 4
     hidden: int = 10
+    expert_depth: int = 1
     steps: int = 2000
     batch_size: int = 128
     lr: float = 1e-3
@@ -111,7 +116,8 @@ class ManifoldConfig:
             raise ValueError(f"embedding must be 'coordinate' or 'rotated', got {self.embedding!r}")
         if not self.dims or min(self.dims) < 2:
             raise ValueError(f"dims must be a non-empty tuple of integers >= 2, got {self.dims!r}")
-        for name in ("reps", "n_train", "n_test", "n_experts", "hidden", "steps", "batch_size"):
+        for name in ("reps", "n_train", "n_test", "n_experts", "hidden", "expert_depth", "steps",
+                     "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         return self
@@ -161,7 +167,7 @@ def _manifold_cell(cell):
     X, y, rot = circle_data(cell["n_train"], D, rng, cell["embedding"])
     Xt, yt, _ = circle_data(cell["n_test"], D, rng, cell["embedding"], rotation=rot)
     model = MoE(D, cell["n_experts"], hidden=cell["hidden"], activation="relu", gate="topk",
-                top_k=1, seed=rep)
+                top_k=1, depth=cell.get("expert_depth", 1), seed=rep)
     hist = train(model, X, y, optimizer="adam", lr=cell["lr"], steps=cell["steps"],
                  batch_size=cell["batch_size"], seed=rep, progress=False)
     test = float(np.mean((model(Xt)[:, 0] - yt) ** 2))
@@ -243,6 +249,8 @@ class CompositionalConfig:
     d_mid : int
         Output width of the deep model's first layer.
     deep_experts, shallow_experts : int
+    expert_depth : int
+        Hidden layers per expert, in both models (default 1: the paper's two-layer networks).
     n_train, n_test, steps, batch_size : int
     lr : float
     grid : int
@@ -257,6 +265,7 @@ class CompositionalConfig:
     d_mid: int = 4
     deep_experts: int = 3
     shallow_experts: int = 6
+    expert_depth: int = 1
     n_train: int = 10000
     n_test: int = 10000
     steps: int = 5000
@@ -273,8 +282,8 @@ class CompositionalConfig:
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be a non-empty tuple of positive integers, "
                              f"got {self.widths!r}")
-        for name in ("reps", "d_mid", "deep_experts", "shallow_experts", "n_train", "n_test",
-                     "steps", "batch_size", "grid"):
+        for name in ("reps", "d_mid", "deep_experts", "shallow_experts", "expert_depth",
+                     "n_train", "n_test", "steps", "batch_size", "grid"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         return self
@@ -308,10 +317,10 @@ def train_compositional(config, model, width, rep):
     s = _shift(config.center)
     if model == "deep":
         net = DeepMoE(2, [config.d_mid, 1], config.deep_experts, gate="topk", top_k=1,
-                      hidden=width, activation="relu", seed=rep)
+                      hidden=width, activation="relu", depth=config.expert_depth, seed=rep)
     elif model == "shallow":
         net = MoE(2, config.shallow_experts, hidden=width, activation="relu", gate="topk",
-                  top_k=1, seed=rep)
+                  top_k=1, depth=config.expert_depth, seed=rep)
     else:
         raise ValueError(f"model must be 'deep' or 'shallow', got {model!r}")
     hist = train(net, X - s, y, optimizer="adam", lr=config.lr, steps=config.steps,
