@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+import moetheory
 from moetheory.sweep import cell_key, load_results, run_sweep
 
 CELLS = [{"n": n, "rep": r, "tag": "toy"} for n in (10, 100, 1000) for r in range(4)]
@@ -171,6 +172,15 @@ def test_blas_hook_is_called_and_restored(tmp_path, monkeypatch):
               progress=False)
     assert state["seen"] == [1, 1, 1]
     assert state["threads"] == 8
+
+
+@pytest.fixture(autouse=True)
+def restore_core_threads():
+    """In-process Dask workers (processes=False below) cap the core's threads for the whole
+    process, as a worker process does for itself; give later tests their thread count back."""
+    before = moetheory.get_num_threads()
+    yield
+    moetheory.set_num_threads(before)
 
 
 def test_dask_cluster_gives_the_same_table(tmp_path):

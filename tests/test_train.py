@@ -210,6 +210,7 @@ def test_bad_data_is_rejected():
 
 _INTERRUPT_SCRIPT = textwrap.dedent("""
     import json, sys, numpy as np, moetheory as mt
+    mt.set_num_threads(2)  # bitwise reproducibility holds for a given thread count
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 20)); teacher = mt.MoE(20, 4, hidden=16, seed=1)
     y = teacher(X)
@@ -242,8 +243,13 @@ def test_sigint_stops_the_loop_at_a_completed_step(tmp_path):
     # The model is exactly the state after the completed steps: replaying them agrees bitwise.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 20))
-    y = mt.MoE(20, 4, hidden=16, seed=1)(X)
-    replay = mt.MoE(20, 4, hidden=16, seed=2)
-    mt.train(replay, X, y, optimizer="adam", lr=1e-3, steps=result["steps"], batch_size=64,
-             seed=3, progress=False)
+    before = mt.get_num_threads()
+    mt.set_num_threads(2)  # the child's count
+    try:
+        y = mt.MoE(20, 4, hidden=16, seed=1)(X)
+        replay = mt.MoE(20, 4, hidden=16, seed=2)
+        mt.train(replay, X, y, optimizer="adam", lr=1e-3, steps=result["steps"],
+                 batch_size=64, seed=3, progress=False)
+    finally:
+        mt.set_num_threads(before)
     np.testing.assert_array_equal(replay.theta, np.array(result["theta"]))
