@@ -54,7 +54,7 @@ class Workload:
                     activation=self.activation, gate=self.gate, top_k=self.top_k,
                     temperature=1.0 if self.temperature is None else self.temperature,
                     gate_activation=self.gate_activation,
-                    groups=self.groups, d_out=self.d_out, bias=self.bias)
+                    groups=self.groups, d_out=self.d_out, bias=self.bias, depth=1)
 
     def mt_kwargs(self) -> dict:
         """Keyword arguments of moetheory.MoE (besides d, E, seed); gate options only when used."""
