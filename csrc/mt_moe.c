@@ -391,7 +391,7 @@ static void small_second_layer_forward(double *restrict out, size_t ldo, const d
             double acc = 0.0;
             /* simd reduction: partial sums in vector lanes (a fixed order, so still bitwise
              * reproducible); a plain loop is one chain of dependent adds per row */
-#pragma omp simd reduction(+ : acc)
+            MT_OMP(simd reduction(+ : acc))
             for (size_t h = 0; h < H; h++) acc += wj[h] * ai[h];
             if (b2) acc += b2[j];
             out[i * ldo + j] = acc;
@@ -536,7 +536,7 @@ static mt_status forward_rows(double *out, double *gates, const double *theta, c
     for (int t = 0; t < T; t++) st[t] = MT_OK;
     const size_t d = c->d_in, O = c->d_out, E = c->n_experts;
     const int blas = mt_parallel_enter();
-#pragma omp parallel num_threads(T)
+    MT_OMP(parallel num_threads(T))
     {
         const int team = omp_get_num_threads(), t = omp_get_thread_num();
         size_t r, m;
@@ -568,7 +568,7 @@ static mt_status backward_rows(double *grad, double *dX, const double *dout, con
     mt_status st[T];
     for (int t = 0; t < T; t++) st[t] = MT_OK;
     const int blas = mt_parallel_enter();
-#pragma omp parallel num_threads(T)
+    MT_OMP(parallel num_threads(T))
     {
         const int team = omp_get_num_threads(), t = omp_get_thread_num();
         size_t r, m;
@@ -578,7 +578,7 @@ static mt_status backward_rows(double *grad, double *dX, const double *dout, con
         if (t > 0) memset(g, 0, P * sizeof *g);
         st[t] = backward_impl(g, dX ? dX + r * d : NULL, dout + r * O, theta, X + r * d, m, c, &v,
                               share, n);
-#pragma omp barrier
+        MT_OMP(barrier)
         size_t p0, pm;
         mt_rows_of(P, team, t, &p0, &pm);
         for (int u = 1; u < team; u++) {

@@ -9,8 +9,12 @@ static atomic_int threads = 0;
 
 int mt_threads(void)
 {
+#ifdef _OPENMP
     int t = atomic_load(&threads);
     return t > 0 ? t : mt_blas_get_num_threads();
+#else
+    return 1; /* no team without OpenMP; set_num_threads still sets BLAS's count */
+#endif
 }
 
 void mt_set_threads(int n)

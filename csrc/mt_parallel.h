@@ -11,7 +11,16 @@
 
 #include <stddef.h>
 
-/* The thread count (default: OpenBLAS's, i.e. the cores it found). */
+/* MT_OMP(directive): an OpenMP pragma when the core is built with OpenMP (setup.py passes
+ * -fopenmp), nothing otherwise, so the core also compiles cleanly without it (one thread). */
+#define MT_STRINGIFY(x) #x
+#ifdef _OPENMP
+#define MT_OMP(directive) _Pragma(MT_STRINGIFY(omp directive))
+#else
+#define MT_OMP(directive)
+#endif
+
+/* The thread count (default: OpenBLAS's, i.e. the cores it found; 1 without OpenMP). */
 int mt_threads(void);
 /* Set it (n >= 1); also the BLAS thread count used outside data-parallel sections. */
 void mt_set_threads(int n);

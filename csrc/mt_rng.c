@@ -164,7 +164,8 @@ mt_status mt_rng_fill_normal(double *out, mt_rng *r, size_t n, double mean, doub
     double *p = out + i;
     for (size_t j = 0; j < 2 * pairs; j++) p[j] = mt_rng_uniform(r);
     const int threads = pairs >= MT_PARALLEL_PAIRS ? mt_threads() : 1;
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    (void)threads; /* unused without OpenMP */
+    MT_OMP(parallel for num_threads(threads) if (threads > 1) schedule(static))
     for (size_t j = 0; j < pairs; j++) {
         double rad = sqrt(-2.0 * log(p[2 * j]));
         double angle = MT_TWO_PI * p[2 * j + 1];
