@@ -15,6 +15,18 @@ static int mt_test_failures = 0;
     fprintf(stderr, "%s:%d: %s = %.17g, %s = %.17g differ beyond rtol %g\n", __FILE__, __LINE__, \
             #a, a_, #b, b_, (double)(rtol)); mt_test_failures++; } } while (0)
 
+/* Roughly normal test inputs without the RNG module (which has its own tests): the sum of 12
+ * uniforms of a 64-bit LCG, minus 6. */
+static inline double mt_test_normal(unsigned long long *state)
+{
+    double s = 0.0;
+    for (int i = 0; i < 12; i++) {
+        *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+        s += (double)(*state >> 11) / 9007199254740992.0;
+    }
+    return s - 6.0;
+}
+
 #define TEST_MAIN_END() do { \
     if (mt_test_failures) fprintf(stderr, "%d check(s) failed\n", mt_test_failures); \
     return mt_test_failures != 0; } while (0)

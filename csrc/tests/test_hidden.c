@@ -7,17 +7,6 @@
 #include "mt_moe.h"
 #include "mt_test.h"
 
-static double lcg_normal(unsigned long long *state)
-{
-    /* Sum of 12 uniforms minus 6: crude but enough to draw test inputs without the RNG module. */
-    double s = 0.0;
-    for (int i = 0; i < 12; i++) {
-        *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
-        s += (double)(*state >> 11) / 9007199254740992.0;
-    }
-    return s - 6.0;
-}
-
 enum { N = 6, D_IN = 3, E = 4, H = 3, D_OUT_MAX = 5 };
 
 static mt_moe_config base(size_t depth)
@@ -42,9 +31,9 @@ static double gradient_error(mt_moe_config c, size_t n_max)
     double *scratch = malloc(P * sizeof *scratch);
     double X[N * D_IN], y[N * D_OUT_MAX], loss, lp, lm;
     unsigned long long st = 777;
-    for (size_t i = 0; i < P; i++) theta[i] = 0.7 * lcg_normal(&st);
-    for (size_t i = 0; i < N * c.d_in; i++) X[i] = lcg_normal(&st);
-    for (size_t i = 0; i < N * c.d_out; i++) y[i] = lcg_normal(&st);
+    for (size_t i = 0; i < P; i++) theta[i] = 0.7 * mt_test_normal(&st);
+    for (size_t i = 0; i < N * c.d_in; i++) X[i] = mt_test_normal(&st);
+    for (size_t i = 0; i < N * c.d_out; i++) y[i] = mt_test_normal(&st);
     mt_moe_workspace *ws = NULL;
     double worst = INFINITY;
     if (mt_moe_workspace_alloc(&ws, &c, n_max) != MT_OK ||

@@ -7,17 +7,6 @@
 #include "mt_moe.h"
 #include "mt_test.h"
 
-static double lcg_normal(unsigned long long *state)
-{
-    /* Sum of 12 uniforms minus 6: crude but enough to draw test inputs without the RNG module. */
-    double s = 0.0;
-    for (int i = 0; i < 12; i++) {
-        *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
-        s += (double)(*state >> 11) / 9007199254740992.0;
-    }
-    return s - 6.0;
-}
-
 static void check_gradient(mt_moe_config c)
 {
     enum { N = 6 };
@@ -27,9 +16,9 @@ static void check_gradient(mt_moe_config c)
     double *theta = malloc(P * sizeof *theta), *grad = malloc(P * sizeof *grad);
     double X[N * 3], y[N * 2], loss, lp, lm;
     unsigned long long st = 12345;
-    for (size_t i = 0; i < P; i++) theta[i] = 0.7 * lcg_normal(&st);
-    for (size_t i = 0; i < N * c.d_in; i++) X[i] = lcg_normal(&st);
-    for (size_t i = 0; i < N * c.d_out; i++) y[i] = lcg_normal(&st);
+    for (size_t i = 0; i < P; i++) theta[i] = 0.7 * mt_test_normal(&st);
+    for (size_t i = 0; i < N * c.d_in; i++) X[i] = mt_test_normal(&st);
+    for (size_t i = 0; i < N * c.d_out; i++) y[i] = mt_test_normal(&st);
     mt_moe_workspace *ws = NULL;
     CHECK(mt_moe_workspace_alloc(&ws, &c, N) == MT_OK);
     CHECK(mt_moe_mse_loss_and_grad(&loss, grad, theta, X, y, N, &c, ws) == MT_OK);

@@ -11,16 +11,6 @@
 
 enum { N = 203 }; /* several blocks of >= 32 rows, not a multiple of the team size */
 
-static double lcg_normal(unsigned long long *state)
-{
-    double s = 0.0;
-    for (int i = 0; i < 12; i++) {
-        *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
-        s += (double)(*state >> 11) / 9007199254740992.0;
-    }
-    return s - 6.0;
-}
-
 /* loss and gradient of c on a fixed batch with T threads (a workspace sized for T). */
 static double loss_and_grad(double *grad, const mt_moe_config *c, const double *theta,
                             const double *X, const double *y, int T)
@@ -43,9 +33,9 @@ static void check_teams(mt_moe_config c)
     double *gT = malloc(P * sizeof *gT), *X = malloc(N * c.d_in * sizeof *X);
     double *y = malloc(N * c.d_out * sizeof *y);
     unsigned long long st = 99;
-    for (size_t i = 0; i < P; i++) theta[i] = 0.6 * lcg_normal(&st);
-    for (size_t i = 0; i < N * c.d_in; i++) X[i] = lcg_normal(&st);
-    for (size_t i = 0; i < N * c.d_out; i++) y[i] = lcg_normal(&st);
+    for (size_t i = 0; i < P; i++) theta[i] = 0.6 * mt_test_normal(&st);
+    for (size_t i = 0; i < N * c.d_in; i++) X[i] = mt_test_normal(&st);
+    for (size_t i = 0; i < N * c.d_out; i++) y[i] = mt_test_normal(&st);
     double l1 = loss_and_grad(g1, &c, theta, X, y, 1);
     for (int T = 2; T <= 3; T++) {
         double lT = loss_and_grad(gT, &c, theta, X, y, T);
