@@ -28,6 +28,9 @@ A claim that did not reproduce is marked xfail(strict=True) with the measured nu
 tolerance is left as the theory states it. The full protocol (n from 1e3 to 1e5, 40
 replications; EM 200 values of n up to 1e5) is marked slow.
 """
+import os
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -36,6 +39,22 @@ from moetheory.experiments import softmax_rates as sr
 from moetheory.stats import fit_slope
 
 WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def cells_dir(tmp_path_factory):
+    """Where sweeps write their cells: $MOETHEORY_CELLS_DIR when set (a slow run then resumes,
+    and `moetheory reproduce softmax-rates --out` on the same directory reuses its cells, the
+    file names being those of the reproduction), else a fresh temporary directory."""
+    path = os.environ.get("MOETHEORY_CELLS_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        return path
+    return str(tmp_path_factory.mktemp("cells"))
+
+
+def sweep(config, cells_dir):
+    return sr.run(config, workers=WORKERS, out=os.path.join(cells_dir, sr._cells_name(config)))
 
 
 def slope(table, column):
@@ -115,6 +134,55 @@ def test_linear_flatter_than_ffn(over_ffn, over_linear):
     assert lin.slope - ffn.slope >= 0.1, (lin, ffn)
 
 
+@pytest.mark.parametrize("gate", ["temperature", "temperature-tanh"])
+def test_exact_ffn_rate_temperature_gates(gate):
+    """The dense-to-sparse gate at a fixed temperature, plain and with tanh on the scores (the
+    truths of softmax_rates.temperature_config), exact sigmoid experts: the softmax test."""
+    table = sr.run(sr.gate_variant_config(gate, "sigmoid", n_grid=sr.QUICK_GRID, reps=16),
+                   workers=WORKERS)
+    fit = slope(table, "D1")
+    assert abs(fit.slope + 0.5) <= 0.1, fit
+    assert fit.ci_high < -0.25, fit
+
+
+@pytest.fixture(scope="module")
+def over_hierarchical():
+    return sr.run(sr.hierarchical_config(k_fit=6, n_grid=sr.QUICK_GRID, reps=8), workers=WORKERS)
+
+
+def test_over_hierarchical_starts_in_the_stated_cells():
+    cfg = sr.hierarchical_config(k_fit=6)
+    assert cfg.assignment.tolist() == [0, 0, 1, 2, 2, 3]
+    assert cfg.fitted_inner_references.tolist() == [2, 5]
+    start = sr._start(replace(cfg, init_sd_gate=0.0, init_sd_expert=0.0), 1000,
+                      np.random.default_rng(0))
+    truth = sr.truth_model(cfg)
+    X = np.linspace(0.0, 1.0, 101)[:, None]
+    # split cells share their true atom's inner mass equally: the start is the true function
+    np.testing.assert_allclose(start(X), truth(X), rtol=1e-12, atol=1e-14)
+    p = start.params
+    assert np.all(p["router.inner.weight"][[2, 5], 0] == 0)
+    assert np.all(p["router.inner.bias"][[2, 5]] == 0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced on the quick grid (seed 0, 8 replications): over-specified hierarchical D1 "
+    "slope -2.02, CI [-2.25, -1.51], r2 0.93; mean D1 277 at n = 1e3, 60 at 3.9e3, 0.8 at 3e4: "
+    "redundant experts drift at small n (inner masses up to e^5 weight their errors)"))
+def test_over_hierarchical_d1_rate(over_hierarchical):
+    fit = slope(over_hierarchical, "D1")
+    assert abs(fit.slope + 0.5) <= 0.1, fit
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced on the quick grid (seed 0, 8 replications): multi-atom parameter error "
+    "slope -1.15, CI [-1.35, -0.82], r2 0.93; mean error 1.1 at n = 1e3 and 2e3, 0.14 at "
+    "7.7e3, 0.04 at 3e4: the same small-n drift as the flat over-specified fits"))
+def test_over_hierarchical_multi_atom_rate(over_hierarchical):
+    fit = slope(over_hierarchical, "err_multi")
+    assert abs(fit.slope + 0.25) <= 0.1, fit
+
+
 def test_exact_hierarchical_rate(exact_hierarchical):
     fit = slope(exact_hierarchical, "D1")
     assert abs(fit.slope + 0.5) <= 0.1, fit
@@ -124,7 +192,8 @@ def test_exact_hierarchical_rate(exact_hierarchical):
 @pytest.mark.parametrize("overrides, match", [
     (dict(groups=3), "groups = 3 must divide k_true = 4"),
     (dict(groups=1), "groups must be an integer >= 2"),
-    (dict(k_fit=5), "k_fit must equal k_true = 4"),
+    (dict(k_fit=5), "k_fit a multiple of groups = 2"),
+    (dict(k_fit=2), "k_fit a multiple of groups = 2 and >= k_true = 4"),
     (dict(outer_bias=(-4.0, 1.0)), r"outer_weight\[-1\] and outer_bias\[-1\] must be 0"),
     (dict(outer_weight=(8.0, 0.0, 0.0)), "outer_weight must have groups = 2 entries"),
     (dict(gate_bias=(-15.0, 1.0, 5.0, 0.0)), r"must be 0 at \[1, 3\]"),
@@ -208,27 +277,31 @@ def test_em_exact_rate():
 # ---------------------------------------------------------------- full protocol (slow)
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k_fit", [2, 3])
-def test_full_protocol_ffn(k_fit):
-    table = sr.run(sr.RatesConfig(n_grid=sr.FULL_GRID, reps=40, k_fit=k_fit), workers=WORKERS)
-    assert abs(slope(table, "D1").slope + 0.5) <= 0.1
-    if k_fit == 3:
-        assert abs(slope(table, "err_multi").slope + 0.25) <= 0.1
-
-
-@pytest.mark.slow
-def test_full_protocol_hierarchical():
-    table = sr.run(sr.hierarchical_config(n_grid=sr.FULL_GRID, reps=40), workers=WORKERS)
+@pytest.mark.parametrize("gate", sr.GATE_VARIANTS)
+@pytest.mark.parametrize("family", ["sigmoid", "tanh", "gelu"])
+def test_full_protocol_exact(gate, family, cells_dir):
+    table = sweep(sr.gate_variant_config(gate, family, n_grid=sr.FULL_GRID, reps=40), cells_dir)
     fit = slope(table, "D1")
     assert abs(fit.slope + 0.5) <= 0.1 and fit.ci_high < -0.25, fit
 
 
 @pytest.mark.slow
-def test_full_protocol_linear_flatter():
-    kw = dict(n_grid=sr.FULL_GRID, reps=40, k_fit=3)
-    ffn = slope(sr.run(sr.RatesConfig(**kw), workers=WORKERS), "err_multi")
-    lin = slope(sr.run(sr.RatesConfig(expert="linear", **kw), workers=WORKERS), "err_multi")
-    assert lin.slope - ffn.slope >= 0.1
+@pytest.mark.parametrize("gate", sr.GATE_VARIANTS)
+def test_full_protocol_over(gate, cells_dir):
+    table = sweep(sr.gate_variant_config(gate, "sigmoid", over=True, n_grid=sr.FULL_GRID,
+                                         reps=40), cells_dir)
+    d1, multi = slope(table, "D1"), slope(table, "err_multi")
+    assert abs(d1.slope + 0.5) <= 0.1, d1
+    assert abs(multi.slope + 0.25) <= 0.1, multi
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", sr.GATE_VARIANTS)
+def test_full_protocol_linear_flatter(gate, cells_dir):
+    kw = dict(over=True, n_grid=sr.FULL_GRID, reps=40)
+    ffn = slope(sweep(sr.gate_variant_config(gate, "sigmoid", **kw), cells_dir), "err_multi")
+    lin = slope(sweep(sr.gate_variant_config(gate, "linear", **kw), cells_dir), "err_multi")
+    assert lin.slope - ffn.slope >= 0.1, (lin, ffn)
 
 
 @pytest.mark.slow
@@ -240,11 +313,16 @@ def test_full_protocol_em_exact():
 @pytest.mark.slow
 def test_reproduce_quick_writes_files(tmp_path):
     rows = sr.reproduce(str(tmp_path), quick=True, progress=False)
-    for name in ("ls_rates.png", "ls_rates.csv", "em_rates.png", "em_rates.csv",
-                 "identifiability.csv"):
+    for name in ("ls_rates.png", "ls_rates_over.png", "ls_rates.csv", "em_rates.png",
+                 "em_rates.csv", "identifiability.csv"):
         assert (tmp_path / name).exists(), name
-    assert any(r["setting"].startswith("ls exact sigmoid") for r in rows)
-    assert any(r["setting"].startswith("ls exact hierarchical") for r in rows)
+    settings = {r["setting"] for r in rows}
+    for gate in sr.GATE_VARIANTS:
+        for family in sr.EXPERT_FAMILIES:
+            k = 4 if gate == "hierarchical" else 2
+            assert f"{gate} {family} (exact, k={k}): D1" in settings
+        k = 6 if gate == "hierarchical" else 3
+        assert f"{gate} linear (over, k={k}): err_multi" in settings
 
 
 def test_compare_with_truth_start_optimises_from_the_truth():

@@ -27,8 +27,9 @@ Two reproductions, both as functions of a config dataclass returning tidy tables
      gate parameters and c = 0.05 on the expert parameters (CRPE-SGaME's constants).
    * Parameter space: the box |theta_j| <= 20 (the theory's compact parameter space; without it
      a redundant atom of an over-specified fit can leave to infinity).
-   * Default grid: 10 values of n log-spaced in [1e3, 1e5], 40 replications (the full protocol,
-     slow); quick mode: 6 values in [1e3, 3e4], 8 replications.
+   * Default grid (the full protocol of the issue, slow): 13 values of n log-spaced in
+     [1e2, 1e5] (four per decade), 40 replications; quick mode: 6 values in [1e3, 3e4],
+     8 replications.
 
    Output per (n, replication): the Voronoi loss D1 (:func:`moetheory.metrics.voronoi_loss`),
    the per-atom parameter error |omega_i - omega*_j| (omega = (beta_1, eta)) averaged over the
@@ -39,8 +40,11 @@ Two reproductions, both as functions of a config dataclass returning tidy tables
    same layout (router weight and bias); its Voronoi atoms are the raw router parameters.
 
    The hierarchical gate (``gate="hierarchical"``; :func:`hierarchical_config` gives the truth
-   below): g_e(x) = softmax(a x + b)_{group(e)} softmax(omega x + beta within the group)_e, exact
-   fits only (k_fit = k_true), through the same least squares, start rule, box and caps.
+   below): g_e(x) = softmax(a x + b)_{group(e)} softmax(omega x + beta within the group)_e,
+   through the same least squares, start rule, box and caps. Exact fits (k_fit = k_true) and
+   inner over-specification (k_fit a multiple of G: every fitted group holds its true group's
+   experts, the extra ones starting at the group's first expert with the inner mass split
+   equally).
 
    * G = 2 groups of 2 experts, k* = 4, FFN experts sigmoid(a x + b) (no outer scale). Group 0
      (experts 0, 1) is the non-reference group: outer a* = (8, 0), b* = (-4, 0), so group 0
@@ -102,11 +106,14 @@ from ..stats import fit_slope
 from ..sweep import run_sweep
 
 __all__ = ["RatesConfig", "EMRatesConfig", "run", "run_em", "truth_model", "identifiability_table",
-           "reproduce", "summarise", "hierarchical_config", "HIERARCHICAL_TRUTH", "QUICK_GRID",
-           "FULL_GRID"]
+           "reproduce", "summarise", "hierarchical_config", "temperature_config",
+           "gate_variant_config", "rate_matrix", "theory_slopes", "GATE_VARIANTS",
+           "EXPERT_FAMILIES",
+           "HIERARCHICAL_TRUTH", "TEMPERATURE_TRUTH", "ACTIVATED_TEMPERATURE_TRUTH",
+           "QUICK_GRID", "FULL_GRID"]
 
 QUICK_GRID = tuple(int(v) for v in np.unique(np.round(np.logspace(3, np.log10(3e4), 6))))
-FULL_GRID = tuple(int(v) for v in np.unique(np.round(np.logspace(3, 5, 10))))
+FULL_GRID = tuple(int(v) for v in np.unique(np.round(np.logspace(2, 5, 13))))
 _GATES = ("softmax", "temperature", "hierarchical")
 _ACTS = ("sigmoid", "tanh", "gelu", "relu")
 
@@ -212,9 +219,10 @@ class RatesConfig:
             raise ValueError(f"groups = {g} must divide k_true = {self.k_true} into groups of at "
                              f"least 2 experts (softmax_rates.hierarchical_config() gives the "
                              f"stated hierarchical truth)")
-        if self.k_fit != self.k_true:
-            raise ValueError(f"gate='hierarchical' runs exact fits only: k_fit must equal "
-                             f"k_true = {self.k_true}, got k_fit = {self.k_fit}")
+        if self.k_fit % g or self.k_fit < self.k_true:
+            raise ValueError(f"gate='hierarchical' needs k_fit a multiple of groups = {g} and "
+                             f">= k_true = {self.k_true} (every group gets k_fit / groups "
+                             f"experts), got k_fit = {self.k_fit}")
         for name in ("outer_weight", "outer_bias"):
             if len(getattr(self, name)) != g:
                 raise ValueError(f"{name} must have groups = {g} entries")
@@ -229,15 +237,32 @@ class RatesConfig:
 
     @property
     def inner_references(self):
-        """Hierarchical gate: (groups,) index of the reference (last) expert of every group."""
-        m = self.k_true // self.groups
-        return np.arange(1, self.groups + 1) * m - 1
+        """Hierarchical gate: (groups,) index of the reference (last) expert of every true group."""
+        return _last_of_each_group(self.k_true, self.groups)
+
+    @property
+    def fitted_inner_references(self):
+        """Hierarchical gate: (groups,) index of the reference (last) expert of every fitted group."""
+        return _last_of_each_group(self.k_fit, self.groups)
 
     @property
     def assignment(self):
-        """(k_fit,) true atom of each fitted atom at the start: extra atoms join atom 0."""
-        extra = self.k_fit - self.k_true
-        return np.array([0] * (extra + 1) + list(range(1, self.k_true)))
+        """(k_fit,) true atom of each fitted atom at the start.
+
+        Flat gates: extra atoms join true atom 0. Hierarchical gate: fitted group g holds true
+        group g's experts, its extra atoms joining the group's first expert, its last atom the
+        group's reference expert.
+        """
+        if self.gate != "hierarchical":
+            extra = self.k_fit - self.k_true
+            return np.array([0] * (extra + 1) + list(range(1, self.k_true)))
+        m_true, m_fit = self.k_true // self.groups, self.k_fit // self.groups
+        within = [0] * (m_fit - m_true + 1) + list(range(1, m_true))
+        return np.array([g * m_true + j for g in range(self.groups) for j in within])
+
+
+def _last_of_each_group(k, groups):
+    return np.arange(1, groups + 1) * (k // groups) - 1
 
 
 HIERARCHICAL_TRUTH = dict(groups=2, outer_weight=(8.0, 0.0), outer_bias=(-4.0, 0.0),
@@ -257,9 +282,44 @@ def hierarchical_config(**overrides):
     Returns
     -------
     RatesConfig
-        gate="hierarchical", k_true = k_fit = 4, G = 2, and :data:`HIERARCHICAL_TRUTH`.
+        gate="hierarchical", k_true = k_fit = 4, G = 2, and :data:`HIERARCHICAL_TRUTH`
+        (``k_fit=6``: three fitted experts per group, an over-specified fit).
     """
     fields = dict(HIERARCHICAL_TRUTH, gate="hierarchical", k_true=4, k_fit=4)
+    fields.update(overrides)
+    return RatesConfig(**fields).check()
+
+
+TEMPERATURE_TRUTH = dict(gate="temperature", temperature=0.5, gate_weight=(4.0, 0.0),
+                         gate_bias=(-2.0, 0.0))
+ACTIVATED_TEMPERATURE_TRUTH = dict(gate="temperature", temperature=0.25, gate_activation="tanh",
+                                   gate_weight=(8.0, 0.0), gate_bias=(-4.0, 0.0))
+
+
+def temperature_config(gate_activation=None, **overrides):
+    """A :class:`RatesConfig` for the dense-to-sparse (temperature) gate.
+
+    ``gate_activation=None``: softmax((w x + b) / tau) with tau = 0.5 and (w, b) = (4, -2) for
+    the non-reference expert, the same regression function as the softmax truth (the raw
+    router parameters are tau times the softmax truth's). ``gate_activation="tanh"``:
+    softmax(tanh(w x + b) / tau) with tau = 0.25 and the softmax truth's (w, b) = (8, -4): the
+    gate still switches at x = 0.5, with weights between 0.018 and 0.98 on [0, 1].
+
+    Both were checked before any rate run by the softmax truth's criterion: the largest
+    asymptotic parameter sd of the exact fit at n = 1000 (noise 0.02, Fisher information on
+    [0, 1]) is 0.12 (plain) and 0.10 (tanh), against 0.20 for the softmax truth. The
+    temperature is a fixed hyperparameter: only the router and experts are fitted.
+
+    Parameters
+    ----------
+    gate_activation : {None, "tanh"}
+    **overrides
+        Any RatesConfig field.
+    """
+    if gate_activation not in (None, "tanh"):
+        raise ValueError(f"gate_activation must be None or 'tanh' (the stated truths), got "
+                         f"{gate_activation!r}")
+    fields = dict(ACTIVATED_TEMPERATURE_TRUTH if gate_activation else TEMPERATURE_TRUTH)
     fields.update(overrides)
     return RatesConfig(**fields).check()
 
@@ -314,7 +374,7 @@ def _free(config):
         # both softmax levels keep their gauge: the reference group's outer parameters and
         # every group's reference inner parameters stay 0
         return (["router.*"] + experts + ["!router.outer.*[-1]"]
-                + [f"!router.inner.*[{r}]" for r in config.inner_references])
+                + [f"!router.inner.*[{r}]" for r in config.fitted_inner_references])
     return ["router.*"] + experts + ["!router.*[-1]"]
 
 
@@ -370,23 +430,27 @@ def _start(config, n, rng):
 
 
 def _start_hierarchical(config, n, rng):
-    """Near-truth start of an exact hierarchical fit: noise c n^-0.083 on the free gate
-    parameters of both levels and on the experts; the reference group's outer parameters and
-    every group's reference inner parameters stay 0 (the gauge of both softmax levels)."""
+    """Near-truth start of a hierarchical fit: fitted expert i starts at true expert
+    ``assignment[i]`` (an inner cell of several fitted experts splits its inner mass equally),
+    noise c n^-0.083 on the free gate parameters of both levels and on the experts; the
+    reference group's outer parameters and every fitted group's reference inner parameters stay
+    0 (the gauge of both softmax levels)."""
     k = config.k_fit
+    asg = config.assignment
+    count = np.bincount(asg, minlength=config.k_true)
     sg = config.init_sd_gate * n ** -0.083
     se = config.init_sd_expert * n ** -0.083
-    free = np.setdiff1d(np.arange(k), config.inner_references)
-    gw = np.array(config.gate_weight, dtype=np.float64)
-    gb = np.array(config.gate_bias, dtype=np.float64)
+    free = np.setdiff1d(np.arange(k), config.fitted_inner_references)
+    gw = np.asarray(config.gate_weight, dtype=np.float64)[asg]
+    gb = np.asarray(config.gate_bias, dtype=np.float64)[asg] - np.log(count[asg])
     gw[free] += sg * rng.standard_normal(free.size)
     gb[free] += sg * rng.standard_normal(free.size)
     ow = np.array(config.outer_weight, dtype=np.float64)
     ob = np.array(config.outer_bias, dtype=np.float64)
     ow[:-1] += sg * rng.standard_normal(config.groups - 1)
     ob[:-1] += sg * rng.standard_normal(config.groups - 1)
-    a = np.asarray(config.expert_a, dtype=np.float64) + se * rng.standard_normal(k)
-    b = np.asarray(config.expert_b, dtype=np.float64) + se * rng.standard_normal(k)
+    a = np.asarray(config.expert_a, dtype=np.float64)[asg] + se * rng.standard_normal(k)
+    b = np.asarray(config.expert_b, dtype=np.float64)[asg] + se * rng.standard_normal(k)
     model = _set(_moe(config, k), config, gw, gb, a, b, ow, ob)
     model.theta = np.clip(model.theta, -config.bound, config.bound)
     return model
@@ -694,27 +758,91 @@ def summarise(setting, n, loss, theory, *, tol=0.1):
                 verdict=verdict), fit
 
 
-def _ls_settings(quick):
+GATE_VARIANTS = ("softmax", "temperature", "temperature-tanh", "hierarchical")
+EXPERT_FAMILIES = ("sigmoid", "tanh", "gelu", "relu", "linear")
+_SMOOTH = ("sigmoid", "tanh", "gelu")
+
+
+def gate_variant_config(gate, family="sigmoid", *, over=False, **overrides):
+    """The stated truth of a gate variant with an expert family, exact or over-specified.
+
+    Parameters
+    ----------
+    gate : {"softmax", "temperature", "temperature-tanh", "hierarchical"}
+        The softmax truth (:class:`RatesConfig` defaults), :func:`temperature_config` without
+        and with tanh on the scores, :func:`hierarchical_config`.
+    family : {"sigmoid", "tanh", "gelu", "relu", "linear"}
+        Experts act(a x + b) or the linear a x + b, with the truth's (a, b).
+    over : bool
+        Over-specified: one extra fitted expert (k = 3) for the flat gates, one extra per group
+        (k = 6, G = 2) for the hierarchical gate.
+    **overrides
+        Any other RatesConfig field (``n_grid``, ``reps``, ``seed``, ...).
+    """
+    if gate not in GATE_VARIANTS:
+        raise ValueError(f"gate must be one of {GATE_VARIANTS}, got {gate!r}")
+    if family not in EXPERT_FAMILIES:
+        raise ValueError(f"family must be one of {EXPERT_FAMILIES}, got {family!r}")
+    fields = dict(expert="linear") if family == "linear" else dict(expert="ffn", activation=family)
+    fields.update(overrides)
+    if gate == "hierarchical":
+        return hierarchical_config(**dict(fields, k_fit=6 if over else 4))
+    fields["k_fit"] = 3 if over else 2
+    if gate == "softmax":
+        return RatesConfig(**fields).check()
+    return temperature_config("tanh" if gate == "temperature-tanh" else None, **fields)
+
+
+def theory_slopes(family, over):
+    """The theory's slopes [(quantity, slope or None)] for a family (PAPERS.md, Paper 002).
+
+    Strongly identifiable experts (sigmoid, tanh, GELU): D1 ~ n^-1/2 for exact and
+    over-specified fits, and parameters in multi-atom cells ~ n^-1/4. ReLU (not smooth) is
+    outside the theory and linear experts are slower than any polynomial: no slope, reported as
+    measured ("descriptive").
+    """
+    smooth = family in _SMOOTH
+    rows = [("D1", -0.5 if smooth else None)]
+    if over:
+        rows.append(("err_multi", -0.25 if smooth else None))
+    return rows
+
+
+def rate_matrix(quick, *, over=False):
+    """Every gate variant x expert family of :func:`gate_variant_config`.
+
+    Exact fits: all five families; over-specified fits: sigmoid and linear. Quick mode: the
+    quick grid (6 values of n in [1e3, 3e4]) with 8 replications; else the full protocol (13
+    values in [1e2, 1e5], 40 replications).
+
+    Returns
+    -------
+    list of (name, RatesConfig, [(quantity, theory slope or None)])
+    """
     grid, reps = (QUICK_GRID, 8) if quick else (FULL_GRID, 40)
-    base = RatesConfig(n_grid=grid, reps=reps)
-    return [
-        ("ls exact sigmoid (k=2)", replace(base, k_fit=2), [("D1", -0.5)]),
-        ("ls over sigmoid (k=3)", replace(base, k_fit=3), [("D1", -0.5), ("err_multi", -0.25)]),
-        ("ls exact linear (k=2)", replace(base, k_fit=2, expert="linear"), [("D1", None)]),
-        ("ls over linear (k=3)", replace(base, k_fit=3, expert="linear"),
-         [("D1", None), ("err_multi", None)]),
-        # the hierarchical D1 is dominated by expert 2 (inner mass e^5), so the unweighted
-        # per-expert parameter error (all cells single in an exact fit, theory n^-1/2) is shown too
-        ("ls exact hierarchical sigmoid (G=2, k=4)", hierarchical_config(n_grid=grid, reps=reps),
-         [("D1", -0.5), ("err_single", -0.5)]),
-    ]
+    families = ("sigmoid", "linear") if over else EXPERT_FAMILIES
+    out = []
+    for gate in GATE_VARIANTS:
+        for family in families:
+            config = gate_variant_config(gate, family, over=over, n_grid=grid, reps=reps)
+            name = f"{gate} {family} ({'over' if over else 'exact'}, k={config.k_fit})"
+            out.append((name, config, theory_slopes(family, over)))
+    return out
+
+
+def _cells_name(config):
+    gate = config.gate + ("-" + config.gate_activation if config.gate_activation else "")
+    family = config.activation if config.expert == "ffn" else "linear"
+    return f"cells_{gate}_{family}_k{config.k_fit}.jsonl"
 
 
 def reproduce(out_dir, quick=False, progress=True):
     """Write the Paper 002 figures, tables and summary into ``out_dir``.
 
-    Files: ``ls_rates.png`` and ``ls_rates.csv`` (least squares), ``em_rates.png`` and
-    ``em_rates.csv`` (CRPE-SGaME EM), ``identifiability.csv``.
+    Files: ``ls_rates.png`` (D1 of exact fits, every gate variant x expert family of
+    :func:`rate_matrix`), ``ls_rates_over.png`` (multi-atom parameter error of over-specified
+    fits), ``ls_rates.csv`` (every least-squares cell), ``em_rates.png`` and ``em_rates.csv``
+    (CRPE-SGaME EM), ``identifiability.csv``.
 
     Returns
     -------
@@ -724,18 +852,20 @@ def reproduce(out_dir, quick=False, progress=True):
     os.makedirs(out_dir, exist_ok=True)
     from ..plot import rate_figure
 
-    rows, panels, tables = [], [], []
-    for name, config, quantities in _ls_settings(quick):
-        gate = "hierarchical_" if _hierarchical(config) else ""
-        table = run(config, progress=progress,
-                    out=os.path.join(out_dir, f"cells_{gate}{config.expert}_k{config.k_fit}.jsonl"))
-        tables.append((name, table))
-        for q, theory in quantities:
-            row, fit = summarise(f"{name}: {q}", table["n"], table[q], theory)
-            rows.append(row)
-            panels.append(dict(n=table["n"], loss=table[q], fit=fit, theory_slope=theory,
-                               title=f"{name}", ylabel=q))
-    rate_figure(panels, os.path.join(out_dir, "ls_rates.png"))
+    rows, tables = [], []
+    for over, png in ((False, "ls_rates.png"), (True, "ls_rates_over.png")):
+        settings = rate_matrix(quick, over=over)
+        panels = []
+        for name, config, quantities in settings:
+            table = run(config, progress=progress, out=os.path.join(out_dir, _cells_name(config)))
+            tables.append((name, table))
+            for q, theory in quantities:
+                row, fit = summarise(f"{name}: {q}", table["n"], table[q], theory)
+                rows.append(row)
+                if q == quantities[-1][0]:  # one panel per setting: D1 (exact), err_multi (over)
+                    panels.append(dict(n=table["n"], loss=table[q], fit=fit, theory_slope=theory,
+                                       title=name, ylabel=q))
+        rate_figure(panels, os.path.join(out_dir, png), ncols=2 if over else len(EXPERT_FAMILIES))
     _write_csv(os.path.join(out_dir, "ls_rates.csv"), tables)
 
     em_grid = (tuple(int(v) for v in np.unique(np.round(np.logspace(2, 4, 8)))), 8) if quick \
