@@ -55,6 +55,13 @@ What the check finds (tests/test_identifiability.py):
   independent on any interval iff on all of R^d, but on a short range (X ~ U[0, 1]) they are
   nearly polynomial and the matrix is too ill-conditioned for the threshold. Sample x over a
   range wide compared with 1 / |b| (the tests use N(0, 2^2)).
+
+A second, first-order check (:func:`first_order_identifiability`) takes a whole model: the rank
+of the derivatives of its regression function in the free parameters (and, optionally, the gate
+temperature), i.e. whether least squares' Fisher information is singular there. It finds the
+dense-to-sparse gate's learned temperature to be a first-order relation with linear scores
+(smallest relative singular value ~1e-11, the difference error) and not with tanh on the scores
+(~2e-3), tests/test_identifiability.py.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -70,6 +77,7 @@ __all__ = [
     "linear_family",
     "design_matrix",
     "strong_identifiability",
+    "first_order_identifiability",
 ]
 
 _EQUAL_RTOL = 1e-12  # two columns of one atom within this relative distance are one function
@@ -473,4 +481,103 @@ def strong_identifiability(family, etas, X, *, rtol=1e-10, merge_equal=True, **o
                                  n_columns=m, n_columns_raw=m_raw, n_samples=N,
                                  singular_values=s, tol=tol, labels=labels,
                                  zero_columns=zero_labels, merged=merged,
+                                 null_space=vt[rank:].T.copy())
+
+
+# --------------------------------------------------------------------------- first order
+
+def first_order_identifiability(model, X, *, free=None, temperature=False, h=1e-5, rtol=1e-7):
+    """Rank of the first derivatives of a model's regression function: is the Fisher
+    information of least squares at these parameters singular?
+
+    Columns: d f(x_n) / d theta_j for every free coordinate j of ``model.theta`` (and
+    d f / d tau, the gate temperature, with ``temperature=True``), by central differences of
+    the C forward pass with step ``h``, each scaled to unit norm. A rank deficiency is a
+    direction in which the regression function does not move to first order, the mechanism
+    the dense-to-sparse paper (Nguyen, Akbarian, Ho, arXiv 2401.13875) names behind rates
+    slower than any polynomial: with scores s = W x + b, softmax(s / tau) satisfies the PDE
+    d f / d tau = -(1 / tau) (W . d f / d W + b . d f / d b), so a learned temperature adds no
+    independent column; with an activation on the scores, softmax(act(s) / tau), it does.
+
+    Parameters
+    ----------
+    model : MoE
+        Evaluated at its current parameters (they are restored afterwards).
+    X : array_like, shape (N, d_in)
+    free : optional
+        The coordinates, as :func:`moetheory.estimate.free_mask` reads them (default all);
+        keep each softmax level's reference expert fixed, or its gauge freedom is a deficiency.
+    temperature : bool
+        Add the temperature column (``gate="temperature"`` only).
+    h : float
+        Difference step; the columns are accurate to about 1e-10 relative.
+    rtol : float
+        Singular values at or below rtol * s_max count as zero (far above the difference error,
+        far below the independent columns' smallest singular values in the tests).
+
+    Returns
+    -------
+    IdentifiabilityResult
+        ``labels`` name the columns ("router.weight[0, 0]", ..., "temperature");
+        ``null_space`` holds the relations found; no merging, no zero columns by design.
+    """
+    from .estimate import free_mask
+    from .model import MoE
+
+    if not isinstance(model, MoE):
+        raise ValueError(f"model must be a moetheory.MoE, got {type(model).__name__}")
+    if temperature and model.config["gate"] != "temperature":
+        raise ValueError(f"temperature=True needs gate='temperature', got "
+                         f"{model.config['gate']!r}")
+    if model.config["d_out"] != 1:
+        raise ValueError(f"model must have d_out = 1, got {model.config['d_out']}")
+    if not (np.isfinite(h) and h > 0):
+        raise ValueError(f"h must be a finite number > 0, got {h!r}")
+    X = np.asarray(X, dtype=np.float64)
+    idx = np.flatnonzero(free_mask(model, free))
+    names = [f"{name}[{', '.join(map(str, i))}]" for name, view in model.params.items()
+             for i in np.ndindex(view.shape)]
+    theta = model.theta.copy()
+    cols, labels = [], []
+    try:
+        for j in idx:
+            plus, minus = theta.copy(), theta.copy()
+            plus[j] += h
+            minus[j] -= h
+            model.theta = plus
+            fp = model(X)[:, 0]
+            model.theta = minus
+            cols.append((fp - model(X)[:, 0]) / (2.0 * h))
+            labels.append(names[j])
+    finally:
+        model.theta = theta
+    if temperature:
+        tau = model.temperature
+        try:
+            model.temperature = tau + h
+            fp = model(X)[:, 0]
+            model.temperature = tau - h
+            cols.append((fp - model(X)[:, 0]) / (2.0 * h))
+        finally:
+            model.temperature = tau
+        labels.append("temperature")
+    M = np.array(cols).T
+    N, m = M.shape
+    if N < m:
+        raise ValueError(f"X has N = {N} samples but there are {m} columns: need N >= {m}")
+    norms = np.linalg.norm(M, axis=0)
+    if not np.all(norms > 0):
+        raise ValueError("a free coordinate does not change the regression function at all "
+                         f"here: {[lab for lab, n in zip(labels, norms) if not n > 0]}")
+    _, s, vt = np.linalg.svd(M / norms, full_matrices=False)
+    tol = float(rtol * s[0])
+    rank = int(np.sum(s > tol))
+    identifiable = rank == m
+    verdict = (f"full rank {rank} = {m} columns (smallest relative singular value "
+               f"{s[-1] / s[0]:.2e})" if identifiable else
+               f"rank {rank} < {m} columns: {m - rank} first-order relation(s) (smallest "
+               f"relative singular value {s[-1] / s[0]:.2e})")
+    return IdentifiabilityResult(identifiable=identifiable, verdict=verdict, rank=rank,
+                                 n_columns=m, n_columns_raw=m, n_samples=N, singular_values=s,
+                                 tol=tol, labels=labels, zero_columns=[], merged=[],
                                  null_space=vt[rank:].T.copy())

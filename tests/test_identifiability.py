@@ -160,3 +160,71 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"etas must have shape \(k, 2\)"):
         strong_identifiability("ffn", np.ones((2, 3)), sample_x(1))
     assert isinstance(expert_family(expert_family("linear")), ExpertFamily)
+
+
+# ------------------------------------------------------------ first order, learned temperature
+
+def _temperature_truth(activation):
+    from moetheory.experiments import softmax_rates as sr
+
+    config = sr.temperature_config(activation)
+    return sr.truth_model(config), sr._free(config)
+
+
+X_UNIT = np.random.default_rng(0).uniform(0.0, 1.0, size=(4000, 1))
+
+
+def test_learned_plain_temperature_is_a_first_order_relation():
+    """softmax((W x + b) / tau): d f / d tau = -(1/tau)(W df/dW + b df/db), so learning tau
+    adds exactly one relation, among the router's and the temperature's columns only."""
+    from moetheory.identifiability import first_order_identifiability
+
+    model, free = _temperature_truth(None)
+    theta = model.theta.copy()
+    res = first_order_identifiability(model, X_UNIT, free=free, temperature=True)
+    assert res.rank == res.n_columns - 1, res.verdict
+    s = res.singular_values
+    assert s[-1] / s[0] < 1e-9 and s[-2] / s[0] > 1e-4, s
+    v = res.null_space[:, 0]
+    on = {lab: abs(c) for lab, c in zip(res.labels, v)}
+    assert all(on[lab] < 1e-6 for lab in res.labels if lab.startswith("experts")), on
+    assert min(on["router.weight[0, 0]"], on["router.bias[0]"], on["temperature"]) > 0.05, on
+    np.testing.assert_array_equal(model.theta, theta)  # the model is restored
+    assert model.temperature == 0.5
+    fixed = first_order_identifiability(model, X_UNIT, free=free)
+    assert fixed.identifiable, fixed.verdict
+
+
+def test_activation_on_the_scores_removes_the_relation():
+    from moetheory.identifiability import first_order_identifiability
+
+    model, free = _temperature_truth("tanh")
+    res = first_order_identifiability(model, X_UNIT, free=free, temperature=True)
+    assert res.identifiable, res.verdict
+    s = res.singular_values
+    assert s[-1] / s[0] > 1e-4, s
+
+
+def test_first_order_finds_the_softmax_gauge():
+    """Freeing the reference expert's gate parameters adds the softmax's translation
+    invariance: one relation per free gate coordinate pair (weight and bias)."""
+    from moetheory.identifiability import first_order_identifiability
+
+    model, free = _temperature_truth(None)
+    res = first_order_identifiability(model, X_UNIT, free=["router.*", "experts.W1", "experts.b1"])
+    assert res.n_columns - res.rank == 2, res.verdict
+
+
+def test_first_order_bad_input():
+    from moetheory import MoE
+    from moetheory.identifiability import first_order_identifiability
+
+    model, free = _temperature_truth(None)
+    with pytest.raises(ValueError, match="model"):
+        first_order_identifiability("not a model", X_UNIT)
+    with pytest.raises(ValueError, match="temperature=True needs gate='temperature'"):
+        first_order_identifiability(MoE(1, 2), X_UNIT, temperature=True)
+    with pytest.raises(ValueError, match="h must be"):
+        first_order_identifiability(model, X_UNIT, free=free, h=0.0)
+    with pytest.raises(ValueError, match="need N >= 7"):
+        first_order_identifiability(model, X_UNIT[:3], free=free, temperature=True)

@@ -107,7 +107,7 @@ from ..sweep import run_sweep
 
 __all__ = ["RatesConfig", "EMRatesConfig", "run", "run_em", "truth_model", "identifiability_table",
            "reproduce", "summarise", "hierarchical_config", "temperature_config",
-           "gate_variant_config", "rate_matrix", "theory_slopes", "GATE_VARIANTS",
+           "gate_variant_config", "rate_matrix", "temperature_identifiability_table", "theory_slopes", "GATE_VARIANTS",
            "EXPERT_FAMILIES",
            "HIERARCHICAL_TRUTH", "TEMPERATURE_TRUTH", "ACTIVATED_TEMPERATURE_TRUTH",
            "QUICK_GRID", "FULL_GRID"]
@@ -733,6 +733,38 @@ def identifiability_table(n_samples=2000, seed=0):
     return rows
 
 
+def temperature_identifiability_table(n_samples=4000, seed=0):
+    """First-order identifiability of the dense-to-sparse gate with a learned temperature.
+
+    :func:`moetheory.identifiability.first_order_identifiability` at the truths of
+    :func:`temperature_config` (plain and tanh, sigmoid experts), X ~ Uniform[0, 1], with the
+    temperature as an extra parameter and, for comparison, with it fixed (the rate
+    experiment's setting). The plain gate's learned temperature is a first-order relation
+    (PAPERS.md: "plain dense-to-sparse: as slow as 1/log n"); tanh on the scores removes it.
+
+    Returns
+    -------
+    list of dict
+        gate, temperature ("learned" or "fixed"), rank, columns, identifiable, and the
+        smallest singular value relative to the largest.
+    """
+    from ..identifiability import first_order_identifiability
+
+    X = np.random.default_rng(seed).uniform(0.0, 1.0, size=(n_samples, 1))
+    rows = []
+    for activation in (None, "tanh"):
+        config = temperature_config(activation)
+        truth = truth_model(config)
+        for learned in (True, False):
+            res = first_order_identifiability(truth, X, free=_free(config), temperature=learned)
+            s = res.singular_values
+            rows.append(dict(gate=f"temperature{'-' + activation if activation else ''}",
+                             temperature="learned" if learned else "fixed", rank=res.rank,
+                             columns=res.n_columns, identifiable=res.identifiable,
+                             smallest_relative_singular_value=float(s[-1] / s[0])))
+    return rows
+
+
 # --------------------------------------------------------------------------- reproduction
 
 def summarise(setting, n, loss, theory, *, tol=0.1):
@@ -842,7 +874,8 @@ def reproduce(out_dir, quick=False, progress=True):
     Files: ``ls_rates.png`` (D1 of exact fits, every gate variant x expert family of
     :func:`rate_matrix`), ``ls_rates_over.png`` (multi-atom parameter error of over-specified
     fits), ``ls_rates.csv`` (every least-squares cell), ``em_rates.png`` and ``em_rates.csv``
-    (CRPE-SGaME EM), ``identifiability.csv``.
+    (CRPE-SGaME EM), ``identifiability.csv`` (strong identifiability per expert family),
+    ``temperature_identifiability.csv`` (the learned temperature's first-order relation).
 
     Returns
     -------
@@ -886,12 +919,21 @@ def reproduce(out_dir, quick=False, progress=True):
     _write_csv(os.path.join(out_dir, "em_rates.csv"), em_tables)
 
     ident = identifiability_table()
+    temp = temperature_identifiability_table()
     _write_csv(os.path.join(out_dir, "identifiability.csv"),
                [("identifiability", {k: np.array([r[k] for r in ident]) for k in ident[0]})])
+    _write_csv(os.path.join(out_dir, "temperature_identifiability.csv"),
+               [("first order", {k: np.array([r[k] for r in temp]) for k in temp[0]})])
     for r in ident:
         rows.append(dict(setting=f"identifiability {r['family']}",
                          verdict=f"rank {r['rank']}/{r['columns']}"
                                  f" ({'full' if r['identifiable'] else 'deficient'})"))
+    for r in temp:
+        rows.append(dict(setting=f"first order {r['gate']}, {r['temperature']} temperature",
+                         verdict=f"rank {r['rank']}/{r['columns']}"
+                                 f" ({'full' if r['identifiable'] else 'deficient'}, smallest "
+                                 f"relative singular value "
+                                 f"{r['smallest_relative_singular_value']:.1e})"))
     return rows
 
 
