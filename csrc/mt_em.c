@@ -553,13 +553,12 @@ static int all_finite(const double *v, size_t m)
     return 1;
 }
 
-static mt_status check_common(const mt_em_params *p, const double *X, const double *y, size_t n,
-                              size_t d, size_t K, const mt_em_options *opt,
-                              const mt_em_workspace *ws)
+/* The model alone: options, parameter pointers, finite parameters, sigma2 > 0 (or >= 0 with
+ * sigma2_zero_ok), the reference gate row zero. */
+static mt_status check_model(const mt_em_params *p, size_t d, size_t K, const mt_em_options *opt,
+                             int sigma2_zero_ok)
 {
-    if (!p || !X || !y || !opt || !ws) return MT_EINVAL;
-    if (n == 0 || d == 0 || K == 0) return MT_EINVAL;
-    if (ws->d != d || ws->K != K || n > ws->n_max) return MT_EINVAL;
+    if (!p || !opt || d == 0 || K == 0) return MT_EINVAL;
     if (opt->expert != MT_EM_LINEAR && opt->expert != MT_EM_FFN) return MT_EINVAL;
     if (opt->expert == MT_EM_FFN && opt->act != MT_EM_SIGMOID && opt->act != MT_EM_TANH)
         return MT_EINVAL;
@@ -570,9 +569,22 @@ static mt_status check_common(const mt_em_params *p, const double *X, const doub
     if (!all_finite(p->beta0, K) || !all_finite(p->beta1, K * d) || !all_finite(p->a, K * d)
         || !all_finite(p->b, K) || !all_finite(p->sigma2, K) || (p->c && !all_finite(p->c, K)))
         return MT_EINVAL;
-    for (size_t k = 0; k < K; k++) if (!(p->sigma2[k] > 0.0)) return MT_EINVAL;
+    for (size_t k = 0; k < K; k++)
+        if (!(p->sigma2[k] > 0.0 || (sigma2_zero_ok && p->sigma2[k] == 0.0))) return MT_EINVAL;
     if (p->beta0[K - 1] != 0.0) return MT_EINVAL;
     for (size_t j = 0; j < d; j++) if (p->beta1[(K - 1) * d + j] != 0.0) return MT_EINVAL;
+    return MT_OK;
+}
+
+static mt_status check_common(const mt_em_params *p, const double *X, const double *y, size_t n,
+                              size_t d, size_t K, const mt_em_options *opt,
+                              const mt_em_workspace *ws)
+{
+    if (!X || !y || !ws || n == 0) return MT_EINVAL;
+    /* before the parameters are read: a d or K not the workspace's may not be theirs either */
+    if (ws->d != d || ws->K != K || n > ws->n_max) return MT_EINVAL;
+    mt_status st = check_model(p, d, K, opt, 0);
+    if (st != MT_OK) return st;
     if (!all_finite(X, n * d) || !all_finite(y, n)) return MT_EINVAL;
     return MT_OK;
 }
@@ -622,6 +634,54 @@ mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *conve
             break;
         }
         L_prev = L;
+    }
+    return MT_OK;
+}
+
+/* Gate score s_k(x) = beta0_k + beta1_k . x, with s_{K-1} = 0 for the reference expert. */
+static inline double gate_score(const mt_em_params *p, size_t k, const double *x, size_t d,
+                                size_t K)
+{
+    return k + 1 < K ? p->beta0[k] + dot(p->beta1 + k * d, x, d) : 0.0;
+}
+
+mt_status mt_em_sample(double *y, mt_rng *r, const mt_em_params *params,
+                       const mt_em_options *opt, const double *X, size_t n, size_t d, size_t K)
+{
+    if (!y || !r || !X || n == 0) return MT_EINVAL;
+    mt_status st = check_model(params, d, K, opt, 1);
+    if (st != MT_OK) return st;
+    if (!all_finite(X, n * d)) return MT_EINVAL;
+    const mt_em_params *p = params;
+    for (size_t i = 0; i < n; i++) {
+        const double *x = X + i * d;
+        /* Three passes over the scores (maximum, sum, scan), recomputing them, rather than a
+         * (K,) buffer: K is a handful and d small, and the call then needs no workspace. The
+         * maximum starts at the reference score 0 and e_k is exp_shifted, as in estep, so the
+         * gate probabilities are those of mt_em_loglik. */
+        double smax = 0.0;
+        for (size_t k = 0; k + 1 < K; k++) {
+            double s = gate_score(p, k, x, d, K);
+            if (s > smax) smax = s;
+        }
+        double S = 0.0;
+        size_t last_positive = 0;
+        for (size_t k = 0; k < K; k++) {
+            double e = exp_shifted(gate_score(p, k, x, d, K), smax);
+            S += e;
+            if (e > 0.0) last_positive = k;
+        }
+        double target = mt_rng_uniform(r) * S, acc = 0.0;
+        size_t label = last_positive;
+        for (size_t k = 0; k < K; k++) {
+            acc += exp_shifted(gate_score(p, k, x, d, K), smax);
+            if (target < acc) {  /* strict: an expert of weight 0 is never chosen */
+                label = k;
+                break;
+            }
+        }
+        double z = mt_rng_normal(r);
+        y[i] = expert_mean(p, label, x, d, opt) + sqrt(p->sigma2[label]) * z;
     }
     return MT_OK;
 }

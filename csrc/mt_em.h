@@ -49,6 +49,7 @@
 #define MT_EM_H
 
 #include <stddef.h>
+#include "mt_rng.h"
 #include "mt_status.h"
 
 #define MT_EM_SIGMA2_MIN 1e-10    /* floor of every fitted sigma2 */
@@ -120,5 +121,23 @@ mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *conve
 mt_status mt_em_loglik(double *loglik, double *resp, const mt_em_params *params,
                        const double *X, const double *y, size_t n, size_t d, size_t K,
                        const mt_em_options *opt, mt_em_workspace *ws);
+
+/* Draw y from the model at fixed inputs: y: (n,) written; r advanced; X: (n, d).
+ * Only opt->expert, opt->act and opt->outer_scale are used (as for mt_em_loglik).
+ * Draw order: for each sample i in turn,
+ *   1. one mt_rng_uniform u, and the latent expert k is the first k with
+ *      u * S < e_0 + ... + e_k, where e_k = exp(s_k - max_l s_l), S = e_0 + ... + e_{K-1} and
+ *      s = beta0 + beta1 x_i (the gate of mt_em_loglik: u < cumulative softmax, weights below
+ *      exp(MT_EM_EXP_CUTOFF) taken as 0, and rounding that runs off the end falls back to the
+ *      last expert of positive weight); a label is drawn even when K == 1;
+ *   2. one mt_rng_normal z (a cached Box-Muller value first, so one pair serves two samples),
+ *      drawn even when sigma2_k == 0, and y_i = m_k(x_i) + sqrt(sigma2_k) z.
+ * So the stream consumed depends only on n. Requirements: y, r, params, opt, X non-NULL;
+ * n, d, K >= 1; an expert kind, act and outer_scale as for mt_em_fit (c present exactly with
+ * outer_scale); finite parameters and X; sigma2 >= 0 (0 allowed: noise-free draws); the
+ * reference gate row (beta0[K-1], beta1[K-1]) zero. Else MT_EINVAL, nothing drawn, y untouched.
+ * Nothing is allocated. */
+mt_status mt_em_sample(double *y, mt_rng *r, const mt_em_params *params,
+                       const mt_em_options *opt, const double *X, size_t n, size_t d, size_t K);
 
 #endif

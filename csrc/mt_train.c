@@ -54,6 +54,82 @@ void mt_moe_as_model(mt_model *model, mt_moe_model_ctx *ctx)
     model->ctx = ctx;
 }
 
+/* ---- online data ---- */
+
+static int finite_nonneg(double v) { return isfinite(v) && v >= 0.0; }
+
+/* [low, high] with low < high, as mt_rng_fill_uniform needs it */
+static int interval_ok(double low, double high)
+{
+    return isfinite(low) && isfinite(high) && low < high && isfinite(high - low);
+}
+
+/* The checks of mt_train_data_draw that do not depend on n or the buffers. The mixture
+ * weights are left to mt_sample_mixture, which checks them before it writes anything. */
+static mt_status online_check(const mt_train_data *d, size_t d_in, size_t d_out)
+{
+    if (!d->online) return MT_EINVAL;
+    if (d->source) {
+        if (!d->source->draw || d->source->d_in != d_in || d->source->d_out != d_out)
+            return MT_EINVAL;
+        return MT_OK;
+    }
+    if (!d->teacher || !d->teacher->forward || !d->teacher_theta) return MT_EINVAL;
+    if (d->teacher->d_in != d_in || d->teacher->d_out != d_out) return MT_EINVAL;
+    if (!finite_nonneg(d->noise_sd)) return MT_EINVAL;
+    switch (d->input) {
+    case MT_INPUT_GAUSSIAN: return finite_nonneg(d->scale) ? MT_OK : MT_EINVAL;
+    case MT_INPUT_MIXTURE:
+        return finite_nonneg(d->scale) && d->centres && d->n_clusters >= 1 ? MT_OK : MT_EINVAL;
+    case MT_INPUT_GRID: return d_in == 1 && interval_ok(d->low, d->high) ? MT_OK : MT_EINVAL;
+    case MT_INPUT_UNIFORM: return interval_ok(d->low, d->high) ? MT_OK : MT_EINVAL;
+    default: return MT_EINVAL;
+    }
+}
+
+/* x: (n,) the grid of numpy.linspace(low, high, n), computed as NumPy does it (so a Python
+ * twin is np.linspace itself): i * step + low with the last point set to high exactly, since
+ * low + (n - 1) * step may miss high by rounding. */
+static void fill_grid(double *x, size_t n, double low, double high)
+{
+    double delta = high - low;
+    if (n == 1) {
+        x[0] = low;
+        return;
+    }
+    double div = (double)(n - 1), step = delta / div;
+    for (size_t i = 0; i < n - 1; i++)
+        /* step underflows to 0 only for a subnormal delta; NumPy then scales i first */
+        x[i] = (step != 0.0 ? (double)i * step : (double)i / div * delta) + low;
+    x[n - 1] = high;
+}
+
+mt_status mt_train_data_draw(double *X, double *y, mt_rng *r, const mt_train_data *data,
+                             size_t n, size_t d_in, size_t d_out)
+{
+    if (!X || !y || !r || !data || n < 1) return MT_EINVAL;
+    mt_status st = online_check(data, d_in, d_out);
+    if (st != MT_OK) return st;
+    if (data->source) return data->source->draw(data->source->ctx, X, y, r, n);
+    switch (data->input) {
+    case MT_INPUT_GAUSSIAN: st = mt_sample_gaussian(X, r, n, d_in, data->scale); break;
+    case MT_INPUT_MIXTURE:
+        st = mt_sample_mixture(X, NULL, r, data->centres, data->weights, data->scale, n, d_in,
+                               data->n_clusters);
+        break;
+    case MT_INPUT_UNIFORM: st = mt_sample_uniform_box(X, r, n, d_in, data->low, data->high); break;
+    case MT_INPUT_GRID: fill_grid(X, n, data->low, data->high); break;
+    default: return MT_EINVAL; /* online_check rejected it already */
+    }
+    if (st != MT_OK) return st;
+    st = data->teacher->forward(data->teacher->ctx, y, data->teacher_theta, X, n);
+    if (st != MT_OK) return st;
+    /* Noise only when there is some: the trainer has always drawn it this way, and changing it
+     * would change every noise-free online run. */
+    if (data->noise_sd > 0) st = mt_add_gaussian_noise(y, r, n, d_out, data->noise_sd);
+    return st;
+}
+
 /* ---- the loop ---- */
 
 struct mt_trainer {
@@ -87,18 +163,9 @@ mt_status mt_trainer_alloc(mt_trainer **out, const mt_model *model, const mt_opt
 {
     *out = NULL;
     if (!model || !opt || !data || !model->loss_and_grad) return MT_EINVAL;
-    if (data->online && data->source) {
-        if (batch_size < 1 || !data->source->draw || data->source->d_in != model->d_in ||
-            data->source->d_out != model->d_out)
+    if (data->online) {
+        if (batch_size < 1 || online_check(data, model->d_in, model->d_out) != MT_OK)
             return MT_EINVAL;
-    } else if (data->online) {
-        if (batch_size < 1 || !data->teacher || !data->teacher->forward || !data->teacher_theta)
-            return MT_EINVAL;
-        if (data->teacher->d_in != model->d_in || data->teacher->d_out != model->d_out)
-            return MT_EINVAL;
-        if (data->input == MT_INPUT_MIXTURE && (!data->centres || data->n_clusters < 1))
-            return MT_EINVAL;
-        if (!(data->noise_sd >= 0) || !(data->scale >= 0)) return MT_EINVAL;
     } else {
         if (!data->X || !data->y || data->n < 1 || batch_size > data->n) return MT_EINVAL;
     }
@@ -162,26 +229,8 @@ static void gather_batch(mt_trainer *t)
 
 static mt_status sample_batch(mt_trainer *t)
 {
-    const mt_train_data *d = &t->data;
-    size_t n = t->batch, din = t->model.d_in;
-    if (d->source) return d->source->draw(d->source->ctx, t->Xb, t->yb, &t->rng, n);
-    mt_status st = MT_OK;
-    switch (d->input) {
-    case MT_INPUT_GAUSSIAN: st = mt_sample_gaussian(t->Xb, &t->rng, n, din, d->scale); break;
-    case MT_INPUT_MIXTURE:
-        st = mt_sample_mixture(t->Xb, NULL, &t->rng, d->centres, d->weights, d->scale, n, din,
-                               d->n_clusters);
-        break;
-    case MT_INPUT_UNIFORM:
-        st = mt_sample_uniform_box(t->Xb, &t->rng, n, din, -d->scale, d->scale);
-        break;
-    default: return MT_EINVAL;
-    }
-    if (st != MT_OK) return st;
-    st = d->teacher->forward(d->teacher->ctx, t->yb, d->teacher_theta, t->Xb, n);
-    if (st != MT_OK) return st;
-    if (d->noise_sd > 0) st = mt_add_gaussian_noise(t->yb, &t->rng, n, t->model.d_out, d->noise_sd);
-    return st;
+    return mt_train_data_draw(t->Xb, t->yb, &t->rng, &t->data, t->batch, t->model.d_in,
+                              t->model.d_out);
 }
 
 mt_status mt_trainer_run(mt_trainer *t, double *theta, double *losses, size_t steps, size_t *done,

@@ -30,6 +30,7 @@ static const char *const ACT_NAMES[] = {"identity", "relu", "leaky_relu", "gelu"
 static const char *const GATE_NAMES[] = {"softmax", "topk", "temperature", "hierarchical",
                                          "sigmoid"};
 static const char *const EXPERT_NAMES[] = {"ffn", "linear"};
+static const char *const INPUT_NAMES[] = {"gaussian", "mixture", "uniform", "grid"};
 
 /* ---- status codes to exceptions: the one table ---- */
 
@@ -163,22 +164,26 @@ static PyArrayObject *as_targets(PyObject *obj, size_t n, size_t d_out)
     return as_float_array(obj, "y", target_ndim(obj, d_out), shape, text);
 }
 
-/* theta must be exactly the model's own vector: float64, 1-D, C-contiguous, length P, finite. */
-static int check_theta(PyArrayObject *theta, size_t P)
+/* A parameter vector must be exactly the model's own: float64, 1-D, C-contiguous, length P,
+ * finite. `name` is the argument named in the error. */
+static int check_vector(PyArrayObject *theta, size_t P, const char *name)
 {
     if (!PyArray_Check(theta) || PyArray_TYPE(theta) != NPY_DOUBLE || PyArray_NDIM(theta) != 1 ||
         !PyArray_IS_C_CONTIGUOUS(theta) || (size_t)PyArray_DIM(theta, 0) != P) {
         PyErr_Format(PyExc_ValueError,
-                     "theta must be a C-contiguous float64 vector of length %zu", P);
+                     "%s must be a C-contiguous float64 vector of length %zu", name, P);
         return -1;
     }
     size_t i = first_non_finite(PyArray_DATA(theta), P);
     if (i < P) {
-        PyErr_Format(PyExc_ValueError, "theta must be finite, found a NaN or infinity at index %zu", i);
+        PyErr_Format(PyExc_ValueError, "%s must be finite, found a NaN or infinity at index %zu",
+                     name, i);
         return -1;
     }
     return 0;
 }
+
+static int check_theta(PyArrayObject *theta, size_t P) { return check_vector(theta, P, "theta"); }
 
 /* ---- the Layer type: one MoE layer's configuration and its workspace ---- */
 
@@ -892,37 +897,27 @@ static PyTypeObject StackType = {
     .tp_getset = Stack_getset,
 };
 
-/* ---- the Trainer type: a training loop over a Layer or a Stack, run in chunks ---- */
+/* ---- online data: a teacher and an input distribution, or a ClusterTask source ---- */
+/* Trainer(...) and draw(...) take the same description of online data and parse it here, once.
+ * online_spec holds what the C core reads while it draws: the mt_train_data filled by
+ * online_parse points into it (teacher_model, teacher_ctx), so it must not move while that data
+ * is in use (a Trainer embeds it; draw keeps it on its stack for the call). */
 
 typedef struct {
-    PyObject_HEAD
-    mt_trainer *trainer;
-    LayerObject *layer, *teacher;         /* strong references */
-    PyArrayObject *theta, *teacher_theta; /* strong references; theta is updated in place */
-    PyArrayObject *X, *y, *centres, *weights, *lr_scale; /* kept alive for the C loop */
-    PyObject *source; /* a ClusterTask drawing the online data, or NULL; strong reference */
-    StackObject *stack;                   /* strong reference when training a deep stack */
-    mt_moe_model_ctx ctx, teacher_ctx;
-    mt_deep_model_ctx deep_ctx;
-    mt_model model, teacher_model;
-    size_t batch;
-} TrainerObject;
+    LayerObject *teacher;                              /* strong references, or NULL */
+    PyArrayObject *teacher_theta, *centres, *weights;
+    PyObject *source;                                  /* a ClusterTask, or NULL */
+    mt_moe_model_ctx teacher_ctx;                      /* ws is set before each C call */
+    mt_model teacher_model;
+} online_spec;
 
-static void Trainer_dealloc(TrainerObject *self)
+static void online_clear(online_spec *o)
 {
-    mt_trainer_free(self->trainer);
-    Py_XDECREF(self->layer);
-    Py_XDECREF(self->stack);
-    Py_XDECREF(self->teacher);
-    Py_XDECREF(self->theta);
-    Py_XDECREF(self->teacher_theta);
-    Py_XDECREF(self->X);
-    Py_XDECREF(self->y);
-    Py_XDECREF(self->centres);
-    Py_XDECREF(self->weights);
-    Py_XDECREF(self->lr_scale);
-    Py_XDECREF(self->source);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_CLEAR(o->teacher);
+    Py_CLEAR(o->teacher_theta);
+    Py_CLEAR(o->centres);
+    Py_CLEAR(o->weights);
+    Py_CLEAR(o->source);
 }
 
 static PyArrayObject *optional_array(PyObject *obj, const char *name, int ndim, const npy_intp *shape,
@@ -932,27 +927,183 @@ static PyArrayObject *optional_array(PyObject *obj, const char *name, int ndim, 
     return as_float_array(obj, name, ndim, shape, text);
 }
 
+/* Check the online arguments and fill o and *data (data->online = 1) from them: a ClusterTask
+ * `source` when it is not None, else `teacher` (a Layer), `teacher_theta` (its own float64
+ * vector), `input` (an mt_input_kind), `scale` (GAUSSIAN, MIXTURE), `low`, `high` (UNIFORM,
+ * GRID), `centres` (C, d_in) and `weights` (C,) or None (MIXTURE) and `noise_sd`. d_in, d_out:
+ * what the teacher or source must map, or 0 for whatever it maps. Returns 0, or -1 with an
+ * exception naming the argument (o may then hold references: online_clear releases them). */
+static int online_parse(online_spec *o, mt_train_data *data, PyObject *source, PyObject *teacher,
+                        PyObject *teacher_theta, int input, double scale, double low,
+                        double high, PyObject *centres, PyObject *weights, double noise_sd,
+                        size_t d_in, size_t d_out)
+{
+    char text[80];
+    online_clear(o);
+    if (source != Py_None) {
+        if (!PyObject_TypeCheck(source, &ClusterTaskType)) {
+            PyErr_Format(PyExc_TypeError, "source must be a moetheory._core.ClusterTask, got %s",
+                         Py_TYPE(source)->tp_name);
+            return -1;
+        }
+        ClusterTaskObject *S = (ClusterTaskObject *)source;
+        if (cluster_ready(S) < 0) return -1;
+        if (d_in && (S->src.d_in != d_in || S->src.d_out != d_out)) {
+            PyErr_Format(PyExc_ValueError,
+                         "source must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
+                         d_in, d_out, S->src.d_in, S->src.d_out);
+            return -1;
+        }
+        Py_INCREF(source);
+        o->source = source;
+        data->online = 1;
+        data->source = &S->src;
+        return 0;
+    }
+    if (!PyObject_TypeCheck(teacher, &LayerType)) {
+        PyErr_Format(PyExc_TypeError, "teacher must be a moetheory model (a moetheory._core.Layer),"
+                     " got %s", Py_TYPE(teacher)->tp_name);
+        return -1;
+    }
+    LayerObject *T = (LayerObject *)teacher;
+    if (!PyArray_Check(teacher_theta)) {
+        PyErr_Format(PyExc_TypeError, "teacher_theta must be a float64 array, got %s",
+                     Py_TYPE(teacher_theta)->tp_name);
+        return -1;
+    }
+    if (check_vector((PyArrayObject *)teacher_theta, T->layout.n_params, "teacher_theta") < 0)
+        return -1;
+    if (d_in && (T->cfg.d_in != d_in || T->cfg.d_out != d_out)) {
+        PyErr_Format(PyExc_ValueError,
+                     "teacher must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
+                     d_in, d_out, T->cfg.d_in, T->cfg.d_out);
+        return -1;
+    }
+    d_in = T->cfg.d_in;
+    if (input < 0 || input > MT_INPUT_GRID) {
+        PyErr_Format(PyExc_ValueError, "input must be 0 (gaussian), 1 (mixture), 2 (uniform) or "
+                     "3 (grid), got %d", input);
+        return -1;
+    }
+    if (!(isfinite(noise_sd) && noise_sd >= 0)) {
+        PyErr_Format(PyExc_ValueError, "noise_sd must be a finite number >= 0, got %g", noise_sd);
+        return -1;
+    }
+    if ((input == MT_INPUT_GAUSSIAN || input == MT_INPUT_MIXTURE) &&
+        !(isfinite(scale) && scale >= 0)) {
+        PyErr_Format(PyExc_ValueError, "scale must be a finite number >= 0, got %g", scale);
+        return -1;
+    }
+    if ((input == MT_INPUT_UNIFORM || input == MT_INPUT_GRID) &&
+        !(isfinite(low) && isfinite(high) && low < high && isfinite(high - low))) {
+        PyErr_Format(PyExc_ValueError, "low and high must be finite with low < high, got %g and "
+                     "%g", low, high);
+        return -1;
+    }
+    if (input == MT_INPUT_GRID && d_in != 1) {
+        PyErr_Format(PyExc_ValueError, "input 3 (grid) needs a teacher with d_in = 1, got %zu",
+                     d_in);
+        return -1;
+    }
+    if (input == MT_INPUT_MIXTURE) {
+        npy_intp cs[2] = {-1, (npy_intp)d_in};
+        snprintf(text, sizeof text, "(C, %zu)", d_in);
+        o->centres = optional_array(centres, "centres", 2, cs, text);
+        if (!o->centres) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a mixture input needs centres");
+            return -1;
+        }
+        npy_intp ws_[1] = {PyArray_DIM(o->centres, 0)};
+        snprintf(text, sizeof text, "(%zd,)", (Py_ssize_t)ws_[0]);
+        o->weights = optional_array(weights, "weights", 1, ws_, text);
+        if (!o->weights && PyErr_Occurred()) return -1;
+        if (o->weights) {
+            const double *w = PyArray_DATA(o->weights);
+            double sum = 0.0;
+            int nonneg = 1;
+            for (npy_intp c = 0; c < ws_[0]; c++) {
+                nonneg &= w[c] >= 0;
+                sum += w[c];
+            }
+            if (!nonneg || !(sum > 0) || !isfinite(sum)) {
+                PyErr_SetString(PyExc_ValueError,
+                                "weights must be >= 0 with a positive finite sum");
+                return -1;
+            }
+        }
+        data->centres = PyArray_DATA(o->centres);
+        data->weights = o->weights ? PyArray_DATA(o->weights) : NULL;
+        data->n_clusters = (size_t)ws_[0];
+    }
+    Py_INCREF(teacher);
+    o->teacher = T;
+    Py_INCREF(teacher_theta);
+    o->teacher_theta = (PyArrayObject *)teacher_theta;
+    o->teacher_ctx.cfg = T->cfg;
+    o->teacher_ctx.ws = NULL;
+    mt_moe_as_model(&o->teacher_model, &o->teacher_ctx);
+    data->online = 1;
+    data->input = (mt_input_kind)input;
+    data->scale = scale;
+    data->low = low;
+    data->high = high;
+    data->noise_sd = noise_sd;
+    data->teacher = &o->teacher_model;
+    data->teacher_theta = PyArray_DATA(o->teacher_theta);
+    return 0;
+}
+
+/* ---- the Trainer type: a training loop over a Layer or a Stack, run in chunks ---- */
+
+typedef struct {
+    PyObject_HEAD
+    mt_trainer *trainer;
+    LayerObject *layer;                   /* strong reference */
+    PyArrayObject *theta;                 /* strong reference; updated in place */
+    PyArrayObject *X, *y, *lr_scale;      /* kept alive for the C loop */
+    online_spec online;                   /* the online data's teacher or source */
+    StackObject *stack;                   /* strong reference when training a deep stack */
+    mt_moe_model_ctx ctx;
+    mt_deep_model_ctx deep_ctx;
+    mt_model model;
+    size_t batch;
+} TrainerObject;
+
+static void Trainer_dealloc(TrainerObject *self)
+{
+    mt_trainer_free(self->trainer);
+    Py_XDECREF(self->layer);
+    Py_XDECREF(self->stack);
+    Py_XDECREF(self->theta);
+    Py_XDECREF(self->X);
+    Py_XDECREF(self->y);
+    Py_XDECREF(self->lr_scale);
+    online_clear(&self->online);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
 static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"layer", "theta", "X", "y", "teacher", "teacher_theta", "input",
                              "scale", "centres", "weights", "noise_sd", "batch_size", "lr_scale",
                              "seed", "project", "optimizer", "lr", "momentum", "beta1", "beta2",
                              "eps", "weight_decay", "decoupled", "schedule", "step_size", "gamma",
-                             "total_steps", "lr_min", "t0", "source", NULL};
+                             "total_steps", "lr_min", "t0", "source", "low", "high", NULL};
     PyObject *layer, *theta, *X = Py_None, *y = Py_None, *teacher = Py_None, *teacher_theta = Py_None;
     PyObject *source = Py_None;
     PyObject *centres = Py_None, *weights = Py_None, *lr_scale = Py_None;
     int input = 0, project = 0, kind = 0, decoupled = 0, schedule = 0;
     double scale = 1.0, noise_sd = 0.0, lr = 1e-3, momentum = 0.0, beta1 = 0.9, beta2 = 0.999;
-    double eps = 1e-8, wd = 0.0, gamma = 1.0, lr_min = 0.0, t0 = 1.0;
+    double eps = 1e-8, wd = 0.0, gamma = 1.0, lr_min = 0.0, t0 = 1.0, low = -1.0, high = 1.0;
     Py_ssize_t batch = 0, step_size = 1, total_steps = 1;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|OOOOidOOdnOKpiddddddpindnddO", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|OOOOidOOdnOKpiddddddpindnddOdd", kwlist,
                                      &layer, &PyArray_Type, &theta, &X, &y, &teacher,
                                      &teacher_theta, &input, &scale, &centres, &weights, &noise_sd,
                                      &batch, &lr_scale, &seed, &project, &kind, &lr, &momentum,
                                      &beta1, &beta2, &eps, &wd, &decoupled, &schedule, &step_size,
-                                     &gamma, &total_steps, &lr_min, &t0, &source))
+                                     &gamma, &total_steps, &lr_min, &t0, &source, &low, &high))
         return -1;
     LayerObject *L = NULL;
     StackObject *K = NULL;
@@ -983,83 +1134,19 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
     }
     mt_train_data data = {0};
     char text[80];
-    int online = teacher != Py_None;
-    if (source != Py_None) {
-        /* online data drawn jointly by a ClusterTask (csrc/mt_cluster.h) */
-        if (!PyObject_TypeCheck(source, &ClusterTaskType)) {
-            PyErr_Format(PyExc_TypeError, "source must be a moetheory._core.ClusterTask, got %s",
-                         Py_TYPE(source)->tp_name);
-            return -1;
-        }
-        ClusterTaskObject *S = (ClusterTaskObject *)source;
-        if (cluster_ready(S) < 0) return -1;
-        if (online || X != Py_None || y != Py_None) {
+    int online = teacher != Py_None || source != Py_None;
+    if (online) {
+        if ((teacher != Py_None && source != Py_None) || X != Py_None || y != Py_None) {
             PyErr_SetString(PyExc_ValueError, "give either source, or teacher, or X and y");
             return -1;
         }
-        if (S->src.d_in != d_in || S->src.d_out != d_out) {
-            PyErr_Format(PyExc_ValueError,
-                         "source must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
-                         d_in, d_out, S->src.d_in, S->src.d_out);
+        if (online_parse(&self->online, &data, source, teacher, teacher_theta, input, scale, low,
+                         high, centres, weights, noise_sd, d_in, d_out) < 0)
             return -1;
-        }
         if (batch < 1) {
             PyErr_SetString(PyExc_ValueError, "online training needs batch_size >= 1");
             return -1;
         }
-        Py_INCREF(source);
-        Py_XDECREF(self->source);
-        self->source = source;
-        data.online = 1;
-        data.source = &S->src;
-    } else if (online) {
-        if (!PyObject_TypeCheck(teacher, &LayerType)) {
-            PyErr_SetString(PyExc_TypeError, "teacher must be a moetheory model");
-            return -1;
-        }
-        LayerObject *T = (LayerObject *)teacher;
-        if (!PyArray_Check(teacher_theta) ||
-            check_theta((PyArrayObject *)teacher_theta, T->layout.n_params) < 0)
-            return -1;
-        if (T->cfg.d_in != d_in || T->cfg.d_out != d_out) {
-            PyErr_Format(PyExc_ValueError,
-                         "teacher must map %zu inputs to %zu outputs like the model, got %zu -> %zu",
-                         d_in, d_out, T->cfg.d_in, T->cfg.d_out);
-            return -1;
-        }
-        if (batch < 1) {
-            PyErr_SetString(PyExc_ValueError, "online training needs batch_size >= 1");
-            return -1;
-        }
-        if (input == MT_INPUT_MIXTURE) {
-            npy_intp cs[2] = {-1, (npy_intp)d_in};
-            snprintf(text, sizeof text, "(C, %zu)", d_in);
-            self->centres = optional_array(centres, "centres", 2, cs, text);
-            if (!self->centres) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_ValueError, "a mixture input needs centres");
-                return -1;
-            }
-            npy_intp ws_[1] = {PyArray_DIM(self->centres, 0)};
-            snprintf(text, sizeof text, "(%zd,)", (Py_ssize_t)ws_[0]);
-            self->weights = optional_array(weights, "weights", 1, ws_, text);
-            if (!self->weights && PyErr_Occurred()) return -1;
-            data.centres = PyArray_DATA(self->centres);
-            data.weights = self->weights ? PyArray_DATA(self->weights) : NULL;
-            data.n_clusters = (size_t)ws_[0];
-        }
-        Py_INCREF(teacher);
-        self->teacher = T;
-        Py_INCREF(teacher_theta);
-        self->teacher_theta = (PyArrayObject *)teacher_theta;
-        self->teacher_ctx.cfg = T->cfg;
-        mt_moe_as_model(&self->teacher_model, &self->teacher_ctx);
-        data.online = 1;
-        data.input = (mt_input_kind)input;
-        data.scale = scale;
-        data.noise_sd = noise_sd;
-        data.teacher = &self->teacher_model;
-        data.teacher_theta = PyArray_DATA(self->teacher_theta);
     } else {
         self->X = as_inputs(X, d_in);
         if (!self->X) return -1;
@@ -1149,7 +1236,8 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
     if (!losses) return NULL;
     int ok = self->layer ? ensure_workspace(self->layer, self->batch) == 0
                          : stack_ensure_workspace(self->stack, self->batch) == 0;
-    if (!ok || (self->teacher && ensure_workspace(self->teacher, self->batch) < 0)) {
+    LayerObject *teacher = self->online.teacher;
+    if (!ok || (teacher && ensure_workspace(teacher, self->batch) < 0)) {
         Py_DECREF(losses);
         return NULL;
     }
@@ -1158,7 +1246,7 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
         return NULL;
     }
     int *busy = self->layer ? &self->layer->busy : &self->stack->busy;
-    if (self->teacher && self->teacher != self->layer && acquire(&self->teacher->busy) < 0) {
+    if (teacher && teacher != self->layer && acquire(&teacher->busy) < 0) {
         *busy = 0;
         Py_DECREF(losses);
         return NULL;
@@ -1170,7 +1258,7 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
     } else {
         self->deep_ctx.ws = self->stack->ws;
     }
-    if (self->teacher) self->teacher_ctx.ws = self->teacher->ws;
+    if (teacher) self->online.teacher_ctx.ws = teacher->ws;
     chunk_budget budget;
     clock_gettime(CLOCK_MONOTONIC, &budget.deadline);
     budget.deadline.tv_sec += (time_t)seconds;
@@ -1186,7 +1274,7 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
                         (size_t)steps, &done, seconds > 0 ? budget_spent : NULL, &budget);
     Py_END_ALLOW_THREADS
     *busy = 0;
-    if (self->teacher) self->teacher->busy = 0;
+    if (teacher) teacher->busy = 0;
     if (st != MT_OK && st != MT_EINTERRUPTED) {
         Py_DECREF(losses);
         if (st == MT_ENONFINITE) {
@@ -1235,6 +1323,72 @@ static PyTypeObject TrainerType = {
     .tp_getset = Trainer_getset,
 };
 
+/* ---- draw: online data outside a trainer ---- */
+
+/* draw(n, teacher=..., ..., seed=0, stream=0): n samples drawn by mt_train_data_draw from the
+ * generator keyed by (seed, stream), with the Trainer's online arguments. The trainer draws
+ * from (seed, stream 0) and nothing else does, so draw(n, ..., seed=s) is exactly the first
+ * batch of a Trainer(..., seed=s, batch_size=n) on the same data. */
+static PyObject *draw(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"n", "teacher", "teacher_theta", "input", "scale", "low", "high",
+                             "centres", "weights", "noise_sd", "source", "seed", "stream", NULL};
+    PyObject *teacher = Py_None, *teacher_theta = Py_None, *centres = Py_None;
+    PyObject *weights = Py_None, *source = Py_None, *result = NULL;
+    PyArrayObject *X = NULL, *y = NULL;
+    Py_ssize_t n;
+    int input = 0, busy = 0;
+    double scale = 1.0, low = -1.0, high = 1.0, noise_sd = 0.0;
+    unsigned long long seed = 0, stream = 0;
+    online_spec o = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "n|OOidddOOdOKK", kwlist, &n, &teacher,
+                                     &teacher_theta, &input, &scale, &low, &high, &centres,
+                                     &weights, &noise_sd, &source, &seed, &stream))
+        return NULL;
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "n must be >= 1, got %zd", n);
+        return NULL;
+    }
+    if ((teacher == Py_None) == (source == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "draw needs exactly one of teacher and source");
+        return NULL;
+    }
+    mt_train_data data = {0};
+    if (online_parse(&o, &data, source, teacher, teacher_theta, input, scale, low, high, centres,
+                     weights, noise_sd, 0, 0) < 0)
+        goto done;
+    size_t d_in = o.source ? data.source->d_in : data.teacher->d_in;
+    size_t d_out = o.source ? data.source->d_out : data.teacher->d_out;
+    npy_intp xs[2] = {n, (npy_intp)d_in}, ys[2] = {n, (npy_intp)d_out};
+    X = (PyArrayObject *)PyArray_SimpleNew(2, xs, NPY_DOUBLE);
+    y = (PyArrayObject *)PyArray_SimpleNew(2, ys, NPY_DOUBLE);
+    if (!X || !y) goto done;
+    if (o.teacher) {
+        /* claimed before the workspace may be replaced: another thread may be using it */
+        if (acquire(&o.teacher->busy) < 0) goto done;
+        busy = 1;
+        if (ensure_workspace(o.teacher, (size_t)n) < 0) goto done;
+        o.teacher_ctx.ws = o.teacher->ws;
+    }
+    mt_rng r;
+    mt_rng_init(&r, (uint64_t)seed, (uint64_t)stream);
+    mt_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_train_data_draw(PyArray_DATA(X), PyArray_DATA(y), &r, &data, (size_t)n, d_in, d_out);
+    Py_END_ALLOW_THREADS
+    if (st != MT_OK) {
+        raise_status(st, "draw");
+        goto done;
+    }
+    result = PyTuple_Pack(2, (PyObject *)X, (PyObject *)y);
+done:
+    if (busy) o.teacher->busy = 0;
+    online_clear(&o);
+    Py_XDECREF(X);
+    Py_XDECREF(y);
+    return result;
+}
+
 /* ---- EM ---- */
 /* em_fit and em_loglik: the softmax-gated Gaussian MoE EM of csrc/mt_em.h. The flat parameter
  * vector is mt_em.h's: beta0 (K,), beta1 (K, d), a (K, d), b (K,), [c (K,)], sigma2 (K,).
@@ -1255,7 +1409,8 @@ static int em_poll_signals(void *Py_UNUSED(ctx))
 }
 
 /* Shared parsing of (theta, X, y, K, expert, act, outer_scale): fills opt's model fields and
- * returns 0, or sets an exception and returns -1. *theta_out, *X_out, *y_out: new references. */
+ * returns 0, or sets an exception and returns -1. *theta_out, *X_out, *y_out: new references.
+ * y_obj == NULL (em_sample: no data y, y is drawn): *y_out stays NULL and sigma2 may be 0. */
 static int em_parse(PyObject *theta_obj, PyObject *X_obj, PyObject *y_obj, Py_ssize_t K,
                     const char *expert, const char *act, int outer_scale, mt_em_options *opt,
                     PyArrayObject **theta_out, PyArrayObject **X_out, PyArrayObject **y_out)
@@ -1285,8 +1440,10 @@ static int em_parse(PyObject *theta_obj, PyObject *X_obj, PyObject *y_obj, Py_ss
     char text[80];
     npy_intp ys[1] = {(npy_intp)n};
     snprintf(text, sizeof text, "(%zu,)", n);
-    *y_out = as_float_array(y_obj, "y", 1, ys, text);
-    if (!*y_out) return -1;
+    if (y_obj) {
+        *y_out = as_float_array(y_obj, "y", 1, ys, text);
+        if (!*y_out) return -1;
+    }
     size_t P = mt_em_params_size(d, (size_t)K, outer_scale);
     npy_intp ts[1] = {(npy_intp)P};
     snprintf(text, sizeof text, "(%zu,) = (K (2 d + 3)%s,)", P, outer_scale ? " + K" : "");
@@ -1295,9 +1452,9 @@ static int em_parse(PyObject *theta_obj, PyObject *X_obj, PyObject *y_obj, Py_ss
     mt_em_params p;
     mt_em_params_view(&p, PyArray_DATA(*theta_out), d, (size_t)K, outer_scale);
     for (size_t k = 0; k < (size_t)K; k++) {
-        if (!(p.sigma2[k] > 0)) {
-            PyErr_Format(PyExc_ValueError, "theta: sigma2[%zu] must be > 0, got %g", k,
-                         p.sigma2[k]);
+        if (!(p.sigma2[k] > 0 || (!y_obj && p.sigma2[k] == 0))) {
+            PyErr_Format(PyExc_ValueError, "theta: sigma2[%zu] must be %s, got %g", k,
+                         y_obj ? "> 0" : ">= 0", p.sigma2[k]);
             return -1;
         }
     }
@@ -1438,6 +1595,45 @@ done:
     Py_XDECREF(resp);
     return result;
 }
+static PyObject *em_sample(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"theta", "X", "K", "expert", "act", "outer_scale", "seed", "stream",
+                             NULL};
+    PyObject *theta_obj, *X_obj;
+    PyArrayObject *theta = NULL, *X = NULL, *no_y = NULL, *y = NULL;
+    Py_ssize_t K;
+    const char *expert = "linear", *act = "sigmoid";
+    int outer_scale = 0;
+    unsigned long long seed = 0, stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOn|sspKK", kwlist, &theta_obj, &X_obj, &K,
+                                     &expert, &act, &outer_scale, &seed, &stream))
+        return NULL;
+    mt_em_options opt;
+    mt_em_options_default(&opt);
+    if (em_parse(theta_obj, X_obj, NULL, K, expert, act, outer_scale, &opt, &theta, &X, &no_y) < 0)
+        goto done;
+    size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1);
+    npy_intp ys[1] = {(npy_intp)n};
+    y = (PyArrayObject *)PyArray_SimpleNew(1, ys, NPY_DOUBLE);
+    if (!y) goto done;
+    mt_em_params p;
+    mt_em_params_view(&p, PyArray_DATA(theta), d, (size_t)K, outer_scale);
+    mt_rng r;
+    mt_rng_init(&r, (uint64_t)seed, (uint64_t)stream);
+    mt_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_em_sample(PyArray_DATA(y), &r, &p, &opt, PyArray_DATA(X), n, d, (size_t)K);
+    Py_END_ALLOW_THREADS
+    if (st != MT_OK) {
+        raise_status(st, "em_sample");
+        Py_CLEAR(y);
+    }
+done:
+    Py_XDECREF(theta);
+    Py_XDECREF(X);
+    Py_XDECREF(no_y);
+    return (PyObject *)y;
+}
 /* ---- end EM ---- */
 
 /* ---- module functions ---- */
@@ -1464,6 +1660,13 @@ static PyMethodDef module_methods[] = {
      "Set the number of threads the core computes with (row blocks of a batch, and BLAS)."},
     {"get_num_threads", get_num_threads, METH_NOARGS,
      "The number of threads the core computes with."},
+    {"draw", (PyCFunction)(void (*)(void))draw, METH_VARARGS | METH_KEYWORDS,
+     "draw(n, teacher=None, teacher_theta=None, input=0, scale=1.0, low=-1.0, high=1.0, "
+     "centres=None, weights=None, noise_sd=0.0, source=None, seed=0, stream=0) -> "
+     "(X (n, d_in), y (n, d_out)): n online samples as a Trainer draws them (the Trainer's "
+     "online arguments), from the generator keyed by (seed, stream); stream 0 is the trainer's, "
+     "so this is the first batch of a Trainer with this seed and batch_size n "
+     "(csrc/mt_train.h, mt_train_data_draw, gives the draw order)."},
     {"em_fit", (PyCFunction)(void (*)(void))em_fit, METH_VARARGS | METH_KEYWORDS,
      "em_fit(theta, X, y, K, expert='linear', act='sigmoid', outer_scale=False, max_iter=2000, "
      "tol=1e-6, gate_steps=5, expert_steps=5) -> (theta_fitted, trace (n_iter,), n_iter, "
@@ -1471,6 +1674,10 @@ static PyMethodDef module_methods[] = {
     {"em_loglik", (PyCFunction)(void (*)(void))em_loglik, METH_VARARGS | METH_KEYWORDS,
      "em_loglik(theta, X, y, K, expert='linear', act='sigmoid', outer_scale=False) -> "
      "(loglik, resp (n, K)): the summed log-likelihood and the responsibilities."},
+    {"em_sample", (PyCFunction)(void (*)(void))em_sample, METH_VARARGS | METH_KEYWORDS,
+     "em_sample(theta, X, K, expert='linear', act='sigmoid', outer_scale=False, seed=0, "
+     "stream=0) -> y (n,): y drawn from the model at X from the generator keyed by "
+     "(seed, stream); sigma2 = 0 is allowed (draw order: csrc/mt_em.h, mt_em_sample)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "moetheory._core",
@@ -1505,7 +1712,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddObject(m, "ClusterTask", (PyObject *)&ClusterTaskType) < 0 ||
         PyModule_AddObject(m, "ACTIVATIONS", names_tuple(ACT_NAMES, MT_ACT_COUNT)) < 0 ||
         PyModule_AddObject(m, "GATES", names_tuple(GATE_NAMES, 5)) < 0 ||
-        PyModule_AddObject(m, "EXPERTS", names_tuple(EXPERT_NAMES, 2)) < 0) {
+        PyModule_AddObject(m, "EXPERTS", names_tuple(EXPERT_NAMES, 2)) < 0 ||
+        PyModule_AddObject(m, "INPUTS", names_tuple(INPUT_NAMES, MT_INPUT_GRID + 1)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -8,7 +8,9 @@
   parameters are held at 0.
 * :func:`em` runs the C EM of ``csrc/mt_em.h`` (softmax-gated Gaussian MoE with linear or
   one-neuron FFN experts, the last expert the gate's reference) through ``moetheory._core``.
-* :func:`draw_regression` draws (X, y) from a truth model plus Gaussian noise.
+* :func:`draw_regression` draws (X, y) from a truth model plus Gaussian noise, and
+  :func:`em_sample` draws y from a softmax-gated Gaussian MoE at given inputs; both in C, from
+  the core's counter-based generator keyed by the seed.
 
 Both estimators take restarts (``n_init``) and keep the best start (lowest loss, highest
 log-likelihood); both report the trace of the best start and whether it converged.
@@ -22,11 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from . import _core
+from . import _core, samplers
 from .model import MoE
 
 __all__ = ["LeastSquaresResult", "EMResult", "free_mask", "least_squares", "em",
-           "em_loglik", "em_params_size", "em_unpack", "em_pack", "draw_regression"]
+           "em_loglik", "em_sample", "em_params_size", "em_unpack", "em_pack",
+           "draw_regression"]
 
 
 # --------------------------------------------------------------------------- validation
@@ -53,26 +56,32 @@ def _seed(seed):
     return int(seed)
 
 
-def _data(X, y, d=None):
-    """X as (n, d) float64 and y as (n,) float64, finite, with messages naming the argument."""
+def _inputs(X, d=None):
+    """X as (n, d) float64, n >= 1, finite, with messages naming X."""
     X = np.asarray(X)
-    y = np.asarray(y)
     if X.dtype.kind not in "iuf":
         raise ValueError(f"X must be real numbers, got dtype {X.dtype}")
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0 or (d is not None and X.shape[1] != d):
+        want = f"(n, {d})" if d is not None else "(n, d)"
+        raise ValueError(f"X must have shape {want} with n, d >= 1, got {X.shape}")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X must be finite (no NaN or infinity)")
+    return X
+
+
+def _data(X, y, d=None):
+    """X as (n, d) float64 and y as (n,) float64, finite, with messages naming the argument."""
+    X = _inputs(X, d)
+    y = np.asarray(y)
     if y.dtype.kind not in "iuf":
         raise ValueError(f"y must be real numbers, got dtype {y.dtype}")
-    if X.ndim != 2 or X.shape[0] == 0 or (d is not None and X.shape[1] != d):
-        want = f"(n, {d})" if d is not None else "(n, d)"
-        raise ValueError(f"X must have shape {want} with n >= 1, got {X.shape}")
     n = X.shape[0]
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},) or ({n}, 1) to match X, got {y.shape}")
-    X = np.ascontiguousarray(X, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X must be finite (no NaN or infinity)")
     if not np.all(np.isfinite(y)):
         raise ValueError("y must be finite (no NaN or infinity)")
     return X, y
@@ -459,7 +468,7 @@ def _em_options(K, expert, act, outer_scale):
     return K, bool(outer_scale)
 
 
-def _em_theta(theta, d, K, outer_scale, what="init"):
+def _em_theta(theta, d, K, outer_scale, what="init", zero_sigma2=False):
     theta = np.asarray(theta, dtype=np.float64)
     P = em_params_size(d, K, outer_scale)
     if theta.shape != (P,):
@@ -469,8 +478,9 @@ def _em_theta(theta, d, K, outer_scale, what="init"):
     if not np.all(np.isfinite(theta)):
         raise ValueError(f"{what} must be finite")
     p = em_unpack(theta, d, K, outer_scale)
-    if np.any(p["sigma2"] <= 0):
-        raise ValueError(f"{what}: every sigma2 must be > 0, got {p['sigma2']}")
+    if np.any(p["sigma2"] < 0) or (not zero_sigma2 and np.any(p["sigma2"] == 0)):
+        raise ValueError(f"{what}: every sigma2 must be {'>= 0' if zero_sigma2 else '> 0'}, "
+                         f"got {p['sigma2']}")
     if p["beta0"][K - 1] != 0 or np.any(p["beta1"][K - 1] != 0):
         raise ValueError(f"{what}: the reference gate row (beta0[K-1], beta1[K-1]) must be 0")
     return theta
@@ -499,6 +509,38 @@ def em_loglik(theta, X, y, K, *, expert="linear", act="sigmoid", outer_scale=Fal
     X, y = _data(X, y)
     theta = _em_theta(theta, X.shape[1], K, outer_scale, what="theta")
     return _core.em_loglik(theta, X, y, K, expert, act, outer_scale)
+
+
+def em_sample(theta, X, K, *, expert="linear", act="sigmoid", outer_scale=False, seed=0):
+    """Draw y from the softmax-gated Gaussian MoE at the inputs X, in C.
+
+    For each row in turn: a latent expert k ~ softmax(beta0 + beta1 x) (one uniform, inverse
+    CDF), then y = m_k(x) + sqrt(sigma2_k) * N(0, 1) (one normal), from the core's Philox
+    generator keyed by (seed, stream 0); ``csrc/mt_em.h`` (``mt_em_sample``) gives the exact
+    draw order. The same seed gives the same y on every machine.
+
+    Parameters
+    ----------
+    theta : array_like, shape (em_params_size(d, K, outer_scale),)
+        The model (layout of :func:`em_unpack`); sigma2 = 0 is allowed (noise-free draws).
+    X : array_like, shape (n, d)
+    K : int
+    expert, act, outer_scale
+        As for :func:`em`.
+    seed : int, default 0
+        Key of the generator, 0 <= seed < 2**64.
+
+    Returns
+    -------
+    y : ndarray, shape (n,)
+    """
+    K, outer_scale = _em_options(K, expert, act, outer_scale)
+    X = _inputs(X)
+    theta = _em_theta(theta, X.shape[1], K, outer_scale, what="theta", zero_sigma2=True)
+    seed = _seed(seed)
+    if seed >= 2**64:
+        raise ValueError(f"seed must be below 2**64, got {seed}")
+    return _core.em_sample(theta, X, K, expert, act, outer_scale, seed)
 
 
 def em(X, y, K, *, init, expert="linear", act="sigmoid", outer_scale=False, n_init=1,
@@ -587,9 +629,14 @@ def em(X, y, K, *, init, expert="linear", act="sigmoid", outer_scale=False, n_in
 def draw_regression(truth, n, *, noise_sd, seed=0, low=0.0, high=1.0, design="uniform"):
     """Regression data from a truth MoE plus Gaussian noise: y = f*(x) + noise_sd * eps.
 
-    Drawn with NumPy's ``default_rng(seed)`` (PCG64), not with the C core's counter-based
-    generator: data for a rate sweep are drawn once per (n, replication) cell, so the generator
-    is not on a hot path, and seeding by the cell keeps each cell reproducible on its own.
+    Drawn in C by :func:`moetheory.samplers.draw` (``mt_train_data_draw`` of
+    ``csrc/mt_train.h``), from the core's counter-based Philox generator keyed by
+    (seed, stream 0): first X (n d uniforms, row-major; none for the linspace design), then,
+    when noise_sd > 0, the n normals of the noise. The data are a pure function of the seed:
+    the same on every machine and thread count, and a sweep cell seeded by its own
+    (n, replication) is reproducible alone, in whatever order the cells run. They are exactly
+    the first batch an online trainer with this seed would draw from
+    ``samplers.Uniform(d, truth, noise_sd, low, high)`` (``samplers.Grid`` for linspace).
 
     Parameters
     ----------
@@ -600,10 +647,12 @@ def draw_regression(truth, n, *, noise_sd, seed=0, low=0.0, high=1.0, design="un
     noise_sd : float
         Standard deviation of the Gaussian noise, >= 0.
     seed : int, default 0
+        Key of the generator, 0 <= seed < 2**64.
     low, high : float
         The input box [low, high]^d (default [0, 1], the papers' X ~ Uniform[0, 1]).
     design : {"uniform", "linspace"}
-        X ~ Uniform[low, high]^d, or (d = 1 only) an even grid of n points in [low, high].
+        X ~ Uniform[low, high]^d, or (d = 1 only) the even grid numpy.linspace(low, high, n),
+        both ends exact.
 
     Returns
     -------
@@ -617,17 +666,18 @@ def draw_regression(truth, n, *, noise_sd, seed=0, low=0.0, high=1.0, design="un
     n = _int_at_least("n", n, 1)
     noise_sd = _nonneg_real("noise_sd", noise_sd)
     seed = _seed(seed)
+    if seed >= 2**64:
+        raise ValueError(f"seed must be below 2**64, got {seed}")
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"low and high must be finite with low < high, got {low}, {high}")
     d = truth.config["d_in"]
-    rng = np.random.default_rng(seed)
     if design == "uniform":
-        X = rng.uniform(low, high, size=(n, d))
+        sampler = samplers.Uniform(d, truth, noise=noise_sd, low=float(low), high=float(high))
     elif design == "linspace":
         if d != 1:
             raise ValueError(f"design='linspace' needs d_in = 1, got {d}")
-        X = np.linspace(low, high, n)[:, None]
+        sampler = samplers.Grid(truth, noise=noise_sd, low=float(low), high=float(high))
     else:
         raise ValueError(f"design must be 'uniform' or 'linspace', got {design!r}")
-    y = truth(X)[:, 0] + noise_sd * rng.standard_normal(n)
-    return X, y
+    X, y = samplers.draw(sampler, n, seed=seed)
+    return X, y[:, 0]

@@ -1,16 +1,22 @@
-"""Input distributions for online training: samples are drawn inside the C loop.
+"""Input distributions for online training: samples are drawn in C.
 
 A sampler is a description; the C trainer draws from it with its own counter-based RNG, so a
-run is reproducible from its seed alone.
+run is reproducible from its seed alone. :func:`draw` draws from the same description outside
+a trainer, with the same C code (``mt_train_data_draw``), so ``draw(sampler, n, seed=s)`` is the
+first batch that ``train_online(..., sampler, batch_size=n, seed=s)`` trains on.
 """
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
+from . import _core
 from .model import MoE
 
-_KINDS = {"gaussian": 0, "mixture": 1, "uniform": 2}
+# the C core's input kinds, by name, in enum order (mt_input_kind)
+_KINDS = {name: i for i, name in enumerate(_core.INPUTS)}
 
 
 @dataclass
@@ -37,12 +43,51 @@ class Gaussian:
 
 @dataclass
 class Uniform:
-    """x ~ Uniform[-scale, scale]^d; targets from the teacher plus noise."""
+    """x ~ Uniform[low, high]^d; targets y = teacher(x) + noise * N(0, 1).
+
+    Parameters
+    ----------
+    d : int
+        Input dimension.
+    teacher : MoE
+        The model whose outputs are the targets.
+    noise : float
+        Standard deviation of the Gaussian noise added to each target entry.
+    low, high : float
+        The box, finite with low < high.
+    """
     d: int
     teacher: MoE
     noise: float = 0.0
-    scale: float = 1.0
+    low: float = -1.0
+    high: float = 1.0
     kind = "uniform"
+
+
+@dataclass
+class Grid:
+    """A fixed design: the n inputs of a batch are the even grid numpy.linspace(low, high, n)
+    (both ends exact; x = low when n = 1), and y = teacher(x) + noise * N(0, 1). d = 1. No
+    randomness is used for x, so every batch has the same inputs and fresh noise.
+
+    Parameters
+    ----------
+    teacher : MoE
+        The model whose outputs are the targets (d_in = 1).
+    noise : float
+        Standard deviation of the Gaussian noise added to each target entry.
+    low, high : float
+        The ends of the grid, finite with low < high.
+    """
+    teacher: MoE
+    noise: float = 0.0
+    low: float = 0.0
+    high: float = 1.0
+    kind = "grid"
+
+    @property
+    def d(self):
+        return 1
 
 
 @dataclass
@@ -70,23 +115,39 @@ class GaussianMixture:
         return np.asarray(self.centres).shape[1]
 
 
+def _finite(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def core_arguments(sampler):
-    """Keyword arguments of the C trainer that describe `sampler`."""
+    """Keyword arguments of the C trainer (and of :func:`draw`) that describe `sampler`."""
     source = getattr(sampler, "core_source", None)
     if source is not None:  # a task that draws (X, y) jointly in C (moetheory.tasks)
         return dict(source=source)
-    if not isinstance(sampler, (Gaussian, Uniform, GaussianMixture)):
-        raise TypeError("sampler must be a moetheory.samplers.Gaussian, Uniform or "
+    if not isinstance(sampler, (Gaussian, Uniform, Grid, GaussianMixture)):
+        raise TypeError("sampler must be a moetheory.samplers.Gaussian, Uniform, Grid or "
                         f"GaussianMixture, got {type(sampler).__name__}")
     if not isinstance(sampler.teacher, MoE):
         raise TypeError(f"sampler.teacher must be a moetheory.MoE, got {type(sampler.teacher).__name__}")
-    if not (np.isfinite(sampler.noise) and sampler.noise >= 0):
+    if not (_finite("sampler.noise", sampler.noise) >= 0):
         raise ValueError(f"sampler.noise must be a finite number >= 0, got {sampler.noise!r}")
-    if not (np.isfinite(sampler.scale) and sampler.scale >= 0):
-        raise ValueError(f"sampler.scale must be a finite number >= 0, got {sampler.scale!r}")
     args = dict(teacher=sampler.teacher._layer, teacher_theta=sampler.teacher.theta,
-                input=_KINDS[sampler.kind], scale=float(sampler.scale),
-                noise_sd=float(sampler.noise))
+                input=_KINDS[sampler.kind], noise_sd=float(sampler.noise))
+    if sampler.kind in ("uniform", "grid"):
+        low, high = _finite("sampler.low", sampler.low), _finite("sampler.high", sampler.high)
+        if not (low < high and math.isfinite(high - low)):
+            raise ValueError(f"sampler.low and sampler.high must satisfy low < high, got "
+                             f"{low!r} and {high!r}")
+        if sampler.kind == "grid" and sampler.teacher.config["d_in"] != 1:
+            raise ValueError("sampler.teacher of a Grid must have d_in = 1, got "
+                             f"{sampler.teacher.config['d_in']}")
+        args.update(low=low, high=high)
+        return args
+    if not (_finite("sampler.scale", sampler.scale) >= 0):
+        raise ValueError(f"sampler.scale must be a finite number >= 0, got {sampler.scale!r}")
+    args["scale"] = float(sampler.scale)
     if sampler.kind == "mixture":
         args["centres"] = sampler.centres
         if sampler.weights is not None:
@@ -95,3 +156,39 @@ def core_arguments(sampler):
                 raise ValueError("sampler.weights must be non-negative with a positive sum")
             args["weights"] = w / w.sum()
     return args
+
+
+def draw(sampler, n, seed=0):
+    """Draw n samples from `sampler` in C, exactly as the online trainer draws a batch.
+
+    The draw is ``mt_train_data_draw`` of ``csrc/mt_train.h`` (which gives the draw order) from
+    the C core's counter-based Philox generator keyed by (seed, stream 0), the stream the
+    trainer draws its batches from. So ``draw(sampler, n, seed=s)`` is bitwise the first batch
+    of ``train_online(model, sampler, batch_size=n, seed=s)``, and the same seed gives the same
+    samples on any machine and thread count.
+
+    Parameters
+    ----------
+    sampler : Gaussian, Uniform, Grid, GaussianMixture or a task with ``core_source``
+        The data description (inputs, teacher, noise).
+    n : int
+        Number of samples, >= 1.
+    seed : int, default 0
+        Key of the generator, 0 <= seed < 2**64.
+
+    Returns
+    -------
+    X : ndarray, shape (n, d_in)
+    y : ndarray, shape (n, d_out)
+        The teacher's outputs at X plus noise (for a task, its targets).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the bad argument (a sampler field as ``sampler.<field>``).
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return _core.draw(int(n), seed=int(seed), **core_arguments(sampler))

@@ -255,7 +255,9 @@ def train_online(model, sampler, *, batch_size, steps, optimizer="sgd", lr=1e-2,
                  callback=None, chunk_seconds=0.05, aux_switch=0.0, aux_z=0.0):
     """Online training: every step draws a fresh batch in C from `sampler` (inputs) and its
     teacher (targets plus noise). Arguments as in `train`; `sampler` is one of
-    `moetheory.samplers.Gaussian`, `Uniform` or `GaussianMixture`.
+    `moetheory.samplers.Gaussian`, `Uniform`, `Grid` or `GaussianMixture` (or a task of
+    `moetheory.tasks`). The first step's batch is `moetheory.samplers.draw(sampler,
+    batch_size, seed)`.
 
     Returns
     -------

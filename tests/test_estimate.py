@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import reference_em
-from moetheory import MoE, _core
-from moetheory.estimate import (draw_regression, em, em_loglik, em_unpack, free_mask,
-                                least_squares)
+from moetheory import MoE, _core, samplers
+from moetheory.estimate import (draw_regression, em, em_loglik, em_pack, em_sample, em_unpack,
+                                free_mask, least_squares)
+from moetheory.experiments.softmax_rates import crpe_sample, crpe_truth
 
 EM_RTOL = 1e-6
 SIGMOID_FREE = ["router.*", "experts.W1", "experts.b1", "!router.*[-1]"]
@@ -132,6 +133,94 @@ def test_draw_regression_reproducible():
     np.testing.assert_allclose(y0, truth(X0)[:, 0])
 
 
+def test_draw_regression_is_drawn_in_c_by_samplers_draw():
+    truth = sigmoid_moe([8, 0], [-4, 0], [10, 6], [-8, -1])
+    X, y = draw_regression(truth, 200, noise_sd=0.1, seed=9, low=-0.5, high=2.0)
+    Xs, ys = samplers.draw(samplers.Uniform(1, truth, noise=0.1, low=-0.5, high=2.0), 200, seed=9)
+    np.testing.assert_array_equal(X, Xs)
+    np.testing.assert_array_equal(y, ys[:, 0])
+    X, y = draw_regression(truth, 200, noise_sd=0.1, seed=9, design="linspace")
+    Xs, ys = samplers.draw(samplers.Grid(truth, noise=0.1), 200, seed=9)
+    np.testing.assert_array_equal(X, Xs)
+    np.testing.assert_array_equal(y, ys[:, 0])
+    X2, y2 = draw_regression(truth, 200, noise_sd=0.1, seed=10)
+    assert not np.any(X2 == draw_regression(truth, 200, noise_sd=0.1, seed=9)[0])
+
+
+def test_draw_regression_moments():
+    """n = 20000, seed 5, bands of 5 standard errors: mean of X ~ U[0, 1] (SE sqrt(1/12 / n)),
+    the residual y - f*(X) with mean 0 (SE sd / sqrt(n)) and sd noise_sd (SE sd / sqrt(2 n))."""
+    truth = sigmoid_moe([8, 0], [-4, 0], [10, 6], [-8, -1])
+    n, sd = 20000, 0.05
+    X, y = draw_regression(truth, n, noise_sd=sd, seed=5)
+    assert X.shape == (n, 1) and y.shape == (n,)
+    assert X.min() >= 0 and X.max() <= 1
+    assert abs(X.mean() - 0.5) < 5 * np.sqrt(1 / 12 / n)
+    r = y - truth(X)[:, 0]
+    assert abs(r.mean()) < 5 * sd / np.sqrt(n)
+    assert abs(r.std() - sd) < 5 * sd / np.sqrt(2 * n)
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (-3.3, 1e-3)])
+def test_draw_regression_linspace_has_exact_ends(low, high):
+    truth = sigmoid_moe([8, 0], [-4, 0], [10, 6], [-8, -1])
+    X, y = draw_regression(truth, 257, noise_sd=0.0, seed=0, low=low, high=high,
+                           design="linspace")
+    assert X[0, 0] == low and X[-1, 0] == high
+    np.testing.assert_array_equal(X[:, 0], np.linspace(low, high, 257))
+    np.testing.assert_allclose(y, truth(X)[:, 0], rtol=1e-12)
+
+
+def separated_em_truth():
+    """K = 2, d = 1 on x in [-1, 1]: expert means 10 apart, sds 0.3 and 0.2, so each draw's
+    expert is read off as the nearest mean (a wrong read needs a deviation of > 16 sds)."""
+    return em_pack([0.5, 0.0], [[-2.0], [0.0]], [[1.0], [-0.5]], [-5.0, 5.0], [0.09, 0.04])
+
+
+def test_em_sample_labels_and_residuals_match_the_truth():
+    """n = 20000, seed 3, bands of 5 standard errors: the count of expert k against
+    sum_i pi_k(x_i) (SE sqrt(sum_i pi_k (1 - pi_k))); per expert the residual mean (SE
+    sd_k / sqrt(n_k)) and sd (SE sd_k / sqrt(2 n_k))."""
+    theta = separated_em_truth()
+    p = em_unpack(theta, 1, 2)
+    n = 20000
+    X = np.linspace(-1.0, 1.0, n)[:, None]
+    y = em_sample(theta, X, 2, seed=3)
+    assert y.shape == (n,)
+    means = X @ p["a"].T + p["b"]
+    k = np.argmin(np.abs(y[:, None] - means) / np.sqrt(p["sigma2"]), axis=1)
+    s = X @ p["beta1"].T + p["beta0"]
+    pi = np.exp(s - s.max(axis=1, keepdims=True))
+    pi /= pi.sum(axis=1, keepdims=True)
+    for j in range(2):
+        count = np.sum(k == j)
+        assert abs(count - pi[:, j].sum()) < 5 * np.sqrt(np.sum(pi[:, j] * (1 - pi[:, j])))
+        r = (y - means[:, j])[k == j]
+        sd = np.sqrt(p["sigma2"][j])
+        assert abs(r.mean()) < 5 * sd / np.sqrt(count)
+        assert abs(r.std() - sd) < 5 * sd / np.sqrt(2 * count)
+    np.testing.assert_array_equal(y, em_sample(theta, X, 2, seed=3))
+    assert not np.any(y == em_sample(theta, X, 2, seed=4))
+
+
+def test_em_sample_noise_free_and_ffn_experts():
+    # sigma2 = 0: every y is exactly one of the expert means (here c tanh(a x + b))
+    theta = em_pack([0.3, 0.0], [[2.0], [0.0]], [[1.0], [-1.0]], [0.5, 0.2], [0.0, 0.0],
+                    c=[3.0, -2.0])
+    X = np.linspace(-1, 1, 50)[:, None]
+    y = em_sample(theta, X, 2, expert="ffn", act="tanh", outer_scale=True, seed=1)
+    m = np.stack([3 * np.tanh(X[:, 0] + 0.5), -2 * np.tanh(-X[:, 0] + 0.2)], axis=1)
+    assert np.all(np.min(np.abs(y[:, None] - m), axis=1) <= 1e-15)
+
+
+def test_crpe_sample_draws_in_c_from_the_crpe_truth():
+    X, y = crpe_sample(300, 11)
+    assert X.shape == (300, 1) and y.shape == (300,)
+    np.testing.assert_array_equal(X[:, 0], np.linspace(0, 1, 300))
+    np.testing.assert_array_equal(y, em_sample(crpe_truth(), X, 2, seed=11))
+    np.testing.assert_array_equal(y, crpe_sample(300, 11)[1])
+
+
 def _bad_cases():
     truth = sigmoid_moe([8, 0], [-4, 0], [10, 6], [-8, -1])
     X, y = draw_regression(truth, 50, noise_sd=0.1, seed=0)
@@ -159,14 +248,32 @@ def _bad_cases():
         ("y", lambda: em_loglik(th, Xe, ye[:10], 2)),
         ("noise_sd", lambda: draw_regression(truth, 10, noise_sd=-1.0)),
         ("n", lambda: draw_regression(truth, 0, noise_sd=1.0)),
+        ("seed", lambda: draw_regression(truth, 10, noise_sd=1.0, seed=-1)),
+        ("low", lambda: draw_regression(truth, 10, noise_sd=1.0, low=1.0, high=0.0)),
+        ("design", lambda: draw_regression(truth, 10, noise_sd=1.0, design="sobol")),
+        ("theta", lambda: em_sample(th[:3], Xe, 2)),
+        ("theta", lambda: em_sample(bad_ref, Xe, 2)),
+        ("sigma2", lambda: em_sample(np.where(np.arange(th.size) == th.size - 1, -1.0, th),
+                                     Xe, 2)),
+        ("X", lambda: em_sample(th, np.where(Xe > 0.5, np.nan, Xe), 2)),
+        ("X", lambda: em_sample(th, Xe[:, 0], 2)),
+        ("K", lambda: em_sample(th, Xe, 0)),
+        ("expert", lambda: em_sample(th, Xe, 2, expert="quadratic")),
+        ("seed", lambda: em_sample(th, Xe, 2, seed=-3)),
+        ("seed", lambda: em_sample(th, Xe, 2, seed=2 ** 64)),
         # the C binding itself names its arguments too
         ("y", lambda: _core.em_fit(th, Xe, ye[:5], 2)),
         ("theta", lambda: _core.em_loglik(bad_ref, Xe, ye, 2)),
         ("max_iter", lambda: _core.em_fit(th, Xe, ye, 2, max_iter=0)),
+        ("X", lambda: _core.em_sample(th, Xe[:, 0], 2)),
+        ("sigma2", lambda: _core.em_sample(np.where(np.arange(th.size) == th.size - 2, -1.0, th),
+                                           Xe, 2)),
+        ("theta", lambda: _core.em_sample(bad_ref, Xe, 2)),
+        ("K", lambda: _core.em_sample(th, Xe, 0)),
     ]
 
 
-@pytest.mark.parametrize("index", range(22))
+@pytest.mark.parametrize("index", range(len(_bad_cases())))
 def test_bad_inputs_raise_value_error_naming_the_argument(index):
     name, call = _bad_cases()[index]
     with pytest.raises(ValueError, match=name):

@@ -106,29 +106,32 @@ def test_exact_ffn_rate(exact_ffn):
     assert fit.ci_high < -0.25, fit
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not reproduced on the quick grid (seed 0): multi-atom parameter error "
-    "slope -0.44, CI [-0.87, -0.21], r2 0.57; the redundant atom often leaves the true atom "
-    "(mean error ~5 up to n = 1.5e4, ~1 at n = 3e4): pre-asymptotic, see the issue note"))
+# Not strict: with the data drawn in C (seed 0) the point slope falls inside the band by
+# chance while the curve is as pre-asymptotic as before (NumPy-drawn data gave -0.44).
+@pytest.mark.xfail(strict=False, reason=(
+    "not reproduced on the quick grid (seed 0, data drawn in C): multi-atom parameter error "
+    "slope -0.28, CI [-0.63, -0.06] (includes -1/2), r2 0.57; the mean error is not monotone "
+    "(7.3, 5.4, 3.7, 4.9, 5.2, 1.9 over the grid): the redundant atom often leaves the true "
+    "atom, pre-asymptotic, see the issue note"))
 def test_over_ffn_multi_atom_rate(over_ffn):
     fit = slope(over_ffn, "err_multi")
     assert abs(fit.slope + 0.25) <= 0.1, fit
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "not reproduced on the quick grid (seed 0): over-specified D1 slope -1.31, CI [-1.81, "
-    "-0.51], r2 0.89: mean D1 dominated by fits whose redundant atom drifted (D1 ~ 1-50 at "
-    "n <= 7.7e3, ~0.15 at n >= 1.5e4)"))
+    "not reproduced on the quick grid (seed 0, data drawn in C): over-specified D1 slope "
+    "-1.63, CI [-2.19, -0.14], r2 0.72: mean D1 dominated by fits whose redundant atom drifted "
+    "(mean D1 1-100 at n <= 1.5e4, 0.09 at n = 3e4)"))
 def test_over_ffn_d1_rate(over_ffn):
     fit = slope(over_ffn, "D1")
     assert abs(fit.slope + 0.5) <= 0.1, fit
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "not reproduced on the quick grid (seed 0): multi-atom parameter error slopes linear -1.74 "
-    "(CI [-1.98, -1.24]) vs sigmoid -0.44 (CI [-0.87, -0.21]); linear is steeper, not "
-    "flatter; both curves are transients (large drifts at small n that stop by n = 1.5e4 "
-    "for linear)"))
+    "not reproduced on the quick grid (seed 0, data drawn in C): multi-atom parameter error "
+    "slopes linear -1.70 (CI [-1.91, -1.04]) vs sigmoid -0.28 (CI [-0.63, -0.06]); linear is "
+    "steeper, not flatter; both curves are transients (large drifts at small n that stop by "
+    "n = 7.7e3 for linear)"))
 def test_linear_flatter_than_ffn(over_ffn, over_linear):
     ffn, lin = slope(over_ffn, "err_multi"), slope(over_linear, "err_multi")
     assert lin.slope - ffn.slope >= 0.1, (lin, ffn)

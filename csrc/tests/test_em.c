@@ -395,10 +395,182 @@ static void test_interrupt_and_args(void)
     mt_em_workspace_free(ws);
 }
 
+/* mt_em_sample. A three-expert truth on d = 2 whose expert means stay >= 8 apart on the
+ * inputs used ([-1, 1]^2, |a_k . x| <= 1, intercepts -10, 0, 10) while every sd is <= 0.5, so
+ * each draw's expert is read off as the nearest mean (a wrong read needs an 8-sd deviation).
+ * Then, with N = 20000 and bands of 5 standard errors: the count of expert k against
+ * sum_i pi_k(x_i) (SE sqrt(sum_i pi_k (1 - pi_k))), and per expert the residual mean (SE
+ * sd_k / sqrt(N_k)) and variance (SE sigma2_k sqrt(2 / N_k)). */
+static void em_gate(double *pi, const double *flat, const double *x, size_t d, size_t K)
+{
+    double s[3], smax = 0.0, S = 0.0;
+    for (size_t k = 0; k < K; k++) {
+        s[k] = flat[k];
+        for (size_t j = 0; j < d; j++) s[k] += flat[K + k * d + j] * x[j];
+        if (s[k] > smax) smax = s[k];
+    }
+    for (size_t k = 0; k < K; k++) S += (pi[k] = exp(s[k] - smax));
+    for (size_t k = 0; k < K; k++) pi[k] /= S;
+}
+
+static void test_sample(void)
+{
+    enum { N = 20000, D = 2, KK = 3 };
+    const size_t d = D, K = KK;
+    /* beta0 (K,), beta1 (K, d), a (K, d), b (K,), sigma2 (K,) */
+    double flat[KK * (2 * D + 3)] = {0.5, -0.3, 0.0,
+                                     1.0, -2.0, -1.5, 0.5, 0.0, 0.0,
+                                     0.5, -0.5, 0.3, 0.3, -0.4, 0.2,
+                                     -10.0, 0.0, 10.0,
+                                     0.09, 0.25, 0.04};
+    mt_em_params p;
+    CHECK(mt_em_params_view(&p, flat, d, K, 0) == MT_OK);
+    mt_em_options opt;
+    mt_em_options_default(&opt);
+    double *X = malloc(sizeof(double) * N * D), *y = malloc(sizeof(double) * N);
+    CHECK(X && y);
+    if (!X || !y) { free(X); free(y); return; }
+    unsigned long long st = 12345;
+    for (size_t i = 0; i < N * d; i++) {
+        st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+        X[i] = 2.0 * ((double)(st >> 11) / 9007199254740992.0) - 1.0;
+    }
+    mt_rng r;
+    mt_rng_init(&r, 2024, 1);
+    CHECK(mt_em_sample(y, &r, &p, &opt, X, N, d, K) == MT_OK);
+    double count[KK] = {0}, expect[KK] = {0}, var[KK] = {0}, rsum[KK] = {0}, r2sum[KK] = {0};
+    for (size_t i = 0; i < N; i++) {
+        const double *x = X + i * d;
+        double pi[KK], best = INFINITY;
+        size_t k_hat = 0;
+        em_gate(pi, flat, x, d, K);
+        for (size_t k = 0; k < K; k++) {
+            expect[k] += pi[k];
+            var[k] += pi[k] * (1.0 - pi[k]);
+            double m = p.b[k] + p.a[k * d] * x[0] + p.a[k * d + 1] * x[1];
+            double z = fabs(y[i] - m) / sqrt(p.sigma2[k]);
+            if (z < best) { best = z; k_hat = k; }
+        }
+        double m = p.b[k_hat] + p.a[k_hat * d] * x[0] + p.a[k_hat * d + 1] * x[1];
+        count[k_hat] += 1.0;
+        rsum[k_hat] += y[i] - m;
+        r2sum[k_hat] += (y[i] - m) * (y[i] - m);
+    }
+    for (size_t k = 0; k < K; k++) {
+        check_within("label count", count[k], expect[k], sqrt(var[k]), 5.0);
+        double nk = count[k], s2 = p.sigma2[k];
+        check_within("residual mean", rsum[k] / nk, 0.0, sqrt(s2 / nk), 5.0);
+        check_within("residual variance", r2sum[k] / nk, s2, s2 * sqrt(2.0 / nk), 5.0);
+    }
+
+    /* Draw order: per sample one uniform (label) then one normal, replayed by hand on K = 2
+     * experts that overlap (so labels are not read off y). */
+    double flat2[2 * (2 * 1 + 3)] = {0.3, 0.0, 2.0, 0.0, 1.0, -1.0, 0.5, 0.2, 0.04, 0.01};
+    mt_em_params p2;
+    CHECK(mt_em_params_view(&p2, flat2, 1, 2, 0) == MT_OK);
+    double x7[7] = {-1.0, -0.5, 0.0, 0.1, 0.5, 0.9, 2.0}, y7[7], y7b[7];
+    mt_rng a, b;
+    mt_rng_init(&a, 5, 0);
+    mt_rng_init(&b, 5, 0);
+    CHECK(mt_em_sample(y7, &a, &p2, &opt, x7, 7, 1, 2) == MT_OK);
+    for (size_t i = 0; i < 7; i++) {
+        double s0 = 0.3 + 2.0 * x7[i], smax = s0 > 0.0 ? s0 : 0.0;
+        double e0 = exp(s0 - smax), e1 = exp(0.0 - smax);
+        size_t k = mt_rng_uniform(&b) * (e0 + e1) < e0 ? 0 : 1;
+        double z = mt_rng_normal(&b);
+        CHECK_CLOSE(y7[i], (flat2[4 + k] * x7[i] + flat2[6 + k]) + sqrt(flat2[8 + k]) * z, 1e-14);
+    }
+    CHECK(mt_rng_next_u32(&a) == mt_rng_next_u32(&b));
+    mt_rng_init(&a, 5, 0);
+    CHECK(mt_em_sample(y7b, &a, &p2, &opt, x7, 7, 1, 2) == MT_OK);
+    CHECK(memcmp(y7, y7b, sizeof y7) == 0);
+
+    /* sigma2 == 0 is allowed (noise-free draws) and consumes the same stream; FFN experts
+     * with an outer scale then give exactly one of the K means */
+    double flat3[2 * (2 * 1 + 4)] = {0.3, 0.0, 2.0, 0.0, 1.0, -1.0, 0.5, 0.2, 3.0, -2.0,
+                                     0.0, 0.0};
+    mt_em_params p3;
+    CHECK(mt_em_params_view(&p3, flat3, 1, 2, 1) == MT_OK);
+    mt_em_options ffn = opt;
+    ffn.expert = MT_EM_FFN;
+    ffn.act = MT_EM_TANH;
+    ffn.outer_scale = 1;
+    mt_rng_init(&a, 5, 0);
+    mt_rng_init(&b, 5, 0);
+    CHECK(mt_em_sample(y7b, &a, &p3, &ffn, x7, 7, 1, 2) == MT_OK);
+    for (size_t i = 0; i < 7; i++) {
+        double m0 = 3.0 * tanh(1.0 * x7[i] + 0.5), m1 = -2.0 * tanh(-1.0 * x7[i] + 0.2);
+        CHECK(fabs(y7b[i] - m0) < 1e-15 || fabs(y7b[i] - m1) < 1e-15);
+    }
+    CHECK(mt_em_sample(y7, &b, &p2, &opt, x7, 7, 1, 2) == MT_OK);
+    CHECK(mt_rng_next_u32(&a) == mt_rng_next_u32(&b));
+
+    /* K == 1: a label is still drawn */
+    double flat1[1 * (2 * 1 + 3)] = {0.0, 0.0, 2.0, 1.0, 0.25};
+    mt_em_params p1;
+    CHECK(mt_em_params_view(&p1, flat1, 1, 1, 0) == MT_OK);
+    mt_rng_init(&a, 8, 0);
+    mt_rng_init(&b, 8, 0);
+    CHECK(mt_em_sample(y7, &a, &p1, &opt, x7, 7, 1, 1) == MT_OK);
+    for (size_t i = 0; i < 7; i++) {
+        (void)mt_rng_uniform(&b);
+        CHECK_CLOSE(y7[i], (2.0 * x7[i] + 1.0) + 0.5 * mt_rng_normal(&b), 1e-14);
+    }
+
+    /* bad arguments: MT_EINVAL, y untouched, nothing drawn */
+    double yb[7];
+    for (int c = 0; c < 16; c++) {
+        double f[10];
+        memcpy(f, flat2, sizeof f);
+        mt_em_params q;
+        mt_em_params_view(&q, f, 1, 2, 0);
+        mt_em_options o = opt;
+        double xb[7];
+        memcpy(xb, x7, sizeof xb);
+        double *yp = yb;
+        const double *xp = xb;
+        const mt_em_params *pp = &q;
+        const mt_em_options *op = &o;
+        size_t n = 7, dd = 1, KB = 2;
+        mt_rng_init(&a, 3, 0);
+        mt_rng *rp = &a;
+        switch (c) {
+        case 0: yp = NULL; break;
+        case 1: rp = NULL; break;
+        case 2: pp = NULL; break;
+        case 3: op = NULL; break;
+        case 4: xp = NULL; break;
+        case 5: n = 0; break;
+        case 6: dd = 0; break;
+        case 7: KB = 0; break;
+        case 8: f[8] = -0.01; break;            /* sigma2 < 0 */
+        case 9: f[9] = NAN; break;              /* sigma2 not finite */
+        case 10: f[1] = 0.5; break;             /* reference beta0 */
+        case 11: f[3] = 1.0; break;             /* reference beta1 */
+        case 12: f[5] = INFINITY; break;        /* a slope */
+        case 13: xb[4] = NAN; break;
+        case 14: o.outer_scale = 1; break;      /* linear experts with an outer scale */
+        case 15: o.expert = MT_EM_FFN; o.act = (mt_em_act)9; break;
+        }
+        for (int i = 0; i < 7; i++) yb[i] = 7.0;
+        mt_status status = mt_em_sample(yp, rp, pp, op, xp, n, dd, KB);
+        if (status != MT_EINVAL) fprintf(stderr, "mt_em_sample bad case %d: %d\n", c, status);
+        CHECK(status == MT_EINVAL);
+        int untouched = 1;
+        for (int i = 0; i < 7; i++) untouched &= yb[i] == 7.0;
+        CHECK(untouched);
+        mt_rng_init(&b, 3, 0);
+        CHECK(mt_rng_next_u32(&a) == mt_rng_next_u32(&b));
+    }
+    free(X);
+    free(y);
+}
+
 int main(void)
 {
     test_crpe_sgame();
     test_ffn();
     test_interrupt_and_args();
+    test_sample();
     TEST_MAIN_END();
 }

@@ -634,15 +634,12 @@ def crpe_truth():
 
 
 def crpe_sample(n, seed):
-    """X = linspace(0, 1, n) (n, 1), y (n,) from the CRPE-SGaME truth (NumPy default_rng)."""
-    rng = np.random.default_rng(seed)
-    p = em_unpack(crpe_truth(), 1, 2)
+    """X = linspace(0, 1, n) (n, 1), y (n,) from the CRPE-SGaME truth, drawn in C
+    (moetheory.estimate.em_sample: the core's Philox generator keyed by (seed, stream 0))."""
+    # imported here, not at the top, to keep this change to the function's body
+    from ..estimate import em_sample
     X = np.linspace(0.0, 1.0, n)[:, None]
-    s = X @ p["beta1"].T + p["beta0"]
-    pi0 = 1.0 / (1.0 + np.exp(s[:, 1] - s[:, 0]))
-    z = (rng.uniform(size=n) > pi0).astype(np.int64)
-    mean = (X @ p["a"].T + p["b"])[np.arange(n), z]
-    return X, mean + np.sqrt(p["sigma2"][z]) * rng.standard_normal(n)
+    return X, em_sample(crpe_truth(), X, 2, seed=seed)
 
 
 def crpe_init(n, K, rng):
