@@ -127,7 +127,8 @@ def test_reproduce_tiny(tmp_path, monkeypatch):
     base = lc.Config(d=9, n_clusters=2, hidden=3, stage_steps=(40, 20, 20), record_every=20,
                      n_test=200)
     monkeypatch.setattr(lc, "quick_settings", lambda: (base, dict(
-        ds=(9, 12), seeds=(1, 2), max_steps=lambda d: 300 * d, check_every=lambda d: 20 * d)))
+        base=base, ds=(9, 12), seeds=(1, 2), max_steps=lambda d: 300 * d,
+        check_every=lambda d: 20 * d)))
     monkeypatch.setattr(lc, "paper_settings", lambda quick: replace(base, link_degree=3))
     rows = lc.reproduce(str(tmp_path), quick=True, progress=False)
     assert [r["variant"] for r in rows] == ["stagewise-online", "joint-online", "stagewise-finite",
@@ -219,15 +220,41 @@ def test_global_direction_separation(paper_run):
     assert paper_run["global_alignment_vanilla"][-1] < lc.vanilla_global_bound(lc.paper_setting(16))
 
 
+def _recovery(settings):
+    return lc.recovery_sweep(settings["base"], settings["ds"], settings["seeds"],
+                             settings["max_steps"], settings["check_every"], workers=2)
+
+
+@pytest.fixture(scope="module")
+def quick_recovery():
+    return _recovery(lc.quick_settings()[1])
+
+
+def test_recovery_sweep_is_tidy_and_recovers(quick_recovery):
+    s = quick_recovery
+    assert s["d"].tolist() == [9, 9, 12, 12, 16, 16, 24, 24]
+    assert np.all(np.isfinite(s["steps"])), s  # every run recovers within 300 d^2 steps
+    assert np.all(s["final_alignment"] > lc.RECOVERY)
+    assert np.all((0 <= s["vanilla_alignment"]) & (s["vanilla_alignment"] <= 1 + 1e-12))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced at d = 9..24 (seeds 1, 2): fitted exponent 2.89, CI [2.83, 2.96]; steps / d^2 "
+    "= 32, 67, 74, 85 (means per d) rise with d, steps / (d^2 log d) = 15, 27, 27, 27"))
+def test_recovery_exponent_k3_quick(quick_recovery):
+    """The fast version of the slow test below: the 95% CI of the fitted exponent of the
+    MoE's steps to recovery must contain the theory's d^{k-1} = d^2 and exclude 1."""
+    fit, _ = lc.fit_recovery(quick_recovery)
+    assert fit is not None and fit.covers(2.0) and not fit.covers(1.0), fit
+
+
 @pytest.mark.slow
 def test_recovery_exponent_k3():
-    """Full scale: at k = 3 the MoE's online steps to recovery grow like d^{k-1} = d^2: the
-    bootstrap 95% CI of the fitted exponent must contain 2 and exclude 1 (a d log d curve)."""
-    base = lc.Config(link_degree=3)
-    sweep = lc.recovery_sweep(base, (12, 16, 24, 32), (1, 2, 3), lambda d: 200 * d * d,
-                              lambda d: 10 * d)
-    fit, _ = lc.fit_recovery(sweep)
-    assert fit is not None and fit.covers(2.0) and not fit.covers(1.0)
+    """Full scale (d from 9 to 64, 4 seeds): at k = 3 the MoE's online steps to recovery grow
+    like d^{k-1} = d^2: the bootstrap 95% CI of the fitted exponent must contain 2 and exclude
+    1 (a d log d curve)."""
+    fit, _ = lc.fit_recovery(_recovery(lc.full_settings()[1]))
+    assert fit is not None and fit.covers(2.0) and not fit.covers(1.0), fit
 
 
 @pytest.mark.slow
