@@ -249,6 +249,11 @@ def test_recovery_exponent_k3_quick(quick_recovery):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced (d = 9..64, seeds 1-4, budget 300 d^2): 21 of 28 runs recovered (d = 32: "
+    "3/4, 48: 2/4, 64: 2/4; the failures end with one cluster direction unfound, min "
+    "alignment 0.04-0.14, or 0.87); fitted exponent 2.49, CI [2.17, 2.70]; of steps / log d "
+    "2.17, CI [1.84, 2.38]; median steps / d^2 32, 67, 123, 90, 93, 68, 143 by d"))
 def test_recovery_exponent_k3():
     """Full scale (d from 9 to 64, 4 seeds): at k = 3 the MoE's online steps to recovery grow
     like d^{k-1} = d^2: the bootstrap 95% CI of the fitted exponent must contain 2 and exclude

