@@ -282,6 +282,19 @@ static int acquire(int *busy)
     return 0;
 }
 
+/* Claim the busy flag, then make sure the workspace holds n rows. In this order because
+ * another thread that holds the flag may be using the workspace with the GIL released: growing
+ * it first would free it under that thread. On failure the flag is left free. */
+static int claim_workspace(LayerObject *self, size_t n)
+{
+    if (acquire(&self->busy) < 0) return -1;
+    if (ensure_workspace(self, n) < 0) {
+        self->busy = 0;
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Layer_layout(LayerObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *list = PyList_New((Py_ssize_t)self->layout.n_blocks);
@@ -360,7 +373,7 @@ static PyObject *Layer_forward(LayerObject *self, PyObject *args)
     npy_intp gs[2] = {(npy_intp)n, (npy_intp)self->cfg.n_experts};
     out = (PyArrayObject *)PyArray_SimpleNew(2, os, NPY_DOUBLE);
     gates = (PyArrayObject *)PyArray_SimpleNew(2, gs, NPY_DOUBLE);
-    if (!out || !gates || ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
+    if (!out || !gates || claim_workspace(self, n) < 0) goto done;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
     st = mt_moe_forward(PyArray_DATA(out), PyArray_DATA(gates), PyArray_DATA(theta),
@@ -393,7 +406,7 @@ static PyObject *Layer_loss_and_grad(LayerObject *self, PyObject *args)
     if (!y) goto done;
     npy_intp gs[1] = {(npy_intp)self->layout.n_params};
     grad = (PyArrayObject *)PyArray_SimpleNew(1, gs, NPY_DOUBLE);
-    if (!grad || ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
+    if (!grad || claim_workspace(self, n) < 0) goto done;
     double loss = 0.0;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -736,6 +749,17 @@ static int stack_ensure_workspace(StackObject *self, size_t n)
     return 0;
 }
 
+/* As claim_workspace, for a stack. */
+static int stack_claim_workspace(StackObject *self, size_t n)
+{
+    if (acquire(&self->busy) < 0) return -1;
+    if (stack_ensure_workspace(self, n) < 0) {
+        self->busy = 0;
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Stack_layout(StackObject *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *list = PyList_New(0);
@@ -811,7 +835,7 @@ static PyObject *Stack_forward(StackObject *self, PyObject *args)
         PyList_SET_ITEM(gate_list, (Py_ssize_t)l, g);
         gate_ptrs[l] = PyArray_DATA((PyArrayObject *)g);
     }
-    if (stack_ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
+    if (stack_claim_workspace(self, n) < 0) goto done;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
     st = mt_deep_forward(PyArray_DATA(out), gate_ptrs, PyArray_DATA(theta), PyArray_DATA(X), n,
@@ -844,7 +868,7 @@ static PyObject *Stack_loss_and_grad(StackObject *self, PyObject *args)
     if (!y) goto done;
     npy_intp gs[1] = {(npy_intp)stack_params(self)};
     grad = (PyArrayObject *)PyArray_SimpleNew(1, gs, NPY_DOUBLE);
-    if (!grad || stack_ensure_workspace(self, n) < 0 || acquire(&self->busy) < 0) goto done;
+    if (!grad || stack_claim_workspace(self, n) < 0) goto done;
     double loss = 0.0;
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -1234,20 +1258,24 @@ static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
     npy_intp ls[1] = {steps};
     PyArrayObject *losses = (PyArrayObject *)PyArray_SimpleNew(1, ls, NPY_DOUBLE);
     if (!losses) return NULL;
+    /* Claim both models before growing a workspace (see claim_workspace). */
+    LayerObject *teacher = self->online.teacher;
+    int *busy = self->layer ? &self->layer->busy : &self->stack->busy;
+    if (acquire(busy) < 0) {
+        Py_DECREF(losses);
+        return NULL;
+    }
+    int *teacher_busy = teacher && teacher != self->layer ? &teacher->busy : NULL;
+    if (teacher_busy && acquire(teacher_busy) < 0) {
+        *busy = 0;
+        Py_DECREF(losses);
+        return NULL;
+    }
     int ok = self->layer ? ensure_workspace(self->layer, self->batch) == 0
                          : stack_ensure_workspace(self->stack, self->batch) == 0;
-    LayerObject *teacher = self->online.teacher;
     if (!ok || (teacher && ensure_workspace(teacher, self->batch) < 0)) {
-        Py_DECREF(losses);
-        return NULL;
-    }
-    if (acquire(self->layer ? &self->layer->busy : &self->stack->busy) < 0) {
-        Py_DECREF(losses);
-        return NULL;
-    }
-    int *busy = self->layer ? &self->layer->busy : &self->stack->busy;
-    if (teacher && teacher != self->layer && acquire(&teacher->busy) < 0) {
         *busy = 0;
+        if (teacher_busy) *teacher_busy = 0;
         Py_DECREF(losses);
         return NULL;
     }

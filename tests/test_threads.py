@@ -134,3 +134,39 @@ def test_a_model_follows_a_later_change_of_thread_count(threads, rng):
     assert_values_close(again[0], first[0], what="loss after raising the thread count")
     assert_grads_close(again[1], first[1], what="gradient after raising the thread count")
     np.testing.assert_array_equal(again[1], fresh[1])
+
+
+def test_concurrent_calls_on_one_model_never_swap_the_workspace_under_a_running_call():
+    """Thread A computes on a model while the main thread calls it with more rows, which would
+    grow the workspace. The second call must get RuntimeError (the model is busy) and A's
+    results must be those of a serial call: the workspace is claimed before it is grown."""
+    import threading
+
+    model = mt.MoE(20, 4, hidden=16, seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 20))
+    y = rng.standard_normal(20000)
+    big = rng.standard_normal((40000, 20))
+    expected = model.loss_and_grad(X, y)
+    model2 = mt.MoE(20, 4, hidden=16, seed=0)  # a fresh workspace sized for the small call only
+    model2.loss_and_grad(X[:10], y[:10])
+    results, stop = [], threading.Event()
+
+    def worker():
+        while not stop.is_set() and len(results) < 20:
+            results.append(model2.loss_and_grad(X, y))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    busy = 0
+    while t.is_alive():
+        try:
+            model2(big)
+        except RuntimeError as e:
+            assert "in use by another thread" in str(e)
+            busy += 1
+    stop.set()
+    t.join()
+    for loss, grad in results:
+        assert loss == expected[0]
+        np.testing.assert_array_equal(grad, expected[1])
