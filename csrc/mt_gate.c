@@ -3,19 +3,38 @@
 #include <math.h>
 
 #include "mt_act.h"
+#include "mt_exp.h"
+#include "mt_simd.h"
+
+static double row_max(const double *s, size_t E)
+{
+    double mx = s[0];
+    for (size_t e = 1; e < E; e++) mx = s[e] > mx ? s[e] : mx;
+    return mx;
+}
+
+/* Divide g (E,) by its sum. */
+static void normalize_row(double *g, size_t E)
+{
+    double sum = 0.0;
+    for (size_t e = 0; e < E; e++) sum += g[e];
+    double inv = 1.0 / sum;
+    for (size_t e = 0; e < E; e++) g[e] *= inv;
+}
 
 /* One row's softmax; the max is subtracted so exp never overflows. */
 static void softmax_row(double *g, const double *s, size_t E)
 {
-    double mx = s[0];
-    for (size_t e = 1; e < E; e++) mx = s[e] > mx ? s[e] : mx;
-    double sum = 0.0;
-    for (size_t e = 0; e < E; e++) {
-        g[e] = exp(s[e] - mx);
-        sum += g[e];
-    }
-    double inv = 1.0 / sum;
-    for (size_t e = 0; e < E; e++) g[e] *= inv;
+    double mx = row_max(s, E);
+    for (size_t e = 0; e < E; e++) g[e] = mt_exp(s[e] - mx);
+    normalize_row(g, E);
+}
+
+/* x = exp(x) elementwise: one vector loop over a whole block of rows, where exp row by row
+ * (a few experts each) would stay scalar. */
+MT_VECTOR_CLONES static void exp_in_place(double *x, size_t len)
+{
+    for (size_t i = 0; i < len; i++) x[i] = mt_exp(x[i]);
 }
 
 static void softmax_row_backward(double *ds, const double *dg, const double *g, size_t E)
@@ -27,7 +46,13 @@ static void softmax_row_backward(double *ds, const double *dg, const double *g, 
 
 void mt_gate_softmax_forward(double *g, const double *s, size_t n, size_t E)
 {
-    for (size_t i = 0; i < n; i++) softmax_row(g + i * E, s + i * E, E);
+    /* softmax_row in three passes, the middle one (exp) vectorised across rows */
+    for (size_t i = 0; i < n; i++) {
+        double mx = row_max(s + i * E, E);
+        for (size_t e = 0; e < E; e++) g[i * E + e] = s[i * E + e] - mx;
+    }
+    exp_in_place(g, n * E);
+    for (size_t i = 0; i < n; i++) normalize_row(g + i * E, E);
 }
 
 void mt_gate_softmax_backward(double *ds, const double *dg, const double *g, size_t n, size_t E)
@@ -64,8 +89,8 @@ mt_status mt_gate_topk_forward(double *g, int *idx, const double *s, size_t n, s
         double mx = si[ii[0]];
         size_t norm_count = k == 1 ? E : k;
         double sum = 0.0;
-        for (size_t j = 0; j < norm_count; j++) sum += exp(si[k == 1 ? j : (size_t)ii[j]] - mx);
-        for (size_t j = 0; j < k; j++) gi[ii[j]] = exp(si[ii[j]] - mx) / sum;
+        for (size_t j = 0; j < norm_count; j++) sum += mt_exp(si[k == 1 ? j : (size_t)ii[j]] - mx);
+        for (size_t j = 0; j < k; j++) gi[ii[j]] = mt_exp(si[ii[j]] - mx) / sum;
     }
     return MT_OK;
 }
@@ -82,9 +107,9 @@ void mt_gate_topk_backward(double *ds, const double *dg, const double *g, const 
             /* g_c = p_c with p the full softmax: d g_c / d s_j = p_c (delta_cj - p_j). */
             size_t c = (size_t)ii[0];
             double mx = si[c], sum = 0.0;
-            for (size_t e = 0; e < E; e++) sum += exp(si[e] - mx);
+            for (size_t e = 0; e < E; e++) sum += mt_exp(si[e] - mx);
             double w = dgi[c] * gi[c];
-            for (size_t e = 0; e < E; e++) dsi[e] = -w * exp(si[e] - mx) / sum;
+            for (size_t e = 0; e < E; e++) dsi[e] = -w * mt_exp(si[e] - mx) / sum;
             dsi[c] += w;
             continue;
         }

@@ -9,8 +9,10 @@
 #include "mt_gate.h"
 #include "mt_hidden.h"
 #include "mt_loss.h"
+#include "mt_narrow.h"
 #include "mt_parallel.h"
 #include "mt_rng.h"
+#include "mt_simd.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -206,6 +208,13 @@ struct mt_moe_workspace {
  * set-up than in arithmetic (measured with callgrind on the W1 workload). */
 #define MT_SMALL_OUTPUT 4
 
+/* Experts that mt_narrow computes all at once, row by row (see mt_narrow.h). */
+static int is_narrow(const mt_moe_config *c, const mt_moe_workspace *ws)
+{
+    return c->expert == MT_EXPERT_FFN && c->d_out == 1 && c->depth == 1 && ws->keep_all &&
+           c->n_experts * c->hidden <= MT_NARROW_WIDTH;
+}
+
 mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c, size_t n_max)
 {
     *out = NULL;
@@ -272,14 +281,28 @@ size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws)
 /* Each row of C (n, m) set to v (m,), or to 0 when v is NULL (no bias). */
 static void fill_rows(double *C, size_t ldc, const double *v, size_t n, size_t m)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (v) memcpy(C + i * ldc, v, m * sizeof *C);
-        else memset(C + i * ldc, 0, m * sizeof *C);
+    if (!v) {
+        for (size_t i = 0; i < n; i++) memset(C + i * ldc, 0, m * sizeof *C);
+        return;
+    }
+    if (ldc != m || n == 0) {
+        for (size_t i = 0; i < n; i++) memcpy(C + i * ldc, v, m * sizeof *C);
+        return;
+    }
+    /* Contiguous rows: copy the rows done so far onto the next ones, doubling each time, so a
+     * narrow C takes log2(n) copies instead of one short memcpy call per row. */
+    memcpy(C, v, m * sizeof *C);
+    for (size_t done = 1; done < n;) {
+        size_t count = done < n - done ? done : n - done;
+        memcpy(C + done * m, C, count * m * sizeof *C);
+        done += count;
     }
 }
 
 /* out (m,) += column sums of A (n, m) with row stride lda */
-static void add_column_sums(double *out, const double *A, size_t lda, size_t n, size_t m)
+MT_VECTOR_CLONES
+static void add_column_sums(double *restrict out, const double *restrict A, size_t lda, size_t n,
+                            size_t m)
 {
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < m; j++) out[j] += A[i * lda + j];
@@ -659,6 +682,11 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
         /* All experts' first layers in one product: W1 viewed as (E*H, d). */
         affine(ws->z, X, theta, off.W1, off.b1, n, d, EH);
         if (ws->keep_all) mt_act_forward(ws->a, ws->z, n * EH, c->activation);
+        if (is_narrow(c, ws)) {
+            mt_narrow_forward(ws->o, ws->f, ws->a, ws->g, theta + off.W2,
+                              off.b2 == SIZE_MAX ? NULL : theta + off.b2, n, E, H);
+            goto done;
+        }
         const size_t lda = ws->keep_all ? EH : H;
         const size_t layers = c->depth - 1, ldh = layers * lda; /* hidden layers after the first */
         for (size_t e = 0; e < E; e++) {
@@ -698,6 +726,7 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
             for (size_t j = 0; j < O; j++) fi[j] += gi[e] * oi[e * O + j];
         }
     }
+done:
     if (out) memcpy(out, ws->f, n * O * sizeof *out);
     if (gates) memcpy(gates, ws->g, n * E * sizeof *gates);
     return MT_OK;
@@ -711,6 +740,16 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
 {
     const offsets off = ws->off;
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out, EO = E * O;
+
+    if (is_narrow(c, ws)) {
+        mt_narrow_backward(ws->dg, grad + off.W2, off.b2 == SIZE_MAX ? NULL : grad + off.b2,
+                           ws->a, dout, ws->o, ws->g, theta + off.W2, n, E, H);
+        if (share) switch_backward(ws->dg, c, share, n, n_total);
+        mt_act_backward(ws->z, ws->a, ws->z, n * E * H, c->activation);
+        if (dX) memset(dX, 0, n * d * sizeof *dX);
+        affine_backward(grad, dX, ws->z, X, theta, off.W1, off.b1, n, d, E * H);
+        goto gates;
+    }
 
     /* Through the combination: dg_ie = <dout_i, o_ie>, dO_ie = g_ie dout_i. */
     for (size_t i = 0; i < n; i++) {
@@ -778,7 +817,7 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
         affine_backward(grad, dX, ws->dO, X, theta, off.W1, off.b1, n, d, EO);
     }
 
-    /* Gates. */
+gates:
     switch (c->gate) {
     case MT_GATE_HIERARCHICAL:
         mt_gate_hierarchical_backward(ws->du, ws->ds, ws->dg, ws->outer, ws->inner, n, E, c->groups);

@@ -9,7 +9,7 @@ out="$here/bin"
 mkdir -p "$out"
 py=${PYTHON:-python3}
 lib=$("$py" -c 'import scipy_openblas32 as s; print(s.get_lib_dir())')
-cflags=(-std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer
+cflags=(-std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer -fno-trapping-math
         -fsanitize=address,undefined -fno-sanitize-recover=all -fopenmp -I"$csrc")
 ldflags=(-L"$lib" -lscipy_openblas -Wl,-rpath,"$lib" -lm -fopenmp)
 tests=("$@")

@@ -76,8 +76,9 @@ int main(void)
     const mt_gate_kind gates[] = {MT_GATE_SOFTMAX, MT_GATE_TOPK, MT_GATE_TEMPERATURE,
                                   MT_GATE_HIERARCHICAL, MT_GATE_SIGMOID};
     for (size_t gi = 0; gi < 5; gi++)
-        for (int ex = 0; ex < 2; ex++) {
-            mt_moe_config c = {.d_in = 4, .n_experts = 4, .hidden = 5, .depth = 1, .d_out = 2,
+        for (int ex = 0; ex < 2; ex++)
+        for (size_t d_out = 1; d_out <= 2; d_out++) { /* 1: mt_narrow's path for ffn experts */
+            mt_moe_config c = {.d_in = 4, .n_experts = 4, .hidden = 5, .depth = 1, .d_out = d_out,
                                .gate = gates[gi], .expert = (mt_expert_kind)ex,
                                .activation = MT_ACT_GELU, .gate_activation = MT_ACT_TANH,
                                .temperature = 0.7, .bias = 1};
