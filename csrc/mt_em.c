@@ -2,9 +2,14 @@
  * algorithm and the decisions. tests/reference_em.py is the same algorithm in NumPy, step by
  * step (same Cholesky, same ridge rule, same halving and stopping rules).
  *
- * d is small in the papers (1 to a few) and n large (up to 1e5), so every pass over the data
- * is one fused loop over rows with O(K d) or O(K^2 d^2) work per row; BLAS would need the
- * weighted copies of X that these loops avoid. */
+ * d is small in the papers (1 to a few) and n large (up to 1e5), so the time goes into passes
+ * over the rows, each a sum over rows of O(K d) or O(K^2 d^2) numbers (a log-likelihood,
+ * gradients, Gauss-Newton matrices, normal equations). A pass works on blocks of BLOCK rows in
+ * column order: the design (1, x) and the responsibilities are stored by columns, the scores,
+ * exponentials, logs and activations of a block are loops down its columns that GCC vectorises
+ * (mt_exp.h, mt_log.h and mt_tanh.h in place of libm's calls), and its sums are dot products of
+ * columns. BLAS would need weighted copies of the design, and a call costs more than the
+ * (d + 1)^2 dot products of a block. The rows are shared among threads (sum_rows). */
 #include "mt_em.h"
 
 #include <math.h>
@@ -12,23 +17,50 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mt_exp.h"
+#include "mt_log.h"
+#include "mt_parallel.h"
+#include "mt_simd.h"
+#include "mt_tanh.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_num_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+#endif
+
 #define HALF_LOG_2PI 0.91893853320467274178
 #define DECREMENT_RTOL 1e-13
 
+/* Rows per block: a block's columns (4 K + 5 of them in the E-step) stay in the L1 and L2
+ * caches between the loops that write and read them. */
+#define BLOCK 256
+
+/* A pass gets one thread per this many rows at most: starting a team costs microseconds, what
+ * a vectorised pass spends on a few hundred rows. */
+#define MIN_ROWS_PER_THREAD 2048
+
 struct mt_em_workspace {
-    size_t n_max, d, K, P;
-    double *R;       /* (n_max, K) responsibilities */
-    double *row;     /* (6 K) per-row scratch */
-    double *z;       /* (2 (d + 2)) rows of a design */
-    double G0;       /* gate objective at the E-step's parameters */
-    double *th, *th_try, *g, *g_try, *delta;  /* (P,) each */
-    double *M, *M_try, *Lc;                   /* (P, P) each */
-    double *ne;      /* (K, d + 1, d + 1) normal equations of the linear experts */
-    double *rhs;     /* (K, d + 1) */
-    double *coef;    /* (K, d + 1) */
-    double *acc;     /* (3 K) per-expert sums */
-    int *ok;         /* (K,) */
-    double *block;   /* the one allocation all of the above point into */
+    size_t n_max, d, K;
+    size_t P;         /* the largest Newton system: max((K-1)(d+1), d+2) */
+    size_t n_sums;    /* doubles in the largest sums of a pass */
+    size_t n_cols;    /* columns of BLOCK rows each thread works in */
+    int max_threads;  /* mt_threads() at allocation: no pass uses more */
+    double *Z;        /* (d + 1, n_max) the design by columns: ones, then the columns of X */
+    double *R;        /* (K, n_max) responsibilities by columns */
+    double *cols;     /* (max_threads, n_cols, BLOCK) each thread's block columns */
+    double *part;     /* (max_threads - 1, n_sums) the sums of threads 1, 2, ... */
+    double *sums;     /* (n_sums,) the E-step's sums (estep_sums), read by the M-step */
+    double *state[2]; /* (1 + P + P^2,) each: a Newton step's objective, gradient and matrix */
+    double *gate_rows;            /* ((K-1)(d+1),) the E-step's gate rows (beta0_k, beta1_k) */
+    double *th, *th_try, *delta;  /* (P,) each */
+    double *Lc;       /* (P, P) */
+    double *coef;     /* (K, d + 1) */
+    double *sse_new;  /* (K,) */
+    double *cst;      /* (2 K) per expert -log(2 pi sigma2) / 2, then 1 / (2 sigma2) */
+    int *ok;          /* (K,) */
+    double *block;    /* the one allocation all of the above point into (ok apart) */
 };
 
 void mt_em_options_default(mt_em_options *opt)
@@ -65,6 +97,100 @@ mt_status mt_em_params_view(mt_em_params *params, double *flat, size_t d, size_t
     return MT_OK;
 }
 
+
+/* ---------------------------------------------------------------- sums of a pass */
+
+/* The E-step's sums, one buffer of estep_sums_count doubles: the log-likelihood, then
+ * W (K,) = sum_i r_ik, sse (K,) = sum_i r_ik (y_i - m_k(x_i))^2, the linear experts' normal
+ * equations on z = (x, 1): ne (K, d+1, d+1) = sum_i r_ik z_i z_i^T and rhs (K, d+1) =
+ * sum_i r_ik y_i z_i, and the gate's Newton state (see newton_state below) at Pg = (K-1)(d+1). */
+typedef struct {
+    double *loglik, *W, *sse, *ne, *rhs, *gate;
+} estep_sums;
+
+static size_t estep_sums_count(size_t d, size_t K)
+{
+    size_t p1 = d + 1, Pg = (K - 1) * p1;
+    return 1 + 2 * K + K * p1 * p1 + K * p1 + 1 + Pg + Pg * Pg;
+}
+
+static estep_sums estep_sums_of(double *sums, size_t d, size_t K)
+{
+    size_t p1 = d + 1;
+    estep_sums s;
+    s.loglik = sums;
+    s.W = s.loglik + 1;
+    s.sse = s.W + K;
+    s.ne = s.sse + K;
+    s.rhs = s.ne + K * p1 * p1;
+    s.gate = s.rhs + K * p1;
+    return s;
+}
+
+/* A Newton state for P parameters, 1 + P + P^2 doubles: the objective f, its gradient g (P,)
+ * and the Newton matrix M (P, P) (the negated Hessian, or J^T W J), summed over rows. */
+static double *state_grad(double *state) { return state + 1; }
+static double *state_matrix(double *state, size_t P) { return state + 1 + P; }
+static size_t state_count(size_t P) { return 1 + P + P * P; }
+
+/* The columns of BLOCK rows one thread works in: the most any block function carves (the
+ * E-step's 4 K + 5, ffn_block's d + 5). */
+static size_t block_cols(size_t d, size_t K)
+{
+    return 4 * K + 5 > d + 5 ? 4 * K + 5 : d + 5;
+}
+
+/* sums += a block function's sums over rows [i0, i0 + m), m <= BLOCK, with cols (n_cols, BLOCK)
+ * for its columns. */
+typedef void (*block_fn)(double *sums, const void *ctx, size_t i0, size_t m, double *cols);
+
+static void sum_blocks(double *sums, block_fn fn, const void *ctx, size_t start, size_t count,
+                       double *cols)
+{
+    for (size_t i = start; i < start + count; i += BLOCK)
+        fn(sums, ctx, i, start + count - i < BLOCK ? start + count - i : BLOCK, cols);
+}
+
+static int team_size(const mt_em_workspace *ws, size_t n)
+{
+    size_t T = (size_t)mt_threads();
+    if (T > (size_t)ws->max_threads) T = (size_t)ws->max_threads;
+    if (T > n / MIN_ROWS_PER_THREAD) T = n / MIN_ROWS_PER_THREAD;
+    return T < 1 ? 1 : (int)T;
+}
+
+/* sums (count,) = fn's sums over the rows [0, n). Each thread of the team sums its own
+ * contiguous share of the rows (mt_rows_of) into its own buffer, thread 0 into sums, and the
+ * buffers are added in thread order: the result is bitwise reproducible for a given thread
+ * count. No BLAS runs inside, so BLAS's thread count is left as it is (mt_parallel_enter). */
+static void sum_rows(double *sums, size_t count, block_fn fn, const void *ctx, size_t n,
+                     mt_em_workspace *ws)
+{
+    memset(sums, 0, count * sizeof *sums);
+    const int T = team_size(ws, n);
+    if (T == 1) {
+        sum_blocks(sums, fn, ctx, 0, n, ws->cols);
+        return;
+    }
+    int team_used = 1;
+    MT_OMP(parallel num_threads(T))
+    {
+        const int team = omp_get_num_threads(), t = omp_get_thread_num();
+        size_t r, m;
+        mt_rows_of(n, team, t, &r, &m);
+        double *own = t == 0 ? sums : ws->part + (size_t)(t - 1) * ws->n_sums;
+        if (t == 0)
+            team_used = team;
+        else
+            memset(own, 0, count * sizeof *own);
+        sum_blocks(own, fn, ctx, r, m, ws->cols + (size_t)t * ws->n_cols * BLOCK);
+    }
+    for (int t = 1; t < team_used; t++) {
+        const double *part = ws->part + (size_t)(t - 1) * ws->n_sums;
+        for (size_t j = 0; j < count; j++) sums[j] += part[j];
+    }
+}
+
 /* ---------------------------------------------------------------- workspace */
 
 mt_status mt_em_workspace_alloc(mt_em_workspace **ws, size_t n_max, size_t d, size_t K)
@@ -73,11 +199,14 @@ mt_status mt_em_workspace_alloc(mt_em_workspace **ws, size_t n_max, size_t d, si
     *ws = NULL;
     if (n_max == 0 || d == 0 || K == 0) return MT_EINVAL;
     const size_t big = (size_t)1 << 40;  /* keeps every product below SIZE_MAX */
-    if (n_max > big / K || d > 4096 || K > 4096) return MT_EINVAL;
-    size_t p1 = d + 1, P = (K - 1) * p1;
-    if (P < d + 2) P = d + 2;
-    size_t count = n_max * K + 6 * K + 2 * (d + 2) + 5 * P + 3 * P * P + K * p1 * p1 + 2 * K * p1
-                   + 3 * K;
+    if (d > 4096 || K > 4096 || n_max > big / (K + d + 1)) return MT_EINVAL;
+    size_t p1 = d + 1, Pg = (K - 1) * p1, P = Pg > d + 2 ? Pg : d + 2;
+    size_t n_sums = estep_sums_count(d, K);
+    if (n_sums < state_count(P)) n_sums = state_count(P);
+    size_t n_cols = block_cols(d, K);
+    size_t T = (size_t)mt_threads();
+    size_t count = (p1 + K) * n_max + T * n_cols * BLOCK + T * n_sums + 2 * state_count(P) + Pg
+                   + 3 * P + P * P + K * p1 + 3 * K;
     mt_em_workspace *w = malloc(sizeof *w);
     if (!w) return MT_ENOMEM;
     w->block = malloc(count * sizeof(double));
@@ -87,22 +216,23 @@ mt_status mt_em_workspace_alloc(mt_em_workspace **ws, size_t n_max, size_t d, si
         return MT_ENOMEM;
     }
     w->n_max = n_max; w->d = d; w->K = K; w->P = P;
+    w->n_sums = n_sums; w->n_cols = n_cols; w->max_threads = (int)T;
     double *q = w->block;
-    w->R = q; q += n_max * K;
-    w->row = q; q += 6 * K;
-    w->z = q; q += 2 * (d + 2);
+    w->Z = q; q += p1 * n_max;
+    w->R = q; q += K * n_max;
+    w->cols = q; q += T * n_cols * BLOCK;
+    w->part = q; q += (T - 1) * n_sums;
+    w->sums = q; q += n_sums;
+    w->state[0] = q; q += state_count(P);
+    w->state[1] = q; q += state_count(P);
+    w->gate_rows = q; q += Pg;
     w->th = q; q += P;
     w->th_try = q; q += P;
-    w->g = q; q += P;
-    w->g_try = q; q += P;
     w->delta = q; q += P;
-    w->M = q; q += P * P;
-    w->M_try = q; q += P * P;
     w->Lc = q; q += P * P;
-    w->ne = q; q += K * p1 * p1;
-    w->rhs = q; q += K * p1;
     w->coef = q; q += K * p1;
-    w->acc = q;
+    w->sse_new = q; q += K;
+    w->cst = q;
     *ws = w;
     return MT_OK;
 }
@@ -180,19 +310,16 @@ static inline double dot(const double *u, const double *v, size_t m)
     for (size_t j = 0; j < m; j++) s += u[j] * v[j];
     return s;
 }
-
 /* ---------------------------------------------------------------- model pieces */
 
-/* h = act(u) and hp = act'(u). */
-static inline void act_forward(double *h, double *hp, double u, mt_em_act act)
+static inline double sigmoid(double u)
 {
-    if (act == MT_EM_TANH) {
-        double t = tanh(u);
-        *h = t; *hp = 1.0 - t * t;
-    } else {
-        double s = 1.0 / (1.0 + exp(-u));
-        *h = s; *hp = s * (1.0 - s);
-    }
+    return 1.0 / (1.0 + mt_exp(-u));
+}
+
+static inline double act_value(double u, mt_em_act act)
+{
+    return act == MT_EM_TANH ? mt_tanh(u) : sigmoid(u);
 }
 
 /* m_k(x) for x (d,). */
@@ -201,210 +328,371 @@ static inline double expert_mean(const mt_em_params *p, size_t k, const double *
 {
     double u = p->b[k] + dot(p->a + k * d, x, d);
     if (opt->expert == MT_EM_LINEAR) return u;
-    double h, hp;
-    act_forward(&h, &hp, u, opt->act);
+    double h = act_value(u, opt->act);
     return opt->outer_scale ? p->c[k] * h : h;
 }
 
-/* exp(v - vmax) for v <= vmax, with two shortcuts: exactly 1 for the row maximum (saves one
- * exp per row), and exactly 0 below exp(MT_EM_EXP_CUTOFF) (about 1e-100). Mixture components
- * hundreds of log-units away are common (a point many sds from an expert); without the cutoff
- * their weights, and the products of those weights with the data in the M-step sums, reach
- * libm's underflow path and subnormal numbers, which cost tens of times an ordinary flop and
- * made a pass 3x slower. A weight below 1e-100 next to the 1 of the row maximum is far below
- * rounding; tests/reference_em.py applies the same rule. */
+/* exp(v - vmax) for v <= vmax, exactly 0 below exp(MT_EM_EXP_CUTOFF) (about 1e-100), and
+ * exactly 1 at the row maximum (mt_exp(0) is 1). Mixture components hundreds of log-units away
+ * are common (a point many sds from an expert); without the cutoff their weights, and the
+ * products of those weights with the data in the M-step sums, reach subnormal numbers, which
+ * cost tens of times an ordinary flop and made a pass 3x slower. A weight below 1e-100 next to
+ * the 1 of the row maximum is far below rounding; tests/reference_em.py applies the same rule. */
 static inline double exp_shifted(double v, double vmax)
 {
     double t = v - vmax;
-    if (t == 0.0) return 1.0;
-    return t < MT_EM_EXP_CUTOFF ? 0.0 : exp(t);
+    return t < MT_EM_EXP_CUTOFF ? 0.0 : mt_exp(t);
 }
 
-/* One row of the gate's Newton pieces: g (P,) += (r - p) (x) z and the upper triangle of
- * M (P, P) += (diag(p) - p p^T) (x) z z^T over the K-1 free experts; pr (K,) the gate
- * probabilities, r (K,) the responsibilities, z (d+1,) = (1, x). */
-static inline void gate_accum_row(double *g, double *M, const double *pr, const double *r,
-                                  const double *z, size_t q, size_t p1)
+/* ---------------------------------------------------------------- columns of a block */
+
+/* Loops down the columns of a block of m <= BLOCK rows. Inlined into the block functions
+ * (MT_VECTOR_CLONES), they are vectorised for each target. The design's columns are Z + j ld:
+ * j = 0 the ones, j = 1 + l feature l of x. */
+
+/* out (m,) = b + sum_l w_l x_l */
+static inline void affine_cols(double *restrict out, const double *w, double b, const double *Z,
+                               size_t ld, size_t d, size_t m)
 {
-    size_t P = q * p1;
+    for (size_t i = 0; i < m; i++) out[i] = b;
+    for (size_t l = 0; l < d; l++) {
+        const double *restrict x = Z + (1 + l) * ld;
+        const double wl = w[l];
+        for (size_t i = 0; i < m; i++) out[i] += wl * x[i];
+    }
+}
+
+/* The linear experts' design z = (x, 1): its column j. */
+static inline const double *expert_design_col(const double *Z, size_t ld, size_t j, size_t d)
+{
+    return Z + (j < d ? j + 1 : 0) * ld;
+}
+
+static inline double dot_cols(const double *restrict u, const double *restrict v, size_t m)
+{
+    double s = 0.0;
+    /* partial sums in vector lanes: a fixed order for a given target, so still reproducible */
+    MT_OMP(simd reduction(+ : s))
+    for (size_t i = 0; i < m; i++) s += u[i] * v[i];
+    return s;
+}
+
+/* out (m,) = u * v */
+static inline void mul_cols(double *restrict out, const double *u, const double *v, size_t m)
+{
+    for (size_t i = 0; i < m; i++) out[i] = u[i] * v[i];
+}
+
+/* h (m,) = act(u), hp (m,) = act'(u); h may be u. */
+static inline void act_cols(double *h, double *restrict hp, const double *u, size_t m,
+                            mt_em_act act)
+{
+    if (act == MT_EM_TANH) {
+        for (size_t i = 0; i < m; i++) {
+            double t = mt_tanh(u[i]);
+            h[i] = t;
+            hp[i] = 1.0 - t * t;
+        }
+    } else {
+        for (size_t i = 0; i < m; i++) {
+            double s = sigmoid(u[i]);
+            h[i] = s;
+            hp[i] = s * (1.0 - s);
+        }
+    }
+}
+
+/* e (m,) = y - m_k(x) for expert k of p; hp (m,) scratch. */
+static inline void expert_residual_cols(double *restrict e, double *restrict hp,
+                                        const mt_em_params *p, size_t k,
+                                        const mt_em_options *opt, const double *Z, size_t ld,
+                                        const double *restrict y, size_t d, size_t m)
+{
+    affine_cols(e, p->a + k * d, p->b[k], Z, ld, d, m);
+    if (opt->expert == MT_EM_FFN) {
+        act_cols(e, hp, e, m, opt->act);
+        const double cc = opt->outer_scale ? p->c[k] : 1.0;
+        for (size_t i = 0; i < m; i++) e[i] = y[i] - cc * e[i];
+    } else {
+        for (size_t i = 0; i < m; i++) e[i] = y[i] - e[i];
+    }
+}
+
+/* The gate on a block: s (K, BLOCK) scores s_k = theta_k . (1, x) with s_{K-1} = 0, pr (K, BLOCK)
+ * the softmax probabilities, lse (m,) = log sum_k exp(s_k); theta (K-1, d+1) the rows
+ * (beta0_k, beta1_k); t (m,) scratch. */
+MT_VECTOR_CLONES
+static void gate_softmax_cols(double *s, double *pr, double *restrict lse,
+                                     double *restrict t, const double *theta, const double *Z,
+                                     size_t ld, size_t d, size_t K, size_t m)
+{
+    const size_t q = K - 1, p1 = d + 1;
+    double *restrict smax = lse;
+    for (size_t i = 0; i < m; i++) smax[i] = 0.0;  /* the reference score */
     for (size_t k = 0; k < q; k++) {
-        double e = r[k] - pr[k];
-        for (size_t j = 0; j < p1; j++) g[k * p1 + j] += e * z[j];
+        double *restrict sk = s + k * BLOCK;
+        affine_cols(sk, theta + k * p1 + 1, theta[k * p1], Z, ld, d, m);
+        for (size_t i = 0; i < m; i++) smax[i] = sk[i] > smax[i] ? sk[i] : smax[i];
+    }
+    for (size_t i = 0; i < m; i++) s[q * BLOCK + i] = 0.0;
+    for (size_t i = 0; i < m; i++) t[i] = 0.0;
+    for (size_t k = 0; k < K; k++) {
+        const double *restrict sk = s + k * BLOCK;
+        double *restrict pk = pr + k * BLOCK;
+        for (size_t i = 0; i < m; i++) {
+            pk[i] = exp_shifted(sk[i], smax[i]);
+            t[i] += pk[i];
+        }
+    }
+    for (size_t i = 0; i < m; i++) {
+        lse[i] = smax[i] + mt_log(t[i]);
+        t[i] = 1.0 / t[i];
+    }
+    for (size_t k = 0; k < K; k++) {
+        double *restrict pk = pr + k * BLOCK;
+        for (size_t i = 0; i < m; i++) pk[i] *= t[i];
+    }
+}
+
+/* The block's part of the gate objective sum_ik r_ik log pi_k(x_i):
+ * sum_i [sum_k r_ik s_ik - (sum_k r_ik) lse_i]; r (K, ldr), s (K, BLOCK); u, v (m,) scratch. */
+static inline double gate_objective_cols(const double *r, size_t ldr, const double *s,
+                                         const double *restrict lse, double *restrict u,
+                                         double *restrict v, size_t K, size_t m)
+{
+    for (size_t i = 0; i < m; i++) u[i] = v[i] = 0.0;
+    for (size_t k = 0; k < K; k++) {
+        const double *restrict rk = r + k * ldr, *restrict sk = s + k * BLOCK;
+        for (size_t i = 0; i < m; i++) {
+            u[i] += rk[i] * sk[i];
+            v[i] += rk[i];
+        }
+    }
+    double G = 0.0;
+    MT_OMP(simd reduction(+ : G))
+    for (size_t i = 0; i < m; i++) G += u[i] - v[i] * lse[i];
+    return G;
+}
+
+/* The gate's Newton pieces over the K-1 free experts, z = (1, x): g (P,) += sum_i (r_i - p_i)
+ * (x) z_i and the upper triangle of M (P, P) += sum_i (diag(p_i) - p_i p_i^T) (x) z_i z_i^T,
+ * P = (K-1)(d+1); pr (K, BLOCK) the gate probabilities, r (K, ldr) the responsibilities;
+ * u, v (m,) scratch. */
+static inline void gate_newton_cols(double *g, double *M, const double *pr, const double *r,
+                                    size_t ldr, const double *Z, size_t ld, double *restrict u,
+                                    double *restrict v, size_t d, size_t K, size_t m)
+{
+    const size_t q = K - 1, p1 = d + 1, P = q * p1;
+    for (size_t k = 0; k < q; k++) {
+        const double *restrict rk = r + k * ldr, *restrict pk = pr + k * BLOCK;
+        for (size_t i = 0; i < m; i++) u[i] = rk[i] - pk[i];
+        for (size_t j = 0; j < p1; j++) g[k * p1 + j] += dot_cols(u, Z + j * ld, m);
     }
     for (size_t k = 0; k < q; k++) {
         for (size_t l = k; l < q; l++) {
-            double w = pr[k] * ((k == l ? 1.0 : 0.0) - pr[l]);
+            const double *restrict pk = pr + k * BLOCK, *restrict pl = pr + l * BLOCK;
+            const double delta = k == l ? 1.0 : 0.0;
+            for (size_t i = 0; i < m; i++) u[i] = pk[i] * (delta - pl[i]);
             for (size_t j = 0; j < p1; j++) {
-                double wz = w * z[j];
+                mul_cols(v, u, Z + j * ld, m);
                 double *Mrow = M + (k * p1 + j) * P + l * p1;
-                for (size_t m = (k == l ? j : 0); m < p1; m++) Mrow[m] += wz * z[m];
+                for (size_t c = k == l ? j : 0; c < p1; c++) Mrow[c] += dot_cols(v, Z + c * ld, m);
             }
         }
     }
 }
 
-/* Returns sum_i log p(y_i | x_i); R (n, K) gets the responsibilities unless NULL.
- * Per row: s_k gate scores (s_{K-1} = 0), l_k = s_k + log N(y; m_k, sigma2_k);
- * log p = lse_k(l) - lse_k(s) and r = softmax(l). row: (6 K) scratch.
- * With ws non-NULL (inside mt_em_fit: R = ws->R, row = ws->row) the same pass also gathers,
- * at these parameters and these responsibilities, what the M-step needs first: the totals
- * W_k = sum_i r_ik in ws->acc (K,); the gate objective sum_ik r_ik log pi_k into ws->G0 with
- * its Newton pieces ws->g, ws->M (upper triangle) when K >= 2 and gate_steps > 0; for linear
- * experts the normal equations ws->ne, ws->rhs (upper triangles) on z = (x, 1) and the current
- * weighted sums of squares sum_i r_ik (y_i - m_k(x_i))^2 in ws->acc + K. */
-static double estep(double *R, const mt_em_params *p, const double *X, const double *y,
-                    size_t n, size_t d, size_t K, const mt_em_options *opt, double *row,
-                    mt_em_workspace *ws)
+/* The linear experts' sums (see estep_sums) over a block: sse (K,), and the upper triangles of
+ * ne (K, d+1, d+1) with rhs (K, d+1), on z = (x, 1); r, e (K, BLOCK) responsibilities and
+ * residuals; u (m,) scratch. */
+static inline void linear_sums_cols(double *sse, double *ne, double *rhs, const double *r,
+                                    const double *e, const double *y, const double *Z, size_t ld,
+                                    double *restrict u, size_t d, size_t K, size_t m)
 {
-    double *l = row, *cst = row + K, *inv = row + 2 * K, *ps = row + 3 * K, *s = row + 4 * K;
-    double *ev = row + 5 * K;
-    size_t q = K - 1, p1 = d + 1;
-    int acc_gate = ws && K >= 2 && opt->gate_steps > 0;
-    int acc_lin = ws && opt->expert == MT_EM_LINEAR;
-    double *W = ws ? ws->acc : NULL, *sse = ws ? ws->acc + K : NULL;
-    double *zg = ws ? ws->z : NULL;          /* (1, x) for the gate */
-    double *ze = ws ? ws->z + d + 2 : NULL;  /* (x, 1) for the linear experts */
-    double G0 = 0.0;
-    if (ws) {
-        for (size_t k = 0; k < K; k++) W[k] = sse[k] = 0.0;
-        memset(ws->g, 0, q * p1 * sizeof(double));
-        memset(ws->M, 0, q * p1 * q * p1 * sizeof(double));
-        memset(ws->ne, 0, K * p1 * p1 * sizeof(double));
-        memset(ws->rhs, 0, K * p1 * sizeof(double));
-        zg[0] = 1.0;
-        ze[d] = 1.0;
+    const size_t p1 = d + 1;
+    for (size_t k = 0; k < K; k++) {
+        const double *rk = r + k * BLOCK, *ek = e + k * BLOCK;
+        double *A = ne + k * p1 * p1, *b = rhs + k * p1;
+        mul_cols(u, rk, ek, m);
+        sse[k] += dot_cols(u, ek, m);
+        for (size_t j = 0; j < p1; j++) {
+            mul_cols(u, rk, expert_design_col(Z, ld, j, d), m);
+            b[j] += dot_cols(u, y, m);
+            for (size_t c = j; c < p1; c++)
+                A[j * p1 + c] += dot_cols(u, expert_design_col(Z, ld, c, d), m);
+        }
     }
+}
+
+/* ---------------------------------------------------------------- E-step */
+
+typedef struct {
+    const mt_em_params *p;
+    const mt_em_options *opt;
+    const double *theta;      /* (K-1, d+1) gate rows (beta0_k, beta1_k) */
+    const double *cst, *inv;  /* (K,) -log(2 pi sigma2_k) / 2 and 1 / (2 sigma2_k) */
+    const double *Z, *y;      /* (d+1, ld) design columns; (n,) */
+    size_t ld, d, K;
+    double *R;                /* (K, ld) responsibilities by columns, or NULL */
+    double *resp;             /* (n, K) responsibilities by rows, or NULL */
+    int fit;                  /* gather the M-step's sums (estep_sums) */
+    int gate, linear;         /* ... with the gate's Newton pieces; with the normal equations */
+} estep_ctx;
+
+MT_VECTOR_CLONES
+static void estep_block(double *sums, const void *ctx, size_t i0, size_t m, double *cols)
+{
+    const estep_ctx *c = ctx;
+    const size_t K = c->K, d = c->d, ld = c->ld;
+    const double *Z = c->Z + i0, *y = c->y + i0;
+    double *s = cols, *pr = s + K * BLOCK, *e = pr + K * BLOCK, *r = e + K * BLOCK;
+    double *lse = r + K * BLOCK, *lmax = lse + BLOCK, *t = lmax + BLOCK, *u = t + BLOCK;
+    double *v = u + BLOCK;
+    gate_softmax_cols(s, pr, lse, t, c->theta, Z, ld, d, K, m);
+    for (size_t i = 0; i < m; i++) lmax[i] = -INFINITY;
+    for (size_t k = 0; k < K; k++) {
+        double *ek = e + k * BLOCK, *lk = r + k * BLOCK;
+        const double *sk = s + k * BLOCK;
+        expert_residual_cols(ek, u, c->p, k, c->opt, Z, ld, y, d, m);
+        for (size_t i = 0; i < m; i++) {
+            lk[i] = sk[i] + (c->cst[k] - c->inv[k] * ek[i] * ek[i]);
+            lmax[i] = lk[i] > lmax[i] ? lk[i] : lmax[i];
+        }
+    }
+    for (size_t i = 0; i < m; i++) t[i] = 0.0;
+    for (size_t k = 0; k < K; k++) {
+        double *rk = r + k * BLOCK;
+        for (size_t i = 0; i < m; i++) {
+            rk[i] = exp_shifted(rk[i], lmax[i]);
+            t[i] += rk[i];
+        }
+    }
+    double L = 0.0;
+    MT_OMP(simd reduction(+ : L))
+    for (size_t i = 0; i < m; i++) L += lmax[i] + mt_log(t[i]) - lse[i];
+    sums[0] += L;
+    for (size_t i = 0; i < m; i++) t[i] = 1.0 / t[i];
+    for (size_t k = 0; k < K; k++) {
+        double *rk = r + k * BLOCK;
+        for (size_t i = 0; i < m; i++) rk[i] *= t[i];
+        if (c->R) memcpy(c->R + k * ld + i0, rk, m * sizeof *rk);
+        if (c->resp)
+            for (size_t i = 0; i < m; i++) c->resp[(i0 + i) * K + k] = rk[i];
+    }
+    if (!c->fit) return;
+    estep_sums S = estep_sums_of(sums, d, K);
+    for (size_t k = 0; k < K; k++) {
+        const double *rk = r + k * BLOCK;
+        double w = 0.0;
+        MT_OMP(simd reduction(+ : w))
+        for (size_t i = 0; i < m; i++) w += rk[i];
+        S.W[k] += w;
+    }
+    if (c->gate) {
+        const size_t Pg = (K - 1) * (d + 1);
+        S.gate[0] += gate_objective_cols(r, BLOCK, s, lse, u, v, K, m);
+        gate_newton_cols(state_grad(S.gate), state_matrix(S.gate, Pg), pr, r, BLOCK, Z, ld, u, v,
+                         d, K, m);
+    }
+    if (c->linear) linear_sums_cols(S.sse, S.ne, S.rhs, r, e, y, Z, ld, u, d, K, m);
+}
+
+/* Returns sum_i log p(y_i | x_i). Per row: s_k gate scores (s_{K-1} = 0), l_k = s_k +
+ * log N(y; m_k, sigma2_k); log p = lse_k(l) - lse_k(s) and r = softmax(l). resp (n, K) gets the
+ * responsibilities unless NULL. With fit (inside mt_em_fit) they go to ws->R, and the same pass
+ * gathers in ws->sums (estep_sums), at these parameters and responsibilities, what the M-step
+ * needs first: the totals W_k; the gate objective with its Newton pieces (upper triangle) when
+ * K >= 2 and gate_steps > 0; for linear experts the normal equations (upper triangles) and
+ * the current weighted sums of squares. ws->Z must hold the design (load_design). */
+static double estep(double *resp, int fit, const mt_em_params *p, const double *y, size_t n,
+                    size_t d, size_t K, const mt_em_options *opt, mt_em_workspace *ws)
+{
+    const size_t p1 = d + 1;
+    for (size_t k = 0; k + 1 < K; k++) {
+        ws->gate_rows[k * p1] = p->beta0[k];
+        memcpy(ws->gate_rows + k * p1 + 1, p->beta1 + k * d, d * sizeof(double));
+    }
+    double *cst = ws->cst, *inv = ws->cst + K;
     for (size_t k = 0; k < K; k++) {
         cst[k] = -HALF_LOG_2PI - 0.5 * log(p->sigma2[k]);
         inv[k] = 0.5 / p->sigma2[k];
     }
-    double total = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double *x = X + i * d;
-        double smax = 0.0;  /* the reference score */
-        for (size_t k = 0; k < q; k++) {
-            s[k] = p->beta0[k] + dot(p->beta1 + k * d, x, d);
-            if (s[k] > smax) smax = s[k];
-        }
-        s[q] = 0.0;
-        double se = 0.0;
-        for (size_t k = 0; k < K; k++) { ps[k] = exp_shifted(s[k], smax); se += ps[k]; }
-        double lse_s = smax + log(se);
-        double lmax = -INFINITY;
-        for (size_t k = 0; k < K; k++) {
-            ev[k] = y[i] - expert_mean(p, k, x, d, opt);
-            l[k] = s[k] + (cst[k] - inv[k] * ev[k] * ev[k]);
-            if (l[k] > lmax) lmax = l[k];
-        }
-        double sl = 0.0;
-        for (size_t k = 0; k < K; k++) { l[k] = exp_shifted(l[k], lmax); sl += l[k]; }
-        total += lmax + log(sl) - lse_s;
-        if (!R) continue;
-        double is = 1.0 / sl;
-        double *r = R + i * K;
-        for (size_t k = 0; k < K; k++) r[k] = l[k] * is;
-        if (!ws) continue;
-        double rs = 0.0, rsum = 0.0;
-        for (size_t k = 0; k < K; k++) {
-            W[k] += r[k];
-            rs += r[k] * s[k];
-            rsum += r[k];
-        }
-        if (acc_gate) {
-            G0 += rs - rsum * lse_s;
-            double iz = 1.0 / se;
-            for (size_t k = 0; k < K; k++) ps[k] *= iz;
-            for (size_t j = 0; j < d; j++) zg[j + 1] = x[j];
-            gate_accum_row(ws->g, ws->M, ps, r, zg, q, p1);
-        }
-        if (acc_lin) {
-            for (size_t j = 0; j < d; j++) ze[j] = x[j];
-            for (size_t k = 0; k < K; k++) {
-                double w = r[k];
-                double *A = ws->ne + k * p1 * p1, *rh = ws->rhs + k * p1;
-                sse[k] += w * ev[k] * ev[k];
-                for (size_t j = 0; j < p1; j++) {
-                    double wz = w * ze[j];
-                    rh[j] += wz * y[i];
-                    for (size_t m = j; m < p1; m++) A[j * p1 + m] += wz * ze[m];
-                }
-            }
-        }
-    }
-    if (ws) ws->G0 = G0;
-    return total;
+    estep_ctx c = {p, opt, ws->gate_rows, cst, inv, ws->Z, y, ws->n_max, d, K,
+                   fit ? ws->R : NULL, resp, fit, fit && K >= 2 && opt->gate_steps > 0,
+                   fit && opt->expert == MT_EM_LINEAR};
+    sum_rows(ws->sums, fit ? estep_sums_count(d, K) : 1, estep_block, &c, n, ws);
+    return ws->sums[0];
+}
+
+/* ws->Z = the design by columns: ones, then the columns of X (n, d). */
+static void load_design(mt_em_workspace *ws, const double *X, size_t n, size_t d)
+{
+    double *Z = ws->Z;
+    for (size_t i = 0; i < n; i++) Z[i] = 1.0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t l = 0; l < d; l++) Z[(1 + l) * ws->n_max + i] = X[i * d + l];
 }
 
 /* ---------------------------------------------------------------- gate M-step */
 
-/* Returns G = sum_i sum_k r_ik log softmax_k(s_i), s_ik = theta_k . (1, x_i) for k < K-1,
- * s_{i,K-1} = 0. theta (K-1, d+1): row k = (beta0_k, beta1_k). With g, M non-NULL also
- * g (P,) = dG/dtheta and M (P, P) = -d2G/dtheta2 (full), P = (K-1)(d+1):
- * g_kj = sum_i (r_ik - p_ik) z_ij, M_(kj)(lm) = sum_i p_ik (delta_kl - p_il) z_ij z_im. */
-static double gate_pass(double *g, double *M, const double *theta, const double *R,
-                        const double *X, size_t n, size_t d, size_t K, double *row, double *z)
+typedef struct {
+    const double *theta;  /* (K-1, d+1) gate rows (beta0_k, beta1_k) */
+    const double *R, *Z;  /* (K, ld) responsibilities, (d+1, ld) design, by columns */
+    size_t ld, d, K;
+} gate_ctx;
+
+MT_VECTOR_CLONES
+static void gate_block(double *sums, const void *ctx, size_t i0, size_t m, double *cols)
 {
-    size_t q = K - 1, p1 = d + 1, P = q * p1;
-    double *s = row, *pr = row + K;
-    if (g) {
-        memset(g, 0, P * sizeof(double));
-        memset(M, 0, P * P * sizeof(double));
-    }
-    z[0] = 1.0;
-    double G = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < d; j++) z[j + 1] = X[i * d + j];
-        double smax = 0.0;
-        for (size_t k = 0; k < q; k++) {
-            s[k] = dot(theta + k * p1, z, p1);
-            if (s[k] > smax) smax = s[k];
-        }
-        s[q] = 0.0;
-        double se = 0.0;
-        for (size_t k = 0; k < K; k++) { pr[k] = exp_shifted(s[k], smax); se += pr[k]; }
-        double lse = smax + log(se);
-        const double *r = R + i * K;
-        double rs = 0.0, rsum = 0.0;
-        for (size_t k = 0; k < K; k++) { rs += r[k] * s[k]; rsum += r[k]; }
-        G += rs - rsum * lse;
-        if (!g) continue;
-        double is = 1.0 / se;
-        for (size_t k = 0; k < K; k++) pr[k] *= is;
-        gate_accum_row(g, M, pr, r, z, q, p1);
-    }
-    if (g) mirror_upper(M, P);
-    return G;
+    const gate_ctx *c = ctx;
+    const size_t K = c->K, d = c->d, ld = c->ld, P = (K - 1) * (d + 1);
+    const double *Z = c->Z + i0, *r = c->R + i0;
+    double *s = cols, *pr = s + K * BLOCK, *lse = pr + K * BLOCK, *t = lse + BLOCK;
+    double *u = t + BLOCK, *v = u + BLOCK;
+    gate_softmax_cols(s, pr, lse, t, c->theta, Z, ld, d, K, m);
+    sums[0] += gate_objective_cols(r, ld, s, lse, u, v, K, m);
+    gate_newton_cols(state_grad(sums), state_matrix(sums, P), pr, r, ld, Z, ld, u, v, d, K, m);
 }
 
-static void gate_mstep(mt_em_params *p, const double *X, size_t n, size_t d, size_t K,
-                       int steps, mt_em_workspace *ws)
+/* state (1 + P + P^2,), P = (K-1)(d+1): the gate objective G = sum_ik r_ik log softmax_k(s_i)
+ * at theta (K-1, d+1), s_ik = theta_k . (1, x_i) for k < K-1, s_{i,K-1} = 0, with
+ * g = dG/dtheta and M = -d2G/dtheta2 (full):
+ * g_kj = sum_i (r_ik - p_ik) z_ij, M_(kj)(lm) = sum_i p_ik (delta_kl - p_il) z_ij z_im. */
+static void gate_pass(double *state, const double *theta, size_t n, size_t d, size_t K,
+                      mt_em_workspace *ws)
+{
+    const size_t P = (K - 1) * (d + 1);
+    gate_ctx c = {theta, ws->R, ws->Z, ws->n_max, d, K};
+    sum_rows(state, state_count(P), gate_block, &c, n, ws);
+    mirror_upper(state_matrix(state, P), P);
+}
+
+static void gate_mstep(mt_em_params *p, size_t n, size_t d, size_t K, int steps,
+                       mt_em_workspace *ws)
 {
     if (K < 2 || steps <= 0) return;
     size_t q = K - 1, p1 = d + 1, P = q * p1;
-    double *th = ws->th, *th_try = ws->th_try, *g = ws->g, *g_try = ws->g_try;
-    double *M = ws->M, *M_try = ws->M_try;
+    double *th = ws->th, *th_try = ws->th_try, *cur = ws->state[0], *next = ws->state[1];
     for (size_t k = 0; k < q; k++) {
         th[k * p1] = p->beta0[k];
         memcpy(th + k * p1 + 1, p->beta1 + k * d, d * sizeof(double));
     }
     /* G, g and M at the current gate were gathered by the E-step. */
-    double G = ws->G0;
-    mirror_upper(M, P);
+    memcpy(cur, estep_sums_of(ws->sums, d, K).gate, state_count(P) * sizeof *cur);
+    mirror_upper(state_matrix(cur, P), P);
     for (int s = 0; s < steps; s++) {
-        if (solve_spd(ws->delta, ws->Lc, M, g, P) != 0) break;
-        double dec = dot(g, ws->delta, P);
-        if (!(dec > DECREMENT_RTOL * (fabs(G) + 1.0))) break;
+        if (solve_spd(ws->delta, ws->Lc, state_matrix(cur, P), state_grad(cur), P) != 0) break;
+        double dec = dot(state_grad(cur), ws->delta, P);
+        if (!(dec > DECREMENT_RTOL * (fabs(cur[0]) + 1.0))) break;
         double t = 1.0;
         int accepted = 0;
         for (int h = 0; h <= MT_EM_MAX_HALVINGS; h++, t *= 0.5) {
             for (size_t j = 0; j < P; j++) th_try[j] = th[j] + t * ws->delta[j];
-            double Gt = gate_pass(g_try, M_try, th_try, ws->R, X, n, d, K, ws->row, ws->z);
-            if (Gt >= G) {
+            gate_pass(next, th_try, n, d, K, ws);
+            if (next[0] >= cur[0]) {
                 double *tmp;
                 tmp = th; th = th_try; th_try = tmp;
-                tmp = g; g = g_try; g_try = tmp;
-                tmp = M; M = M_try; M_try = tmp;
-                G = Gt;
+                tmp = cur; cur = next; next = tmp;
                 accepted = 1;
                 break;
             }
@@ -424,114 +712,139 @@ static double floor_sigma2(double v)
     return v > MT_EM_SIGMA2_MIN ? v : MT_EM_SIGMA2_MIN;
 }
 
+typedef struct {
+    const double *coef;   /* (K, d+1) candidate coefficients (a_k, b_k) */
+    const int *ok;        /* (K,) 2 where a candidate is to be scored */
+    const double *R, *Z;  /* (K, ld), (d+1, ld) by columns */
+    const double *y;
+    size_t ld, d, K;
+} sse_ctx;
+
+MT_VECTOR_CLONES
+static void sse_block(double *sums, const void *ctx, size_t i0, size_t m, double *cols)
+{
+    const sse_ctx *c = ctx;
+    const size_t d = c->d, ld = c->ld;
+    const double *Z = c->Z + i0, *y = c->y + i0;
+    double *e = cols, *u = e + BLOCK;
+    for (size_t k = 0; k < c->K; k++) {
+        if (c->ok[k] != 2) continue;
+        const double *cf = c->coef + k * (d + 1);
+        affine_cols(e, cf, cf[d], Z, ld, d, m);
+        for (size_t i = 0; i < m; i++) e[i] = y[i] - e[i];
+        mul_cols(u, c->R + k * ld + i0, e, m);
+        sums[k] += dot_cols(u, e, m);
+    }
+}
+
 /* Weighted least squares per expert on z = (x, 1): coefficients (a_k, b_k). The normal
  * equations, W_k and the current weighted sums of squares come from the E-step; one more pass
  * gives the new sums of squares, and the new coefficients are kept only if not worse. */
-static void linear_mstep(mt_em_params *p, const double *X, const double *y, size_t n, size_t d,
-                         size_t K, mt_em_workspace *ws)
+static void linear_mstep(mt_em_params *p, const double *y, size_t n, size_t d, size_t K,
+                         mt_em_workspace *ws)
 {
     size_t p1 = d + 1;
-    double *W = ws->acc, *sse_old = ws->acc + K, *sse_new = ws->acc + 2 * K;
+    estep_sums S = estep_sums_of(ws->sums, d, K);
+    double *sse_new = ws->sse_new;
     int any = 0;
     for (size_t k = 0; k < K; k++) {
         ws->ok[k] = 0;
-        sse_new[k] = 0.0;
-        if (!(W[k] > MT_EM_WEIGHT_MIN)) continue;
-        double *A = ws->ne + k * p1 * p1;
+        if (!(S.W[k] > MT_EM_WEIGHT_MIN)) continue;
+        double *A = S.ne + k * p1 * p1;
         mirror_upper(A, p1);
-        ws->ok[k] = solve_spd(ws->coef + k * p1, ws->Lc, A, ws->rhs + k * p1, p1) == 0 ? 2 : 1;
+        ws->ok[k] = solve_spd(ws->coef + k * p1, ws->Lc, A, S.rhs + k * p1, p1) == 0 ? 2 : 1;
         any |= ws->ok[k] == 2;
     }
     if (any) {
-        for (size_t i = 0; i < n; i++) {
-            const double *x = X + i * d;
-            for (size_t k = 0; k < K; k++) {
-                if (ws->ok[k] != 2) continue;
-                const double *cf = ws->coef + k * p1;
-                double e = y[i] - (cf[d] + dot(cf, x, d));
-                sse_new[k] += ws->R[i * K + k] * e * e;
-            }
-        }
+        sse_ctx c = {ws->coef, ws->ok, ws->R, ws->Z, y, ws->n_max, d, K};
+        sum_rows(sse_new, K, sse_block, &c, n, ws);
     }
     for (size_t k = 0; k < K; k++) {
         if (!ws->ok[k]) continue;
-        double sse = sse_old[k];
-        if (ws->ok[k] == 2 && sse_new[k] <= sse_old[k]) {
+        double sse = S.sse[k];
+        if (ws->ok[k] == 2 && sse_new[k] <= S.sse[k]) {
             memcpy(p->a + k * d, ws->coef + k * p1, d * sizeof(double));
             p->b[k] = ws->coef[k * p1 + d];
             sse = sse_new[k];
         }
-        p->sigma2[k] = floor_sigma2(sse / W[k]);
+        p->sigma2[k] = floor_sigma2(sse / S.W[k]);
     }
 }
 
-/* Returns S = sum_i r_ik (y_i - m(x_i))^2 for expert k with theta = (a (d), b, [c]);
- * with g, M non-NULL also the Gauss-Newton pieces g = J^T W e (P,), M = J^T W J (P, P),
- * J_i = dm/dtheta = (c h' x_i, c h', [h]), P = d + 1 (+ 1 with c). */
-static double ffn_pass(double *g, double *M, const double *theta, size_t k, const double *R,
-                       const double *X, const double *y, size_t n, size_t d, size_t K,
-                       const mt_em_options *opt, double *J)
+typedef struct {
+    const double *theta;  /* (a (d), b, [c]) */
+    const double *w;      /* (ld,) the expert's responsibilities */
+    const double *Z, *y;  /* (d+1, ld) design columns; (n,) */
+    size_t ld, d;
+    int has_c;
+    mt_em_act act;
+} ffn_ctx;
+
+MT_VECTOR_CLONES
+static void ffn_block(double *sums, const void *ctx, size_t i0, size_t m, double *cols)
 {
-    int has_c = opt->outer_scale != 0;
-    size_t P = d + 1 + (size_t)has_c;
-    double cc = has_c ? theta[d + 1] : 1.0;
-    if (g) {
-        memset(g, 0, P * sizeof(double));
-        memset(M, 0, P * P * sizeof(double));
+    const ffn_ctx *c = ctx;
+    const size_t d = c->d, ld = c->ld, P = d + 1 + (size_t)c->has_c;
+    const double *Z = c->Z + i0, *y = c->y + i0, *w = c->w + i0, *th = c->theta;
+    /* J (d+2, BLOCK): the Jacobian dm/dtheta, J_l = c h' x_l (l < d), J_d = c h', J_{d+1} = h */
+    double *J = cols, *ch = J + d * BLOCK, *h = ch + BLOCK, *hp = h + BLOCK, *e = hp + BLOCK;
+    double *u = e + BLOCK;
+    const double cc = c->has_c ? th[d + 1] : 1.0;
+    affine_cols(h, th, th[d], Z, ld, d, m);
+    act_cols(h, hp, h, m, c->act);
+    for (size_t i = 0; i < m; i++) e[i] = y[i] - cc * h[i];
+    mul_cols(u, w, e, m);
+    sums[0] += dot_cols(u, e, m);
+    double *g = state_grad(sums), *M = state_matrix(sums, P);
+    for (size_t i = 0; i < m; i++) ch[i] = cc * hp[i];
+    for (size_t l = 0; l < d; l++) mul_cols(J + l * BLOCK, ch, Z + (1 + l) * ld, m);
+    for (size_t j = 0; j < P; j++) {
+        mul_cols(u, w, J + j * BLOCK, m);
+        g[j] += dot_cols(u, e, m);
+        for (size_t l = j; l < P; l++) M[j * P + l] += dot_cols(u, J + l * BLOCK, m);
     }
-    double S = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        const double *x = X + i * d;
-        double w = R[i * K + k];
-        double h, hp;
-        act_forward(&h, &hp, theta[d] + dot(theta, x, d), opt->act);
-        double e = y[i] - cc * h;
-        S += w * e * e;
-        if (!g) continue;
-        double ch = cc * hp;
-        for (size_t j = 0; j < d; j++) J[j] = ch * x[j];
-        J[d] = ch;
-        if (has_c) J[d + 1] = h;
-        for (size_t j = 0; j < P; j++) {
-            double wj = w * J[j];
-            g[j] += wj * e;
-            for (size_t m = j; m < P; m++) M[j * P + m] += wj * J[m];
-        }
-    }
-    if (g) mirror_upper(M, P);
-    return S;
 }
 
-static void ffn_mstep(mt_em_params *p, const double *X, const double *y, size_t n, size_t d,
-                      size_t K, const mt_em_options *opt, mt_em_workspace *ws)
+/* state (1 + P + P^2,), P = d + 1 (+ 1 with c): S = sum_i r_ik (y_i - m(x_i))^2 for expert k
+ * with theta = (a (d), b, [c]), and the Gauss-Newton pieces g = J^T W e, M = J^T W J (full),
+ * J_i = dm/dtheta = (c h' x_i, c h', [h]). */
+static void ffn_pass(double *state, const double *theta, size_t k, const double *y, size_t n,
+                     size_t d, const mt_em_options *opt, mt_em_workspace *ws)
 {
     int has_c = opt->outer_scale != 0;
     size_t P = d + 1 + (size_t)has_c;
-    double *W = ws->acc;  /* from the E-step */
+    ffn_ctx c = {theta, ws->R + k * ws->n_max, ws->Z, y, ws->n_max, d, has_c, opt->act};
+    sum_rows(state, state_count(P), ffn_block, &c, n, ws);
+    mirror_upper(state_matrix(state, P), P);
+}
+
+static void ffn_mstep(mt_em_params *p, const double *y, size_t n, size_t d, size_t K,
+                      const mt_em_options *opt, mt_em_workspace *ws)
+{
+    int has_c = opt->outer_scale != 0;
+    size_t P = d + 1 + (size_t)has_c;
+    const double *W = estep_sums_of(ws->sums, d, K).W;
     for (size_t k = 0; k < K; k++) {
         if (!(W[k] > MT_EM_WEIGHT_MIN)) continue;
-        double *th = ws->th, *th_try = ws->th_try, *g = ws->g, *g_try = ws->g_try;
-        double *M = ws->M, *M_try = ws->M_try;
+        double *th = ws->th, *th_try = ws->th_try, *cur = ws->state[0], *next = ws->state[1];
         memcpy(th, p->a + k * d, d * sizeof(double));
         th[d] = p->b[k];
         if (has_c) th[d + 1] = p->c[k];
-        double S = ffn_pass(g, M, th, k, ws->R, X, y, n, d, K, opt, ws->z);
+        ffn_pass(cur, th, k, y, n, d, opt, ws);
         for (int s = 0; s < opt->expert_steps; s++) {
-            if (solve_spd(ws->delta, ws->Lc, M, g, P) != 0) break;
-            double dec = dot(g, ws->delta, P);
-            if (!(dec > DECREMENT_RTOL * S)) break;
+            if (solve_spd(ws->delta, ws->Lc, state_matrix(cur, P), state_grad(cur), P) != 0)
+                break;
+            double dec = dot(state_grad(cur), ws->delta, P);
+            if (!(dec > DECREMENT_RTOL * cur[0])) break;
             double t = 1.0;
             int accepted = 0;
             for (int h = 0; h <= MT_EM_MAX_HALVINGS; h++, t *= 0.5) {
                 for (size_t j = 0; j < P; j++) th_try[j] = th[j] + t * ws->delta[j];
-                double St = ffn_pass(g_try, M_try, th_try, k, ws->R, X, y, n, d, K, opt,
-                                     ws->z);
-                if (St <= S) {
+                ffn_pass(next, th_try, k, y, n, d, opt, ws);
+                if (next[0] <= cur[0]) {
                     double *tmp;
                     tmp = th; th = th_try; th_try = tmp;
-                    tmp = g; g = g_try; g_try = tmp;
-                    tmp = M; M = M_try; M_try = tmp;
-                    S = St;
+                    tmp = cur; cur = next; next = tmp;
                     accepted = 1;
                     break;
                 }
@@ -541,7 +854,7 @@ static void ffn_mstep(mt_em_params *p, const double *X, const double *y, size_t 
         memcpy(p->a + k * d, th, d * sizeof(double));
         p->b[k] = th[d];
         if (has_c) p->c[k] = th[d + 1];
-        p->sigma2[k] = floor_sigma2(S / W[k]);
+        p->sigma2[k] = floor_sigma2(cur[0] / W[k]);
     }
 }
 
@@ -598,7 +911,8 @@ mt_status mt_em_loglik(double *loglik, double *resp, const mt_em_params *params,
     if (!loglik) return MT_EINVAL;
     mt_status st = check_common(params, X, y, n, d, K, opt, ws);
     if (st != MT_OK) return st;
-    double L = estep(resp, params, X, y, n, d, K, opt, ws->row, NULL);
+    load_design(ws, X, n, d);
+    double L = estep(resp, 0, params, y, n, d, K, opt, ws);
     *loglik = L;
     return isfinite(L) ? MT_OK : MT_ENONFINITE;
 }
@@ -615,17 +929,18 @@ mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *conve
         return MT_EINVAL;
     *n_iter = 0;
     *converged = 0;
-    double L_prev = estep(ws->R, params, X, y, n, d, K, opt, ws->row, ws);
+    load_design(ws, X, n, d);
+    double L_prev = estep(NULL, 1, params, y, n, d, K, opt, ws);
     if (!isfinite(L_prev)) return MT_ENONFINITE;
     for (int t = 0; t < opt->max_iter; t++) {
         if (opt->interrupt && t % MT_EM_POLL_EVERY == 0 && opt->interrupt(opt->interrupt_ctx))
             return MT_EINTERRUPTED;
-        gate_mstep(params, X, n, d, K, opt->gate_steps, ws);
+        gate_mstep(params, n, d, K, opt->gate_steps, ws);
         if (opt->expert == MT_EM_LINEAR)
-            linear_mstep(params, X, y, n, d, K, ws);
+            linear_mstep(params, y, n, d, K, ws);
         else
-            ffn_mstep(params, X, y, n, d, K, opt, ws);
-        double L = estep(ws->R, params, X, y, n, d, K, opt, ws->row, ws);
+            ffn_mstep(params, y, n, d, K, opt, ws);
+        double L = estep(NULL, 1, params, y, n, d, K, opt, ws);
         trace[t] = L;
         *n_iter = t + 1;
         if (!isfinite(L)) return MT_ENONFINITE;

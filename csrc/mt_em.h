@@ -44,6 +44,13 @@
  *   the parameters of the last completed iteration, *n_iter and trace[0 .. *n_iter - 1] valid.
  * - MT_ENONFINITE if a log-likelihood becomes NaN or infinite (the parameters are then those
  *   that produced it).
+ * - exp, log and tanh in the passes over the data are those of mt_exp.h, mt_log.h and
+ *   mt_tanh.h (vectorisable; within 1, 1 and 2.5 ulp of the true values), so results differ from
+ *   libm-based code (tests/reference_em.py) by rounding.
+ * - The sums over rows are shared among mt_threads() threads (at most the count the workspace
+ *   was allocated for; one thread per 2048 rows at most), each summing its own contiguous rows,
+ *   added in thread order: results are bitwise reproducible for a given thread count and differ
+ *   by rounding between thread counts.
  * Nothing here allocates except mt_em_workspace_alloc; nothing prints or exits. */
 #ifndef MT_EM_H
 #define MT_EM_H
@@ -96,7 +103,8 @@ size_t mt_em_params_size(size_t d, size_t K, int outer_scale);
 mt_status mt_em_params_view(mt_em_params *params, double *flat, size_t d, size_t K,
                             int outer_scale);
 
-/* Scratch for fits on up to n_max samples with exactly this d and K (any expert kind). */
+/* Scratch for fits on up to n_max samples with exactly this d and K (any expert kind), sized for
+ * the thread count mt_threads() gives at allocation: calls use at most that many threads. */
 typedef struct mt_em_workspace mt_em_workspace;
 
 /* *ws: a new workspace (NULL on failure); n_max, d, K >= 1. MT_EINVAL or MT_ENOMEM on failure. */
