@@ -134,10 +134,10 @@ static double *state_matrix(double *state, size_t P) { return state + 1 + P; }
 static size_t state_count(size_t P) { return 1 + P + P * P; }
 
 /* The columns of BLOCK rows one thread works in: the most any block function carves (the
- * E-step's 4 K + 5, ffn_block's d + 5). */
+ * E-step's 4 K + 5, ffn_block's d + 4). */
 static size_t block_cols(size_t d, size_t K)
 {
-    return 4 * K + 5 > d + 5 ? 4 * K + 5 : d + 5;
+    return 4 * K + 5 > d + 4 ? 4 * K + 5 : d + 4;
 }
 
 /* sums += a block function's sums over rows [i0, i0 + m), m <= BLOCK, with cols (n_cols, BLOCK)
@@ -346,9 +346,9 @@ static inline double exp_shifted(double v, double vmax)
 
 /* ---------------------------------------------------------------- columns of a block */
 
-/* Loops down the columns of a block of m <= BLOCK rows. Inlined into the block functions
- * (MT_VECTOR_CLONES), they are vectorised for each target. The design's columns are Z + j ld:
- * j = 0 the ones, j = 1 + l feature l of x. */
+/* Loops down the columns of a block of m <= BLOCK rows. Those with several loops are built for
+ * each target (MT_VECTOR_CLONES); the one-loop helpers are inlined into them. The design's
+ * columns are Z + j ld: j = 0 the ones, j = 1 + l feature l of x. */
 
 /* out (m,) = b + sum_l w_l x_l */
 static inline void affine_cols(double *restrict out, const double *w, double b, const double *Z,
@@ -362,19 +362,59 @@ static inline void affine_cols(double *restrict out, const double *w, double b, 
     }
 }
 
-/* The linear experts' design z = (x, 1): its column j. */
-static inline const double *expert_design_col(const double *Z, size_t ld, size_t j, size_t d)
+/* The linear experts' design z = (x, 1): the design's column of its column j. */
+static inline size_t expert_design_index(size_t j, size_t d)
 {
-    return Z + (j < d ? j + 1 : 0) * ld;
+    return j < d ? j + 1 : 0;
+}
+
+/* Sums over a block in eight interleaved partial sums, added in a fixed tree at the end. GCC
+ * vectorises this (a single running sum, in order, stays a chain of dependent adds unless
+ * -ffast-math), eight lanes keep two AVX2 adds in flight, and the order does not depend on
+ * the vector width, so both clones give the same bits. */
+static inline double sum_lanes(const double s[8])
+{
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+static inline double sum_cols(const double *restrict u, size_t m)
+{
+    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    size_t i = 0;
+    for (; i + 8 <= m; i += 8)
+        for (size_t l = 0; l < 8; l++) s[l] += u[i + l];
+    for (; i < m; i++) s[0] += u[i];
+    return sum_lanes(s);
 }
 
 static inline double dot_cols(const double *restrict u, const double *restrict v, size_t m)
 {
-    double s = 0.0;
-    /* partial sums in vector lanes: a fixed order for a given target, so still reproducible */
-    MT_OMP(simd reduction(+ : s))
-    for (size_t i = 0; i < m; i++) s += u[i] * v[i];
-    return s;
+    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    size_t i = 0;
+    for (; i + 8 <= m; i += 8)
+        for (size_t l = 0; l < 8; l++) s[l] += u[i + l] * v[i + l];
+    for (; i < m; i++) s[0] += u[i] * v[i];
+    return sum_lanes(s);
+}
+
+static inline double dot3_cols(const double *restrict u, const double *restrict v,
+                               const double *restrict w, size_t m)
+{
+    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    size_t i = 0;
+    for (; i + 8 <= m; i += 8)
+        for (size_t l = 0; l < 8; l++) s[l] += u[i + l] * v[i + l] * w[i + l];
+    for (; i < m; i++) s[0] += u[i] * v[i] * w[i];
+    return sum_lanes(s);
+}
+
+/* sum_i w_i z_ij z_ic for the design z = (1, x): products with the ones column are skipped. */
+static inline double moment_cols(const double *w, const double *Z, size_t ld, size_t j, size_t c,
+                                 size_t m)
+{
+    if (j == 0) return c == 0 ? sum_cols(w, m) : dot_cols(w, Z + c * ld, m);
+    if (c == 0) return dot_cols(w, Z + j * ld, m);
+    return dot3_cols(w, Z + j * ld, Z + c * ld, m);
 }
 
 /* out (m,) = u * v */
@@ -384,7 +424,8 @@ static inline void mul_cols(double *restrict out, const double *u, const double 
 }
 
 /* h (m,) = act(u), hp (m,) = act'(u); h may be u. */
-static inline void act_cols(double *h, double *restrict hp, const double *u, size_t m,
+MT_VECTOR_CLONES
+static void act_cols(double *h, double *restrict hp, const double *u, size_t m,
                             mt_em_act act)
 {
     if (act == MT_EM_TANH) {
@@ -403,7 +444,8 @@ static inline void act_cols(double *h, double *restrict hp, const double *u, siz
 }
 
 /* e (m,) = y - m_k(x) for expert k of p; hp (m,) scratch. */
-static inline void expert_residual_cols(double *restrict e, double *restrict hp,
+MT_VECTOR_CLONES
+static void expert_residual_cols(double *restrict e, double *restrict hp,
                                         const mt_em_params *p, size_t k,
                                         const mt_em_options *opt, const double *Z, size_t ld,
                                         const double *restrict y, size_t d, size_t m)
@@ -418,32 +460,62 @@ static inline void expert_residual_cols(double *restrict e, double *restrict hp,
     }
 }
 
+/* w (K, BLOCK) = exp_shifted(v_k, vmax) and sum (m,) = sum_k w_k, for v (K, BLOCK) whose row
+ * maxima vmax (m,) are at index top (m,) (as doubles); w may be v. The weight at the maximum is
+ * exactly 1 (mt_exp(0)), so only the K - 1 others are exponentiated: a row's other values are
+ * gathered into K - 1 columns by selects, written to w_1 .. w_{K-1}, and put back in order.
+ * Half the exps for K = 2, a third for K = 3; the same numbers as K exp_shifted. */
+MT_VECTOR_CLONES
+static void exp_shifted_cols(double *w, double *restrict sum, const double *v,
+                             const double *restrict vmax, const double *restrict top, size_t K,
+                             size_t m)
+{
+    /* descending, so that w = v is only written where it is not read again */
+    for (size_t c = K - 1; c-- > 0;) {
+        const double *vc = v + c * BLOCK, *vn = vc + BLOCK;
+        double *wn = w + (c + 1) * BLOCK;
+        const double cd = (double)c;
+        for (size_t i = 0; i < m; i++) wn[i] = exp_shifted(cd < top[i] ? vc[i] : vn[i], vmax[i]);
+    }
+    /* w_k = 1 at the top, the gathered E_k (in w_{k+1}) below it, E_{k-1} (in w_k) above; the
+     * sum in order of k (0 + w_0 is w_0) */
+    for (size_t i = 0; i < m; i++) sum[i] = 0.0;
+    for (size_t k = 0; k < K; k++) {
+        double *wk = w + k * BLOCK;
+        const double kd = (double)k;
+        const double *wn = k + 1 < K ? wk + BLOCK : wk;  /* never read when k + 1 == K */
+        for (size_t i = 0; i < m; i++) {
+            wk[i] = kd == top[i] ? 1.0 : kd < top[i] ? wn[i] : wk[i];
+            sum[i] += wk[i];
+        }
+    }
+}
+
 /* The gate on a block: s (K, BLOCK) scores s_k = theta_k . (1, x) with s_{K-1} = 0, pr (K, BLOCK)
  * the softmax probabilities, lse (m,) = log sum_k exp(s_k); theta (K-1, d+1) the rows
- * (beta0_k, beta1_k); t (m,) scratch. */
+ * (beta0_k, beta1_k); t, top (m,) scratch. */
 MT_VECTOR_CLONES
-static void gate_softmax_cols(double *s, double *pr, double *restrict lse,
-                                     double *restrict t, const double *theta, const double *Z,
-                                     size_t ld, size_t d, size_t K, size_t m)
+static void gate_softmax_cols(double *s, double *pr, double *restrict lse, double *restrict t,
+                              double *restrict top, const double *theta, const double *Z,
+                              size_t ld, size_t d, size_t K, size_t m)
 {
     const size_t q = K - 1, p1 = d + 1;
     double *restrict smax = lse;
-    for (size_t i = 0; i < m; i++) smax[i] = 0.0;  /* the reference score */
+    for (size_t i = 0; i < m; i++) {
+        smax[i] = 0.0;  /* the reference score */
+        top[i] = (double)q;
+    }
     for (size_t k = 0; k < q; k++) {
         double *restrict sk = s + k * BLOCK;
+        const double kd = (double)k;
         affine_cols(sk, theta + k * p1 + 1, theta[k * p1], Z, ld, d, m);
-        for (size_t i = 0; i < m; i++) smax[i] = sk[i] > smax[i] ? sk[i] : smax[i];
-    }
-    for (size_t i = 0; i < m; i++) s[q * BLOCK + i] = 0.0;
-    for (size_t i = 0; i < m; i++) t[i] = 0.0;
-    for (size_t k = 0; k < K; k++) {
-        const double *restrict sk = s + k * BLOCK;
-        double *restrict pk = pr + k * BLOCK;
         for (size_t i = 0; i < m; i++) {
-            pk[i] = exp_shifted(sk[i], smax[i]);
-            t[i] += pk[i];
+            top[i] = sk[i] > smax[i] ? kd : top[i];
+            smax[i] = sk[i] > smax[i] ? sk[i] : smax[i];
         }
     }
+    for (size_t i = 0; i < m; i++) s[q * BLOCK + i] = 0.0;
+    exp_shifted_cols(pr, t, s, smax, top, K, m);
     for (size_t i = 0; i < m; i++) {
         lse[i] = smax[i] + mt_log(t[i]);
         t[i] = 1.0 / t[i];
@@ -456,7 +528,8 @@ static void gate_softmax_cols(double *s, double *pr, double *restrict lse,
 
 /* The block's part of the gate objective sum_ik r_ik log pi_k(x_i):
  * sum_i [sum_k r_ik s_ik - (sum_k r_ik) lse_i]; r (K, ldr), s (K, BLOCK); u, v (m,) scratch. */
-static inline double gate_objective_cols(const double *r, size_t ldr, const double *s,
+MT_VECTOR_CLONES
+static double gate_objective_cols(const double *r, size_t ldr, const double *s,
                                          const double *restrict lse, double *restrict u,
                                          double *restrict v, size_t K, size_t m)
 {
@@ -468,25 +541,24 @@ static inline double gate_objective_cols(const double *r, size_t ldr, const doub
             v[i] += rk[i];
         }
     }
-    double G = 0.0;
-    MT_OMP(simd reduction(+ : G))
-    for (size_t i = 0; i < m; i++) G += u[i] - v[i] * lse[i];
-    return G;
+    for (size_t i = 0; i < m; i++) u[i] -= v[i] * lse[i];
+    return sum_cols(u, m);
 }
 
 /* The gate's Newton pieces over the K-1 free experts, z = (1, x): g (P,) += sum_i (r_i - p_i)
  * (x) z_i and the upper triangle of M (P, P) += sum_i (diag(p_i) - p_i p_i^T) (x) z_i z_i^T,
  * P = (K-1)(d+1); pr (K, BLOCK) the gate probabilities, r (K, ldr) the responsibilities;
- * u, v (m,) scratch. */
-static inline void gate_newton_cols(double *g, double *M, const double *pr, const double *r,
-                                    size_t ldr, const double *Z, size_t ld, double *restrict u,
-                                    double *restrict v, size_t d, size_t K, size_t m)
+ * u (m,) scratch. Block (k, l) of M is symmetric in (j, c) as well: each sum is made once. */
+MT_VECTOR_CLONES
+static void gate_newton_cols(double *g, double *M, const double *pr, const double *r, size_t ldr,
+                             const double *Z, size_t ld, double *restrict u, size_t d, size_t K,
+                             size_t m)
 {
     const size_t q = K - 1, p1 = d + 1, P = q * p1;
     for (size_t k = 0; k < q; k++) {
         const double *restrict rk = r + k * ldr, *restrict pk = pr + k * BLOCK;
         for (size_t i = 0; i < m; i++) u[i] = rk[i] - pk[i];
-        for (size_t j = 0; j < p1; j++) g[k * p1 + j] += dot_cols(u, Z + j * ld, m);
+        for (size_t j = 0; j < p1; j++) g[k * p1 + j] += moment_cols(u, Z, ld, 0, j, m);
     }
     for (size_t k = 0; k < q; k++) {
         for (size_t l = k; l < q; l++) {
@@ -494,32 +566,34 @@ static inline void gate_newton_cols(double *g, double *M, const double *pr, cons
             const double delta = k == l ? 1.0 : 0.0;
             for (size_t i = 0; i < m; i++) u[i] = pk[i] * (delta - pl[i]);
             for (size_t j = 0; j < p1; j++) {
-                mul_cols(v, u, Z + j * ld, m);
-                double *Mrow = M + (k * p1 + j) * P + l * p1;
-                for (size_t c = k == l ? j : 0; c < p1; c++) Mrow[c] += dot_cols(v, Z + c * ld, m);
+                for (size_t c = j; c < p1; c++) {
+                    double mom = moment_cols(u, Z, ld, j, c, m);
+                    M[(k * p1 + j) * P + l * p1 + c] += mom;
+                    if (k != l && c != j) M[(k * p1 + c) * P + l * p1 + j] += mom;
+                }
             }
         }
     }
 }
 
 /* The linear experts' sums (see estep_sums) over a block: sse (K,), and the upper triangles of
- * ne (K, d+1, d+1) with rhs (K, d+1), on z = (x, 1); r, e (K, BLOCK) responsibilities and
- * residuals; u (m,) scratch. */
-static inline void linear_sums_cols(double *sse, double *ne, double *rhs, const double *r,
-                                    const double *e, const double *y, const double *Z, size_t ld,
-                                    double *restrict u, size_t d, size_t K, size_t m)
+ * ne (K, d+1, d+1) with rhs (K, d+1), on z = (x, 1) (the design's ones column last); r, e
+ * (K, BLOCK) responsibilities and residuals. */
+MT_VECTOR_CLONES
+static void linear_sums_cols(double *sse, double *ne, double *rhs, const double *r,
+                             const double *e, const double *y, const double *Z, size_t ld,
+                             size_t d, size_t K, size_t m)
 {
     const size_t p1 = d + 1;
     for (size_t k = 0; k < K; k++) {
         const double *rk = r + k * BLOCK, *ek = e + k * BLOCK;
         double *A = ne + k * p1 * p1, *b = rhs + k * p1;
-        mul_cols(u, rk, ek, m);
-        sse[k] += dot_cols(u, ek, m);
+        sse[k] += dot3_cols(rk, ek, ek, m);
         for (size_t j = 0; j < p1; j++) {
-            mul_cols(u, rk, expert_design_col(Z, ld, j, d), m);
-            b[j] += dot_cols(u, y, m);
+            const size_t zj = expert_design_index(j, d);
+            b[j] += zj ? dot3_cols(rk, Z + zj * ld, y, m) : dot_cols(rk, y, m);
             for (size_t c = j; c < p1; c++)
-                A[j * p1 + c] += dot_cols(u, expert_design_col(Z, ld, c, d), m);
+                A[j * p1 + c] += moment_cols(rk, Z, ld, zj, expert_design_index(c, d), m);
         }
     }
 }
@@ -548,30 +622,28 @@ static void estep_block(double *sums, const void *ctx, size_t i0, size_t m, doub
     double *s = cols, *pr = s + K * BLOCK, *e = pr + K * BLOCK, *r = e + K * BLOCK;
     double *lse = r + K * BLOCK, *lmax = lse + BLOCK, *t = lmax + BLOCK, *u = t + BLOCK;
     double *v = u + BLOCK;
-    gate_softmax_cols(s, pr, lse, t, c->theta, Z, ld, d, K, m);
-    for (size_t i = 0; i < m; i++) lmax[i] = -INFINITY;
+    gate_softmax_cols(s, pr, lse, t, u, c->theta, Z, ld, d, K, m);
+    for (size_t i = 0; i < m; i++) {
+        lmax[i] = -INFINITY;
+        v[i] = 0.0;  /* the index of lmax */
+    }
     for (size_t k = 0; k < K; k++) {
         double *ek = e + k * BLOCK, *lk = r + k * BLOCK;
         const double *sk = s + k * BLOCK;
+        const double kd = (double)k;
         expert_residual_cols(ek, u, c->p, k, c->opt, Z, ld, y, d, m);
         for (size_t i = 0; i < m; i++) {
             lk[i] = sk[i] + (c->cst[k] - c->inv[k] * ek[i] * ek[i]);
+            v[i] = lk[i] > lmax[i] ? kd : v[i];
             lmax[i] = lk[i] > lmax[i] ? lk[i] : lmax[i];
         }
     }
-    for (size_t i = 0; i < m; i++) t[i] = 0.0;
-    for (size_t k = 0; k < K; k++) {
-        double *rk = r + k * BLOCK;
-        for (size_t i = 0; i < m; i++) {
-            rk[i] = exp_shifted(rk[i], lmax[i]);
-            t[i] += rk[i];
-        }
+    exp_shifted_cols(r, t, r, lmax, v, K, m);
+    for (size_t i = 0; i < m; i++) {
+        lmax[i] = lmax[i] + mt_log(t[i]) - lse[i];  /* log p(y_i | x_i) */
+        t[i] = 1.0 / t[i];
     }
-    double L = 0.0;
-    MT_OMP(simd reduction(+ : L))
-    for (size_t i = 0; i < m; i++) L += lmax[i] + mt_log(t[i]) - lse[i];
-    sums[0] += L;
-    for (size_t i = 0; i < m; i++) t[i] = 1.0 / t[i];
+    sums[0] += sum_cols(lmax, m);
     for (size_t k = 0; k < K; k++) {
         double *rk = r + k * BLOCK;
         for (size_t i = 0; i < m; i++) rk[i] *= t[i];
@@ -581,20 +653,14 @@ static void estep_block(double *sums, const void *ctx, size_t i0, size_t m, doub
     }
     if (!c->fit) return;
     estep_sums S = estep_sums_of(sums, d, K);
-    for (size_t k = 0; k < K; k++) {
-        const double *rk = r + k * BLOCK;
-        double w = 0.0;
-        MT_OMP(simd reduction(+ : w))
-        for (size_t i = 0; i < m; i++) w += rk[i];
-        S.W[k] += w;
-    }
+    for (size_t k = 0; k < K; k++) S.W[k] += sum_cols(r + k * BLOCK, m);
     if (c->gate) {
         const size_t Pg = (K - 1) * (d + 1);
         S.gate[0] += gate_objective_cols(r, BLOCK, s, lse, u, v, K, m);
-        gate_newton_cols(state_grad(S.gate), state_matrix(S.gate, Pg), pr, r, BLOCK, Z, ld, u, v,
-                         d, K, m);
+        gate_newton_cols(state_grad(S.gate), state_matrix(S.gate, Pg), pr, r, BLOCK, Z, ld, u, d,
+                         K, m);
     }
-    if (c->linear) linear_sums_cols(S.sse, S.ne, S.rhs, r, e, y, Z, ld, u, d, K, m);
+    if (c->linear) linear_sums_cols(S.sse, S.ne, S.rhs, r, e, y, Z, ld, d, K, m);
 }
 
 /* Returns sum_i log p(y_i | x_i). Per row: s_k gate scores (s_{K-1} = 0), l_k = s_k +
@@ -649,9 +715,9 @@ static void gate_block(double *sums, const void *ctx, size_t i0, size_t m, doubl
     const double *Z = c->Z + i0, *r = c->R + i0;
     double *s = cols, *pr = s + K * BLOCK, *lse = pr + K * BLOCK, *t = lse + BLOCK;
     double *u = t + BLOCK, *v = u + BLOCK;
-    gate_softmax_cols(s, pr, lse, t, c->theta, Z, ld, d, K, m);
+    gate_softmax_cols(s, pr, lse, t, u, c->theta, Z, ld, d, K, m);
     sums[0] += gate_objective_cols(r, ld, s, lse, u, v, K, m);
-    gate_newton_cols(state_grad(sums), state_matrix(sums, P), pr, r, ld, Z, ld, u, v, d, K, m);
+    gate_newton_cols(state_grad(sums), state_matrix(sums, P), pr, r, ld, Z, ld, u, d, K, m);
 }
 
 /* state (1 + P + P^2,), P = (K-1)(d+1): the gate objective G = sum_ik r_ik log softmax_k(s_i)
@@ -726,14 +792,13 @@ static void sse_block(double *sums, const void *ctx, size_t i0, size_t m, double
     const sse_ctx *c = ctx;
     const size_t d = c->d, ld = c->ld;
     const double *Z = c->Z + i0, *y = c->y + i0;
-    double *e = cols, *u = e + BLOCK;
+    double *e = cols;
     for (size_t k = 0; k < c->K; k++) {
         if (c->ok[k] != 2) continue;
         const double *cf = c->coef + k * (d + 1);
         affine_cols(e, cf, cf[d], Z, ld, d, m);
         for (size_t i = 0; i < m; i++) e[i] = y[i] - e[i];
-        mul_cols(u, c->R + k * ld + i0, e, m);
-        sums[k] += dot_cols(u, e, m);
+        sums[k] += dot3_cols(c->R + k * ld + i0, e, e, m);
     }
 }
 
@@ -788,20 +853,17 @@ static void ffn_block(double *sums, const void *ctx, size_t i0, size_t m, double
     const double *Z = c->Z + i0, *y = c->y + i0, *w = c->w + i0, *th = c->theta;
     /* J (d+2, BLOCK): the Jacobian dm/dtheta, J_l = c h' x_l (l < d), J_d = c h', J_{d+1} = h */
     double *J = cols, *ch = J + d * BLOCK, *h = ch + BLOCK, *hp = h + BLOCK, *e = hp + BLOCK;
-    double *u = e + BLOCK;
     const double cc = c->has_c ? th[d + 1] : 1.0;
     affine_cols(h, th, th[d], Z, ld, d, m);
     act_cols(h, hp, h, m, c->act);
     for (size_t i = 0; i < m; i++) e[i] = y[i] - cc * h[i];
-    mul_cols(u, w, e, m);
-    sums[0] += dot_cols(u, e, m);
+    sums[0] += dot3_cols(w, e, e, m);
     double *g = state_grad(sums), *M = state_matrix(sums, P);
     for (size_t i = 0; i < m; i++) ch[i] = cc * hp[i];
     for (size_t l = 0; l < d; l++) mul_cols(J + l * BLOCK, ch, Z + (1 + l) * ld, m);
     for (size_t j = 0; j < P; j++) {
-        mul_cols(u, w, J + j * BLOCK, m);
-        g[j] += dot_cols(u, e, m);
-        for (size_t l = j; l < P; l++) M[j * P + l] += dot_cols(u, J + l * BLOCK, m);
+        g[j] += dot3_cols(w, J + j * BLOCK, e, m);
+        for (size_t l = j; l < P; l++) M[j * P + l] += dot3_cols(w, J + j * BLOCK, J + l * BLOCK, m);
     }
 }
 
