@@ -862,8 +862,9 @@ static void ffn_block(double *sums, const void *ctx, size_t i0, size_t m, double
     for (size_t i = 0; i < m; i++) ch[i] = cc * hp[i];
     for (size_t l = 0; l < d; l++) mul_cols(J + l * BLOCK, ch, Z + (1 + l) * ld, m);
     for (size_t j = 0; j < P; j++) {
-        g[j] += dot3_cols(w, J + j * BLOCK, e, m);
-        for (size_t l = j; l < P; l++) M[j * P + l] += dot3_cols(w, J + j * BLOCK, J + l * BLOCK, m);
+        const double *Jj = J + j * BLOCK;
+        g[j] += dot3_cols(w, Jj, e, m);
+        for (size_t l = j; l < P; l++) M[j * P + l] += dot3_cols(w, Jj, J + l * BLOCK, m);
     }
 }
 

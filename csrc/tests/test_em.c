@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "mt_em.h"
+#include "mt_parallel.h"
 #include "tests/mt_test.h"
 
 static uint64_t rng_state = 0x2545F4914F6CDD1DULL;
@@ -566,11 +567,126 @@ static void test_sample(void)
     free(y);
 }
 
+/* The passes over rows on 1, 2 and 3 threads (each thread its own rows, partial sums added in
+ * thread order): the same responsibilities and log-likelihood to rounding, the same fit (same
+ * iterations, traces within 1e-10 relative, parameters within 1e-7), and a repeated call with
+ * the same thread count bit for bit. n = 6203 rows (enough for 3 threads of >= 2048 rows, and
+ * not a multiple of the block of 256 or the 8 lanes of a sum), d = 2, K = 3, linear and tanh
+ * experts with an outer scale; under the sanitizers this also checks that no thread reads or
+ * writes outside its rows and columns. */
+typedef struct {
+    double loglik;
+    double *resp;   /* (n, K) */
+    double *flat;   /* fitted parameters */
+    double trace[12];
+    int n_iter;
+} em_run;
+
+static void run_on_threads(em_run *out, int threads, const double *X, const double *y, size_t n,
+                           size_t d, size_t K, const double *init, size_t P,
+                           const mt_em_options *opt)
+{
+    mt_set_threads(threads);
+    mt_em_workspace *ws = NULL;
+    CHECK(mt_em_workspace_alloc(&ws, n, d, K) == MT_OK);
+    if (!ws) return;
+    mt_em_params p;
+    memcpy(out->flat, init, P * sizeof(double));
+    mt_em_params_view(&p, out->flat, d, K, opt->outer_scale);
+    CHECK(mt_em_loglik(&out->loglik, out->resp, &p, X, y, n, d, K, opt, ws) == MT_OK);
+    int converged = 0;
+    CHECK(mt_em_fit(&p, out->trace, &out->n_iter, &converged, X, y, n, d, K, opt, ws) == MT_OK);
+    mt_em_workspace_free(ws);
+}
+
+static void test_threads(void)
+{
+    enum { NT = 6203, D = 2, KK = 3 };
+    const size_t n = NT, d = D, K = KK;
+    double *X = malloc(sizeof(double) * NT * D), *y = malloc(sizeof(double) * NT);
+    em_run runs[4];
+    int allocated = X && y;
+    for (int r = 0; r < 4; r++) {
+        runs[r].resp = malloc(sizeof(double) * NT * KK);
+        runs[r].flat = malloc(sizeof(double) * KK * (2 * D + 4));
+        allocated &= runs[r].resp && runs[r].flat;
+    }
+    CHECK(allocated);
+    const int before = mt_threads();
+    for (int ffn = 0; ffn < 2 && allocated; ffn++) {
+        /* truth: gate scores 1 - 2 x0 + x1, -0.5 + x0 + 2 x1 and 0, linear experts 3 x0 - 1,
+         * -2 x1 + 0.5 and x0 + x1, noise sd 0.3 (misspecified for the tanh experts, which is
+         * fine: the check is agreement between thread counts) */
+        unsigned long long st = 2024;
+        for (size_t i = 0; i < n; i++) {
+            double x0 = mt_test_normal(&st), x1 = mt_test_normal(&st);
+            X[i * d] = x0;
+            X[i * d + 1] = x1;
+            double s[3] = {1.0 - 2.0 * x0 + x1, -0.5 + x0 + 2.0 * x1, 0.0}, mx = 0.0, S = 0.0;
+            for (int k = 0; k < 2; k++) mx = s[k] > mx ? s[k] : mx;
+            for (int k = 0; k < 3; k++) S += (s[k] = exp(s[k] - mx));
+            double u = uniform01() * S, means[3] = {3.0 * x0 - 1.0, -2.0 * x1 + 0.5, x0 + x1};
+            int k = u < s[0] ? 0 : u < s[0] + s[1] ? 1 : 2;
+            y[i] = means[k] + 0.3 * normal01();
+        }
+        mt_em_options opt;
+        mt_em_options_default(&opt);
+        opt.max_iter = 12;
+        opt.tol = 1e-10;
+        if (ffn) {
+            opt.expert = MT_EM_FFN;
+            opt.act = MT_EM_TANH;
+            opt.outer_scale = 1;
+        }
+        /* beta0 (3), beta1 (3, 2), a (3, 2), b (3), [c (3)], sigma2 (3) */
+        double init[KK * (2 * D + 4)] = {0.8, -0.4, 0.0,
+                                         -1.8, 0.9, 0.9, 1.8, 0.0, 0.0,
+                                         2.5, 0.2, -0.3, -1.5, 0.8, 1.2,
+                                         -0.8, 0.4, 0.1};
+        size_t P = mt_em_params_size(d, K, opt.outer_scale), o = KK * (2 * D + 2);
+        if (ffn) {
+            init[o] = 3.0; init[o + 1] = 2.0; init[o + 2] = 1.5;  /* c */
+            o += KK;
+        }
+        init[o] = init[o + 1] = init[o + 2] = 0.5;  /* sigma2 */
+        run_on_threads(&runs[0], 1, X, y, n, d, K, init, P, &opt);
+        run_on_threads(&runs[1], 2, X, y, n, d, K, init, P, &opt);
+        run_on_threads(&runs[2], 3, X, y, n, d, K, init, P, &opt);
+        run_on_threads(&runs[3], 2, X, y, n, d, K, init, P, &opt);
+        for (int r = 1; r < 3; r++) {
+            CHECK_CLOSE(runs[r].loglik, runs[0].loglik, 1e-13);
+            double worst = 0.0;
+            for (size_t i = 0; i < n * K; i++) {
+                double e = fabs(runs[r].resp[i] - runs[0].resp[i]);
+                worst = e > worst ? e : worst;
+            }
+            CHECK(worst <= 1e-14);
+            CHECK(runs[r].n_iter == runs[0].n_iter && runs[0].n_iter >= 2);
+            for (int t = 0; t < runs[0].n_iter && t < runs[r].n_iter; t++)
+                CHECK_CLOSE(runs[r].trace[t], runs[0].trace[t], 1e-10);
+            for (size_t j = 0; j < P; j++) {
+                double want = runs[0].flat[j];
+                CHECK(fabs(runs[r].flat[j] - want) <= 1e-7 * (1.0 + fabs(want)));
+            }
+        }
+        CHECK(runs[3].loglik == runs[1].loglik);
+        CHECK(memcmp(runs[3].resp, runs[1].resp, sizeof(double) * NT * KK) == 0);
+        CHECK(runs[3].n_iter == runs[1].n_iter);
+        CHECK(memcmp(runs[3].trace, runs[1].trace, sizeof(double) * (size_t)runs[1].n_iter) == 0);
+        CHECK(memcmp(runs[3].flat, runs[1].flat, sizeof(double) * P) == 0);
+    }
+    mt_set_threads(before);
+    for (int r = 0; r < 4; r++) { free(runs[r].resp); free(runs[r].flat); }
+    free(X);
+    free(y);
+}
+
 int main(void)
 {
     test_crpe_sgame();
     test_ffn();
     test_interrupt_and_args();
     test_sample();
+    test_threads();
     TEST_MAIN_END();
 }
