@@ -48,7 +48,7 @@
  *   mt_tanh.h (vectorisable; within 1, 1 and 2.5 ulp of the true values), so results differ from
  *   libm-based code (tests/reference_em.py) by rounding.
  * - The sums over rows are shared among mt_threads() threads (at most the count the workspace
- *   was allocated for; one thread per 2048 rows at most), each summing its own contiguous rows,
+ *   was allocated for; one thread per 1536 rows at most), each summing its own contiguous rows,
  *   added in thread order: results are bitwise reproducible for a given thread count and differ
  *   by rounding between thread counts.
  * Nothing here allocates except mt_em_workspace_alloc; nothing prints or exits. */

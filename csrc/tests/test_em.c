@@ -570,7 +570,7 @@ static void test_sample(void)
 /* The passes over rows on 1, 2 and 3 threads (each thread its own rows, partial sums added in
  * thread order): the same responsibilities and log-likelihood to rounding, the same fit (same
  * iterations, traces within 1e-10 relative, parameters within 1e-7), and a repeated call with
- * the same thread count bit for bit. n = 6203 rows (enough for 3 threads of >= 2048 rows, and
+ * the same thread count bit for bit. n = 6203 rows (3 threads of mt_em.c's >= 1536 rows each, and
  * not a multiple of the block of 256 or the 8 lanes of a sum), d = 2, K = 3, linear and tanh
  * experts with an outer scale; under the sanitizers this also checks that no thread reads or
  * writes outside its rows and columns. */
