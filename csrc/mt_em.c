@@ -33,7 +33,7 @@ static int omp_get_thread_num(void) { return 0; }
 #define HALF_LOG_2PI 0.91893853320467274178
 #define DECREMENT_RTOL 1e-13
 
-/* Rows per block: a block's columns (4 K + 5 of them in the E-step) stay in the L1 and L2
+/* Rows per block: a block's columns (5 K + 5 of them in the E-step) stay in the L1 and L2
  * caches between the loops that write and read them. */
 #define BLOCK 256
 
@@ -135,10 +135,10 @@ static double *state_matrix(double *state, size_t P) { return state + 1 + P; }
 static size_t state_count(size_t P) { return 1 + P + P * P; }
 
 /* The columns of BLOCK rows one thread works in: the most any block function carves (the
- * E-step's 4 K + 5, ffn_block's d + 4). */
+ * E-step's 5 K + 5, ffn_block's d + 4). */
 static size_t block_cols(size_t d, size_t K)
 {
-    return 4 * K + 5 > d + 4 ? 4 * K + 5 : d + 4;
+    return 5 * K + 5 > d + 4 ? 5 * K + 5 : d + 4;
 }
 
 /* sums += a block function's sums over rows [i0, i0 + m), m <= BLOCK, with cols (n_cols, BLOCK)
@@ -461,20 +461,19 @@ static void expert_residual_cols(double *restrict e, double *restrict hp,
     }
 }
 
-/* w (K, BLOCK) = exp_shifted(v_k, vmax) and sum (m,) = sum_k w_k, for v (K, BLOCK) whose row
- * maxima vmax (m,) are at index top (m,) (as doubles); w may be v. The weight at the maximum is
- * exactly 1 (mt_exp(0)), so only the K - 1 others are exponentiated: a row's other values are
- * gathered into K - 1 columns by selects, written to w_1 .. w_{K-1}, and put back in order.
- * Half the exps for K = 2, a third for K = 3; the same numbers as K exp_shifted. */
+/* w (K, ldw) = exp_shifted(v_k, vmax) and sum (m,) = sum_k w_k, for v (K, BLOCK) whose row
+ * maxima vmax (m,) are at index top (m,) (as doubles). The weight at the maximum is exactly 1
+ * (mt_exp(0)), so only the K - 1 others are exponentiated: a row's other values are gathered
+ * into K - 1 columns by selects, written to w_1 .. w_{K-1}, and put back in order. Half the
+ * exps for K = 2, a third fewer for K = 3; the same numbers as K exp_shifted. */
 MT_VECTOR_CLONES
-static void exp_shifted_cols(double *w, double *restrict sum, const double *v,
-                             const double *restrict vmax, const double *restrict top, size_t K,
-                             size_t m)
+static void exp_shifted_cols(double *restrict w, size_t ldw, double *restrict sum,
+                             const double *restrict v, const double *restrict vmax,
+                             const double *restrict top, size_t K, size_t m)
 {
-    /* descending, so that w = v is only written where it is not read again */
-    for (size_t c = K - 1; c-- > 0;) {
+    for (size_t c = 0; c + 1 < K; c++) {
         const double *vc = v + c * BLOCK, *vn = vc + BLOCK;
-        double *wn = w + (c + 1) * BLOCK;
+        double *wn = w + (c + 1) * ldw;
         const double cd = (double)c;
         for (size_t i = 0; i < m; i++) wn[i] = exp_shifted(cd < top[i] ? vc[i] : vn[i], vmax[i]);
     }
@@ -482,9 +481,9 @@ static void exp_shifted_cols(double *w, double *restrict sum, const double *v,
      * sum in order of k (0 + w_0 is w_0) */
     for (size_t i = 0; i < m; i++) sum[i] = 0.0;
     for (size_t k = 0; k < K; k++) {
-        double *wk = w + k * BLOCK;
+        double *wk = w + k * ldw;
         const double kd = (double)k;
-        const double *wn = k + 1 < K ? wk + BLOCK : wk;  /* never read when k + 1 == K */
+        const double *wn = k + 1 < K ? wk + ldw : wk;  /* never read when k + 1 == K */
         for (size_t i = 0; i < m; i++) {
             wk[i] = kd == top[i] ? 1.0 : kd < top[i] ? wn[i] : wk[i];
             sum[i] += wk[i];
@@ -516,7 +515,7 @@ static void gate_softmax_cols(double *s, double *pr, double *restrict lse, doubl
         }
     }
     for (size_t i = 0; i < m; i++) s[q * BLOCK + i] = 0.0;
-    exp_shifted_cols(pr, t, s, smax, top, K, m);
+    exp_shifted_cols(pr, BLOCK, t, s, smax, top, K, m);
     for (size_t i = 0; i < m; i++) {
         lse[i] = smax[i] + mt_log(t[i]);
         t[i] = 1.0 / t[i];
@@ -578,16 +577,16 @@ static void gate_newton_cols(double *g, double *M, const double *pr, const doubl
 }
 
 /* The linear experts' sums (see estep_sums) over a block: sse (K,), and the upper triangles of
- * ne (K, d+1, d+1) with rhs (K, d+1), on z = (x, 1) (the design's ones column last); r, e
- * (K, BLOCK) responsibilities and residuals. */
+ * ne (K, d+1, d+1) with rhs (K, d+1), on z = (x, 1) (the design's ones column last); r (K, ldr)
+ * the responsibilities, e (K, BLOCK) the residuals. */
 MT_VECTOR_CLONES
-static void linear_sums_cols(double *sse, double *ne, double *rhs, const double *r,
+static void linear_sums_cols(double *sse, double *ne, double *rhs, const double *r, size_t ldr,
                              const double *e, const double *y, const double *Z, size_t ld,
                              size_t d, size_t K, size_t m)
 {
     const size_t p1 = d + 1;
     for (size_t k = 0; k < K; k++) {
-        const double *rk = r + k * BLOCK, *ek = e + k * BLOCK;
+        const double *rk = r + k * ldr, *ek = e + k * BLOCK;
         double *A = ne + k * p1 * p1, *b = rhs + k * p1;
         sse[k] += dot3_cols(rk, ek, ek, m);
         for (size_t j = 0; j < p1; j++) {
@@ -620,16 +619,19 @@ static void estep_block(double *sums, const void *ctx, size_t i0, size_t m, doub
     const estep_ctx *c = ctx;
     const size_t K = c->K, d = c->d, ld = c->ld;
     const double *Z = c->Z + i0, *y = c->y + i0;
-    double *s = cols, *pr = s + K * BLOCK, *e = pr + K * BLOCK, *r = e + K * BLOCK;
-    double *lse = r + K * BLOCK, *lmax = lse + BLOCK, *t = lmax + BLOCK, *u = t + BLOCK;
+    double *s = cols, *pr = s + K * BLOCK, *e = pr + K * BLOCK, *l = e + K * BLOCK;
+    double *lse = l + K * BLOCK, *lmax = lse + BLOCK, *t = lmax + BLOCK, *u = t + BLOCK;
     double *v = u + BLOCK;
+    /* the responsibilities: straight into R when fitting, else into K more columns */
+    double *r = c->R ? c->R + i0 : v + BLOCK;
+    const size_t ldr = c->R ? ld : BLOCK;
     gate_softmax_cols(s, pr, lse, t, u, c->theta, Z, ld, d, K, m);
     for (size_t i = 0; i < m; i++) {
         lmax[i] = -INFINITY;
         v[i] = 0.0;  /* the index of lmax */
     }
     for (size_t k = 0; k < K; k++) {
-        double *ek = e + k * BLOCK, *lk = r + k * BLOCK;
+        double *ek = e + k * BLOCK, *lk = l + k * BLOCK;
         const double *sk = s + k * BLOCK;
         const double kd = (double)k;
         expert_residual_cols(ek, u, c->p, k, c->opt, Z, ld, y, d, m);
@@ -639,29 +641,28 @@ static void estep_block(double *sums, const void *ctx, size_t i0, size_t m, doub
             lmax[i] = lk[i] > lmax[i] ? lk[i] : lmax[i];
         }
     }
-    exp_shifted_cols(r, t, r, lmax, v, K, m);
+    exp_shifted_cols(r, ldr, t, l, lmax, v, K, m);
     for (size_t i = 0; i < m; i++) {
         lmax[i] = lmax[i] + mt_log(t[i]) - lse[i];  /* log p(y_i | x_i) */
         t[i] = 1.0 / t[i];
     }
     sums[0] += sum_cols(lmax, m);
     for (size_t k = 0; k < K; k++) {
-        double *rk = r + k * BLOCK;
+        double *rk = r + k * ldr;
         for (size_t i = 0; i < m; i++) rk[i] *= t[i];
-        if (c->R) memcpy(c->R + k * ld + i0, rk, m * sizeof *rk);
         if (c->resp)
             for (size_t i = 0; i < m; i++) c->resp[(i0 + i) * K + k] = rk[i];
     }
     if (!c->fit) return;
     estep_sums S = estep_sums_of(sums, d, K);
-    for (size_t k = 0; k < K; k++) S.W[k] += sum_cols(r + k * BLOCK, m);
+    for (size_t k = 0; k < K; k++) S.W[k] += sum_cols(r + k * ldr, m);
     if (c->gate) {
         const size_t Pg = (K - 1) * (d + 1);
-        S.gate[0] += gate_objective_cols(r, BLOCK, s, lse, u, v, K, m);
-        gate_newton_cols(state_grad(S.gate), state_matrix(S.gate, Pg), pr, r, BLOCK, Z, ld, u, d,
+        S.gate[0] += gate_objective_cols(r, ldr, s, lse, u, v, K, m);
+        gate_newton_cols(state_grad(S.gate), state_matrix(S.gate, Pg), pr, r, ldr, Z, ld, u, d,
                          K, m);
     }
-    if (c->linear) linear_sums_cols(S.sse, S.ne, S.rhs, r, e, y, Z, ld, d, K, m);
+    if (c->linear) linear_sums_cols(S.sse, S.ne, S.rhs, r, ldr, e, y, Z, ld, d, K, m);
 }
 
 /* Returns sum_i log p(y_i | x_i). Per row: s_k gate scores (s_{K-1} = 0), l_k = s_k +
