@@ -426,8 +426,7 @@ static inline void mul_cols(double *restrict out, const double *u, const double 
 
 /* h (m,) = act(u), hp (m,) = act'(u); h may be u. */
 MT_VECTOR_CLONES
-static void act_cols(double *h, double *restrict hp, const double *u, size_t m,
-                            mt_em_act act)
+static void act_cols(double *h, double *restrict hp, const double *u, size_t m, mt_em_act act)
 {
     if (act == MT_EM_TANH) {
         for (size_t i = 0; i < m; i++) {
@@ -446,10 +445,9 @@ static void act_cols(double *h, double *restrict hp, const double *u, size_t m,
 
 /* e (m,) = y - m_k(x) for expert k of p; hp (m,) scratch. */
 MT_VECTOR_CLONES
-static void expert_residual_cols(double *restrict e, double *restrict hp,
-                                        const mt_em_params *p, size_t k,
-                                        const mt_em_options *opt, const double *Z, size_t ld,
-                                        const double *restrict y, size_t d, size_t m)
+static void expert_residual_cols(double *restrict e, double *restrict hp, const mt_em_params *p,
+                                 size_t k, const mt_em_options *opt, const double *Z, size_t ld,
+                                 const double *restrict y, size_t d, size_t m)
 {
     affine_cols(e, p->a + k * d, p->b[k], Z, ld, d, m);
     if (opt->expert == MT_EM_FFN) {
@@ -530,8 +528,8 @@ static void gate_softmax_cols(double *s, double *pr, double *restrict lse, doubl
  * sum_i [sum_k r_ik s_ik - (sum_k r_ik) lse_i]; r (K, ldr), s (K, BLOCK); u, v (m,) scratch. */
 MT_VECTOR_CLONES
 static double gate_objective_cols(const double *r, size_t ldr, const double *s,
-                                         const double *restrict lse, double *restrict u,
-                                         double *restrict v, size_t K, size_t m)
+                                  const double *restrict lse, double *restrict u,
+                                  double *restrict v, size_t K, size_t m)
 {
     for (size_t i = 0; i < m; i++) u[i] = v[i] = 0.0;
     for (size_t k = 0; k < K; k++) {

@@ -44,8 +44,8 @@
  *   the parameters of the last completed iteration, *n_iter and trace[0 .. *n_iter - 1] valid.
  * - MT_ENONFINITE if a log-likelihood becomes NaN or infinite (the parameters are then those
  *   that produced it).
- * - exp, log and tanh in the passes over the data are those of mt_exp.h, mt_log.h and
- *   mt_tanh.h (vectorisable; within 1, 1 and 2.5 ulp of the true values), so results differ from
+ * - exp, log and tanh over the data (mt_em_sample's too) are those of mt_exp.h, mt_log.h and
+ *   mt_tanh.h (vectorisable; within 2, 1 and 2.5 ulp of the true values), so results differ from
  *   libm-based code (tests/reference_em.py) by rounding.
  * - The sums over rows are shared among mt_threads() threads (at most the count the workspace
  *   was allocated for; one thread per 1536 rows at most), each summing its own contiguous rows,
