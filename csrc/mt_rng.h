@@ -69,14 +69,25 @@ double mt_rng_normal(mt_rng *r);
  * bound must be >= 1; bound == 0 returns 0 without drawing. */
 uint64_t mt_rng_randint(mt_rng *r, uint64_t bound);
 
-/* out: (n,) with out[i] = lo + (hi - lo) * mt_rng_uniform(r), one uniform per element in order.
+/* The last step of the bulk uniforms behind mt_rng_fill_uniform and mt_rng_fill_normal, exposed
+ * so tests can plant a pair with k == 0 (probability 2^-53, never met by chance).
+ * out: (n,) the values of n calls of mt_rng_uniform(r), given words: (2n,), r's next 2n words.
+ * The pairs are converted up to the first one with k == 0; from there the serial path takes over:
+ * r is moved past the pairs converted and mt_rng_uniform draws the rest (its first draw reads the
+ * rejected pair again). r is left where the n calls leave it. Returns 1 if the serial path took
+ * over, else 0. */
+int mt_rng_uniforms_from_words(double *out, mt_rng *r, const uint32_t *words, size_t n);
+
+/* out: (n,) with out[i] = lo + (hi - lo) * mt_rng_uniform(r), one uniform per element in order,
+ * r left where those calls leave it. The blocks are computed in bulk (many counters at once, and
+ * for large n on mt_threads() threads), with the same bits for any thread count.
  * lo < hi, both finite with hi - lo finite, else MT_EINVAL and nothing is drawn. Rounding of the
  * affine map can return lo or hi themselves when |lo| or |hi| is large next to hi - lo. */
 mt_status mt_rng_fill_uniform(double *out, mt_rng *r, size_t n, double lo, double hi);
 
 /* out: (n,) with out[i] = mean + sd * mt_rng_normal(r), in order, so the draws (and the cache
- * left behind) are the same as n separate calls. mean finite, sd finite and >= 0, else MT_EINVAL
- * and nothing is drawn. */
+ * left behind) are the same as n separate calls; the uniforms are drawn in bulk as in
+ * mt_rng_fill_uniform. mean finite, sd finite and >= 0, else MT_EINVAL and nothing is drawn. */
 mt_status mt_rng_fill_normal(double *out, mt_rng *r, size_t n, double mean, double sd);
 
 #endif

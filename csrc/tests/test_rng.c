@@ -5,10 +5,38 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mt_parallel.h"
 #include "mt_rng.h"
 #include "mt_test.h"
 
 #define NDRAW 1000000
+
+/* The generator state, buf included: the bulk path must leave what the serial path leaves, and
+ * the following draws must agree. `normal` counts only while it is waiting (has_normal); a
+ * spent value is never read, and fill_normal's pairs never stored theirs. */
+static int same_state(const mt_rng *a, const mt_rng *b)
+{
+    mt_rng x = *a, y = *b;
+    int same = x.key[0] == y.key[0] && x.key[1] == y.key[1] && x.stream == y.stream &&
+               x.next_block == y.next_block && x.pos == y.pos &&
+               memcmp(x.buf, y.buf, sizeof x.buf) == 0 && x.has_normal == y.has_normal &&
+               (!x.has_normal || memcmp(&x.normal, &y.normal, sizeof x.normal) == 0);
+    for (int i = 0; i < 5; i++) same &= mt_rng_next_u32(&x) == mt_rng_next_u32(&y);
+    double nx = mt_rng_normal(&x), ny = mt_rng_normal(&y);
+    return same && memcmp(&nx, &ny, sizeof nx) == 0;
+}
+
+/* A generator at word `words` (0..3) of a block: skipped to block `block`, then, if `cached`, one
+ * mt_rng_normal (four words, its sine value left cached), then `words` single words. */
+static mt_rng positioned(uint64_t block, unsigned words, int cached)
+{
+    mt_rng r;
+    mt_rng_init(&r, 0x9e3779b97f4a7c15ull, 11);
+    mt_rng_skip(&r, 4 * block);
+    if (cached) (void)mt_rng_normal(&r);
+    for (unsigned i = 0; i < words; i++) (void)mt_rng_next_u32(&r);
+    return r;
+}
 
 static void test_known_answers(void)
 {
@@ -113,7 +141,10 @@ static void test_skip_and_derive(void)
             mt_rng s;
             mt_rng_init(&s, 2024, 17);
             for (uint64_t i = 0; i < start; i++) (void)mt_rng_next_u32(&s);
+            mt_rng t = s;
             mt_rng_skip(&s, n);
+            for (uint64_t i = 0; i < n; i++) (void)mt_rng_next_u32(&t);
+            CHECK(same_state(&s, &t));  /* buf included: skip shares the bulk path's advance */
             CHECK(mt_rng_next_u32(&s) == ref[start + n]);
         }
     /* skip drops the cached normal: the next normal comes from fresh words */
@@ -261,6 +292,92 @@ static void test_normal_moments(void)
     free(z);
 }
 
+static void test_bulk_equals_serial(void)
+{
+    /* Counts around the lane width (32 blocks = 64 uniforms), the chunk (1024 uniforms) and the
+     * thread threshold (4096 uniforms, so 2 threads split the larger ones, some mid-block). */
+    static const size_t ns[] = {0, 1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 129, 1023, 1024, 1025, 2049,
+                                4095, 4096, 4097, 8194, 8195, 20001};
+    enum { NMAX = 20001 };  /* the largest of ns */
+    /* block 2^32 - 40: the bulk words cross the carry into the counter's second word */
+    static const uint64_t blocks[] = {0, (1ull << 32) - 40};
+    double *bulk = malloc(NMAX * sizeof *bulk), *serial = malloc(NMAX * sizeof *serial);
+    CHECK(bulk != NULL && serial != NULL);
+    if (!bulk || !serial) return;
+    const int saved = mt_threads();
+    for (int threads = 1; threads <= 2; threads++) {
+        mt_set_threads(threads);
+        for (size_t b = 0; b < sizeof blocks / sizeof *blocks; b++)
+            for (unsigned start = 0; start < 4; start++)
+                for (int cached = 0; cached <= 1; cached++)
+                    for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+                        const size_t n = ns[k];
+                        mt_rng a = positioned(blocks[b], start, cached), s = a;
+                        CHECK(mt_rng_fill_uniform(bulk, &a, n, -2.0, 3.0) == MT_OK);
+                        for (size_t i = 0; i < n; i++)
+                            serial[i] = -2.0 + 5.0 * mt_rng_uniform(&s);
+                        CHECK(memcmp(bulk, serial, n * sizeof *bulk) == 0);
+                        CHECK(same_state(&a, &s));
+
+                        a = positioned(blocks[b], start, cached);
+                        s = a;
+                        CHECK(mt_rng_fill_normal(bulk, &a, n, 0.5, 2.0) == MT_OK);
+                        for (size_t i = 0; i < n; i++) serial[i] = 0.5 + 2.0 * mt_rng_normal(&s);
+                        CHECK(memcmp(bulk, serial, n * sizeof *bulk) == 0);
+                        CHECK(same_state(&a, &s));
+                    }
+    }
+    mt_set_threads(saved);
+    free(bulk);
+    free(serial);
+}
+
+static void test_rejected_pair_falls_back_to_serial(void)
+{
+    /* k == 0 has probability 2^-53, so plant it: words are r's real next words except for the
+     * planted pairs. From the first pair with k == 0 the serial path takes over and reads the real
+     * stream, so the result is the serial definition itself (converting it would give 0.0).
+     * A pair with k == 1 is not rejected and is converted as it stands. */
+    enum { N = 9 };
+    for (unsigned start = 0; start < 4; start++)
+        for (int j = 0; j < N; j++)
+            for (int second = -1; second < N; second++) {
+                mt_rng a = positioned(3, start, 1), s = a, w = a;
+                uint32_t words[2 * N];
+                for (int i = 0; i < 2 * N; i++) words[i] = mt_rng_next_u32(&w);
+                words[2 * j] = 0x7ffu;  /* below bit 11: k == 0 with nonzero words */
+                words[2 * j + 1] = 0;
+                if (second >= 0 && second != j) {
+                    words[2 * second] = second < j ? 0x800u : 0;  /* k == 1 before, 0 after */
+                    words[2 * second + 1] = 0;
+                }
+                double bulk[N], serial[N];
+                CHECK(mt_rng_uniforms_from_words(bulk, &a, words, N) == 1);
+                for (int i = 0; i < N; i++) serial[i] = mt_rng_uniform(&s);
+                if (second >= 0 && second < j) {
+                    CHECK(bulk[second] == 0x1.0p-53);
+                    serial[second] = 0x1.0p-53;
+                }
+                CHECK(memcmp(bulk, serial, sizeof bulk) == 0);
+                CHECK(same_state(&a, &s));
+            }
+
+    /* Without a rejected pair the words are converted as given and r moves past all of them. */
+    mt_rng a = positioned(5, 1, 0), s = a, w = a;
+    uint32_t words[2 * N];
+    for (int i = 0; i < 2 * N; i++) words[i] = mt_rng_next_u32(&w);
+    words[4] = 0x800u;
+    words[5] = 0;
+    double bulk[N];
+    CHECK(mt_rng_uniforms_from_words(bulk, &a, words, N) == 0);
+    CHECK(bulk[2] == 0x1.0p-53);
+    for (int i = 0; i < N; i++) {
+        double u = mt_rng_uniform(&s);
+        if (i != 2) CHECK(bulk[i] == u);
+    }
+    CHECK(same_state(&a, &s));
+}
+
 static void test_randint(void)
 {
     mt_rng r;
@@ -302,5 +419,7 @@ int main(void)
     test_uniform_moments();
     test_normal_moments();
     test_randint();
+    test_bulk_equals_serial();
+    test_rejected_pair_falls_back_to_serial();
     TEST_MAIN_END();
 }
