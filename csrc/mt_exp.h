@@ -18,19 +18,32 @@
 
 #include <stdint.h>
 
-static inline double mt_exp(double x)
+/* fdlibm's split of ln 2: MT_LN2_HI has trailing zero bits, so n * MT_LN2_HI is exact */
+#define MT_LN2_HI 6.93147180369123816490e-01
+#define MT_LN2_LO 1.90821492927058770002e-10
+
+/* n = round(t / ln2) as a double; returns t / ln2 + 1.5 * 2^52, whose low mantissa bits hold n
+ * in two's complement (for mt_pow2_from_shifted). */
+static inline double mt_round_log2(double t, double *n)
 {
-    const double log2e = 1.4426950408889634074;
-    const double ln2_hi = 6.93147180369123816490e-01; /* fdlibm's split of ln 2 */
-    const double ln2_lo = 1.90821492927058770002e-10;
     const double shift = 0x1.8p52;
-    /* Clamped so 2^(n-1) below is a normal number; NaN compares false and becomes 710 here,
-     * and is returned as itself at the end. */
-    double xc = x < 710.0 ? x : 710.0;
-    xc = xc > -708.0 ? xc : -708.0;
-    double nd = xc * log2e + shift; /* n in the low mantissa bits */
-    double n = nd - shift;
-    double r = (xc - n * ln2_hi) - n * ln2_lo;
+    double nd = t * 1.4426950408889634074 + shift;
+    *n = nd - shift;
+    return nd;
+}
+
+/* 2^(n + bias - 1023) from nd = mt_round_log2's result (the caller keeps it a normal number) */
+static inline double mt_pow2_from_shifted(double nd, uint64_t bias)
+{
+    union { double d; uint64_t u; } scale = {nd};
+    scale.u = (scale.u + bias) << 52;
+    return scale.d;
+}
+
+/* (exp(r) - 1 - r) / r^2 by Taylor's polynomial of degree 11 (exp(r)'s of degree 13),
+ * truncation below 2^-56 relative on |r| <= ln2 / 2: shared by mt_exp and mt_tanh.h */
+static inline double mt_exp_taylor_tail(double r)
+{
     double p = 1.0 / 6227020800.0;
     p = p * r + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
@@ -42,14 +55,24 @@ static inline double mt_exp(double x)
     p = p * r + 1.0 / 120.0;
     p = p * r + 1.0 / 24.0;
     p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
+    return p * r + 0.5;
+}
+
+static inline double mt_exp(double x)
+{
+    /* Clamped so 2^(n-1) below is a normal number; NaN compares false and becomes 710 here,
+     * and is returned as itself at the end. */
+    double xc = x < 710.0 ? x : 710.0;
+    xc = xc > -708.0 ? xc : -708.0;
+    double n;
+    double nd = mt_round_log2(xc, &n);
+    double r = (xc - n * MT_LN2_HI) - n * MT_LN2_LO;
+    double p = mt_exp_taylor_tail(r);
     p = p * r + 1.0;
     p = p * r + 1.0;
-    /* 2^(n-1) from the bits of nd (n two's complement in its low bits), times 2 p: the scale
-     * stays normal at n = 1024, where 2^n itself would overflow before p could bring it back. */
-    union { double d; uint64_t u; } scale = {nd};
-    scale.u = (scale.u + 1022) << 52;
-    double y = (2.0 * p) * scale.d;
+    /* 2^(n-1) times 2 p: the scale stays normal at n = 1024, where 2^n itself would overflow
+     * before p could bring it back. */
+    double y = (2.0 * p) * mt_pow2_from_shifted(nd, 1022);
     y = x >= -708.0 ? y : 0.0;
     return x == x ? y : x;
 }

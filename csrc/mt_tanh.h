@@ -23,39 +23,24 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "mt_exp.h"
+
 static inline double mt_tanh(double x)
 {
-    const double log2e = 1.4426950408889634074;
-    const double ln2_hi = 6.93147180369123816490e-01; /* fdlibm's split of ln 2 */
-    const double ln2_lo = 1.90821492927058770002e-10;
-    const double shift = 0x1.8p52;
     double a = fabs(x);
     double t = -2.0 * (a > 20.0 ? 20.0 : a);
-    double nd = t * log2e + shift; /* n in the low mantissa bits */
-    double n = nd - shift;
-    double r = t - n * ln2_hi;   /* exact: n * ln2_hi is, and it is within a factor 2 of t */
-    double r_lo = -(n * ln2_lo); /* -2a = n ln2 + r + r_lo */
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
+    double n;
+    double nd = mt_round_log2(t, &n);
+    double r = t - n * MT_LN2_HI;   /* exact: n * MT_LN2_HI is, and it is within a factor 2 of t */
+    double r_lo = -(n * MT_LN2_LO); /* -2a = n ln2 + r + r_lo */
+    double p = mt_exp_taylor_tail(r);
     double c = r * r * p;
     /* expm1(r + r_lo) = expm1(r) + r_lo (1 + expm1(r)) to rounding (|r_lo| <= |n| 2^-32, so
      * its square is negligible), with expm1(r) = r + c rounded only once, at the end */
     double em = r + (c + r_lo * (1.0 + (r + c)));
-    /* 2^n, n in [-58, 0], from the bits of nd (n two's complement in its low bits) */
-    union { double d; uint64_t u; } scale = {nd};
-    scale.u = (scale.u + 1023) << 52;
-    double E = scale.d * em + (scale.d - 1.0); /* expm1(-2a) */
-    double e = scale.d + scale.d * em;         /* exp(-2a) */
+    double scale = mt_pow2_from_shifted(nd, 1023); /* 2^n, n in [-58, 0] */
+    double E = scale * em + (scale - 1.0); /* expm1(-2a) */
+    double e = scale + scale * em;         /* exp(-2a) */
     double small = -E / (E + 2.0);
     double large = 1.0 - (e + e) / (1.0 + e);
     return copysign(a < 0.55 ? small : large, x);
