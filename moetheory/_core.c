@@ -1092,6 +1092,7 @@ typedef struct {
     mt_deep_model_ctx deep_ctx;
     mt_model model;
     size_t batch;
+    int init_called; /* __init__ runs once: a second call would leak the first one's state */
 } TrainerObject;
 
 static void Trainer_dealloc(TrainerObject *self)
@@ -1129,6 +1130,11 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
                                      &beta1, &beta2, &eps, &wd, &decoupled, &schedule, &step_size,
                                      &gamma, &total_steps, &lr_min, &t0, &source, &low, &high))
         return -1;
+    if (self->init_called) {
+        PyErr_SetString(PyExc_RuntimeError, "Trainer is already initialised");
+        return -1;
+    }
+    self->init_called = 1;
     LayerObject *L = NULL;
     StackObject *K = NULL;
     size_t d_in = 0, d_out = 0, P = 0;

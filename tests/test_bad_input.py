@@ -306,6 +306,18 @@ def test_core_layer_rejects_bad_depth():
     assert _core.Layer(*args, 3).n_params > _core.Layer(*args).n_params
 
 
+def test_core_objects_refuse_a_second_init(model, data):
+    # Calling __init__ again would replace (and leak) the state the first call built.
+    from moetheory import _core
+    X, y = data
+    trainer = _core.Trainer(model._layer, model.theta, X=X, y=y)
+    with pytest.raises(RuntimeError, match="Trainer is already initialised"):
+        trainer.__init__(model._layer, model.theta, X=X, y=y)
+    task = _core.ClusterTask(np.zeros((2, 3)), np.ones((2, 3)), np.ones((2, 2)), 1.0)
+    with pytest.raises(RuntimeError, match="ClusterTask is already initialised"):
+        task.__init__(np.zeros((2, 3)), np.ones((2, 3)), np.ones((2, 2)), 1.0)
+
+
 @pytest.mark.parametrize("d_in, n_experts, name", [
     (0, E, "d_in"), (-1, E, "d_in"), (D_IN, 0, "n_experts"), (D_IN, -4, "n_experts")])
 def test_constructor_rejects_sizes(d_in, n_experts, name):
