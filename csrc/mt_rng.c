@@ -1,17 +1,18 @@
 #include "mt_rng.h"
 
 #include <math.h>
+#include <string.h>
 
+#include "mt_log.h"
 #include "mt_parallel.h"
+#include "mt_simd.h"
+#include "mt_sincos.h"
 
 /* Multipliers and Weyl key increments from Random123 philox.h (Salmon et al. 2011, table 2). */
 #define PHILOX_M0 UINT32_C(0xD2511F53)
 #define PHILOX_M1 UINT32_C(0xCD9E8D57)
 #define PHILOX_W0 UINT32_C(0x9E3779B9)
 #define PHILOX_W1 UINT32_C(0xBB67AE85)
-
-/* -std=c11 hides M_PI; spell out 2 pi to double precision. */
-#define MT_TWO_PI 6.283185307179586476925286766559
 
 void mt_philox4x32_10(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2])
 {
@@ -41,12 +42,14 @@ static void rng_block(uint32_t out[4], const uint32_t key[2], uint64_t stream, u
 
 /* Counters per call of philox_lanes. GCC -O3 fully unrolls lane loops of 16 or fewer into scalar
  * code before its vectoriser sees them; from 32 on it vectorises them (SSE2 pmuludq for the
- * 32x32->64 products), 2.5x the speed of one block at a time. */
+ * 32x32->64 products), 2.5x the speed of one block at a time; the AVX2 clone has twice the
+ * lanes. */
 #define PHILOX_LANES 32
 
 /* out: (PHILOX_LANES, 4) blocks b0, b0 + 1, ... of (key, stream): mt_philox4x32_10 on
  * PHILOX_LANES counters at once, the lanes stored apart (structure of arrays) so each step of a
  * round is one loop over them. */
+MT_VECTOR_CLONES
 static void philox_lanes(uint32_t *out, const uint32_t key[2], uint64_t stream, uint64_t b0)
 {
     uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
@@ -181,6 +184,17 @@ double mt_rng_uniform(mt_rng *r)
     }
 }
 
+/* The Box-Muller pair of (u1, u2): sqrt(-2 log u1) (cos, sin)(2 pi u2), by vectorisable
+ * arithmetic (mt_log.h, mt_sincos.h) that gives the same bits on every machine, unlike libm's. */
+static inline void box_muller(double *z0, double *z1, double u1, double u2)
+{
+    double rad = sqrt(-2.0 * mt_log(u1));
+    double s, c;
+    mt_sincos_turns(u2, &s, &c);
+    *z0 = rad * c;
+    *z1 = rad * s;
+}
+
 double mt_rng_normal(mt_rng *r)
 {
     if (r->has_normal) {
@@ -189,11 +203,11 @@ double mt_rng_normal(mt_rng *r)
     }
     double u1 = mt_rng_uniform(r);
     double u2 = mt_rng_uniform(r);
-    double rad = sqrt(-2.0 * log(u1));
-    double angle = MT_TWO_PI * u2;
-    r->normal = rad * sin(angle);
+    double z0, z1;
+    box_muller(&z0, &z1, u1, u2);
+    r->normal = z1;
     r->has_normal = 1;
-    return rad * cos(angle);
+    return z0;
 }
 
 uint64_t mt_rng_randint(mt_rng *r, uint64_t bound)
@@ -209,14 +223,27 @@ uint64_t mt_rng_randint(mt_rng *r, uint64_t bound)
 }
 
 /* out: (n,) the uniforms of words: (2n,) up to the first pair with k == 0. Returns that pair's
- * index, n if there is none. */
-static size_t uniforms_from_pairs(double *out, const uint32_t *words, size_t n)
+ * index, n if there is none (out beyond it is written too, and left for the caller to replace).
+ * k = (w1 << 21) | (w0 >> 11) becomes a double from its two parts, each placed in the mantissa
+ * of 2^52 (exact, and vector code: SSE2/AVX2 have no 64-bit integer to double conversion); the
+ * loop has no exit, so it vectorises, and the rare k == 0 is found afterwards. */
+MT_VECTOR_CLONES
+static size_t uniforms_from_pairs(double *restrict out, const uint32_t *restrict words, size_t n)
 {
+    const uint64_t two52_bits = UINT64_C(0x4330000000000000);
+    size_t zeros = 0;
     for (size_t i = 0; i < n; i++) {
-        uint64_t k = ((uint64_t)words[2 * i] | (uint64_t)words[2 * i + 1] << 32) >> 11;
-        if (k == 0) return i;
-        out[i] = (double)k * 0x1.0p-53;
+        uint64_t hi_bits = two52_bits | words[2 * i + 1], lo_bits = two52_bits | words[2 * i] >> 11;
+        double hi, lo;
+        memcpy(&hi, &hi_bits, sizeof hi);
+        memcpy(&lo, &lo_bits, sizeof lo);
+        double k = (hi - 0x1.0p52) * 0x1.0p21 + (lo - 0x1.0p52); /* exact: below 2^53 */
+        out[i] = k * 0x1.0p-53;
+        zeros += k == 0.0;
     }
+    if (zeros == 0) return n;
+    for (size_t i = 0; i < n; i++)
+        if (out[i] == 0.0) return i;
     return n;
 }
 
@@ -293,6 +320,18 @@ mt_status mt_rng_fill_uniform(double *out, mt_rng *r, size_t n, double lo, doubl
  * about as much as a few hundred transforms. */
 #define MT_PARALLEL_PAIRS 1024
 
+/* p: (pairs, 2) uniform pairs, replaced by mean + sd times their Box-Muller normals. */
+MT_VECTOR_CLONES
+static void box_muller_pairs(double *p, size_t pairs, double mean, double sd)
+{
+    for (size_t j = 0; j < pairs; j++) {
+        double z0, z1;
+        box_muller(&z0, &z1, p[2 * j], p[2 * j + 1]);
+        p[2 * j] = mean + sd * z0;
+        p[2 * j + 1] = mean + sd * z1;
+    }
+}
+
 mt_status mt_rng_fill_normal(double *out, mt_rng *r, size_t n, double mean, double sd)
 {
     if (r == NULL || (out == NULL && n > 0)) return MT_EINVAL;
@@ -307,14 +346,11 @@ mt_status mt_rng_fill_normal(double *out, mt_rng *r, size_t n, double mean, doub
     double *p = out + i;
     draw_uniforms(p, r, 2 * pairs);
     const int threads = pairs >= MT_PARALLEL_PAIRS ? mt_threads() : 1;
-    (void)threads; /* unused without OpenMP */
     MT_OMP(parallel for num_threads(threads) if (threads > 1) schedule(static))
-    for (size_t j = 0; j < pairs; j++) {
-        double rad = sqrt(-2.0 * log(p[2 * j]));
-        double angle = MT_TWO_PI * p[2 * j + 1];
-        double z0 = rad * cos(angle), z1 = rad * sin(angle);
-        p[2 * j] = mean + sd * z0;
-        p[2 * j + 1] = mean + sd * z1;
+    for (int t = 0; t < threads; t++) {
+        size_t j0, m;
+        mt_rows_of(pairs, threads, t, &j0, &m);
+        box_muller_pairs(p + 2 * j0, m, mean, sd);
     }
     if (i + 2 * pairs < n) out[n - 1] = mean + sd * mt_rng_normal(r);
     return MT_OK;

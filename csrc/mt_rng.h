@@ -61,7 +61,9 @@ double mt_rng_uniform(mt_rng *r);
 /* A standard normal by the basic (trigonometric) Box-Muller transform: u1 = uniform, u2 =
  * uniform (in that order), rad = sqrt(-2 log u1), returns rad * cos(2 pi u2) and caches
  * rad * sin(2 pi u2), which the next call returns without drawing. u1 in (0, 1) keeps rad
- * finite and positive. */
+ * finite and positive. log is mt_log.h's and sin, cos mt_sincos.h's (reduced exactly in turns),
+ * not libm's: plain arithmetic without FMA contraction, so the same seed gives the same normals
+ * on every x86-64 machine and C library. */
 double mt_rng_normal(mt_rng *r);
 
 /* Uniform integer in [0, bound), exactly unbiased: a 64-bit draw x is rejected while
