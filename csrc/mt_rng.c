@@ -282,9 +282,10 @@ static size_t bulk_uniforms(double *out, const mt_rng *r, size_t start, size_t c
     return start + count;
 }
 
-/* Below this many uniforms they are drawn on one thread: at about 5 ns a uniform that is 20 us
- * of work, well above the few microseconds of a fork and join. */
-#define MT_PARALLEL_UNIFORMS 4096
+/* Below this many uniforms they are drawn on one thread: at about 5 ns a uniform that is 40 us
+ * of work; on this project's 2-core VM two threads break even near 4096 uniforms (a fork and
+ * join with sleeping threads costs 10-30 us there) and are 1.5x faster at 16384. */
+#define MT_PARALLEL_UNIFORMS 8192
 
 /* out: (n,) the values of n calls of mt_rng_uniform(r), r left where they leave it. The threads
  * convert contiguous ranges of the stream; every block is a function of its counter alone, so the
@@ -300,7 +301,8 @@ static void draw_uniforms(double *out, mt_rng *r, size_t n)
         size_t start, count;
         mt_rows_of(n, threads, t, &start, &count);
         const size_t rejected = bulk_uniforms(out, r, start, count);
-        if (rejected < first) first = rejected;
+        /* start + count means none in this share (not a rejection at the next share's start) */
+        if (rejected < start + count && rejected < first) first = rejected;
     }
     serial_uniforms_from(out, r, first, n);
 }
@@ -316,9 +318,9 @@ mt_status mt_rng_fill_uniform(double *out, mt_rng *r, size_t n, double lo, doubl
     return MT_OK;
 }
 
-/* Below this many Box-Muller pairs the transform runs on one thread: a fork and join costs
- * about as much as a few hundred transforms. */
-#define MT_PARALLEL_PAIRS 1024
+/* Below this many Box-Muller pairs the transform runs on one thread (the same break-even as
+ * MT_PARALLEL_UNIFORMS: a pair costs about as much as two uniforms). */
+#define MT_PARALLEL_PAIRS 4096
 
 /* p: (pairs, 2) uniform pairs, replaced by mean + sd times their Box-Muller normals. */
 MT_VECTOR_CLONES

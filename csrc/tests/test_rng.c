@@ -302,9 +302,10 @@ static void test_normal_moments(void)
 static void test_bulk_equals_serial(void)
 {
     /* Counts around the lane width (32 blocks = 64 uniforms), the chunk (1024 uniforms) and the
-     * thread threshold (4096 uniforms, so 2 threads split the larger ones, some mid-block). */
+     * thread thresholds (8192 uniforms, 4096 Box-Muller pairs, so 2 threads split the larger
+     * ones, some mid-block). */
     static const size_t ns[] = {0, 1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 129, 1023, 1024, 1025, 2049,
-                                4095, 4096, 4097, 8194, 8195, 20001};
+                                4095, 4096, 4097, 8191, 8192, 8193, 8194, 8195, 16385, 20001};
     enum { NMAX = 20001 };  /* the largest of ns */
     /* block 2^32 - 40: the bulk words cross the carry into the counter's second word */
     static const uint64_t blocks[] = {0, (1ull << 32) - 40};
