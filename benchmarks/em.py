@@ -78,8 +78,8 @@ def main(argv=None):
     rows = []
     d, K = 4, 3
     Xd = np.random.default_rng(2).standard_normal((args.n, d))
+    truth = d4_truth()
     for expert in ("linear", "ffn"):
-        truth = d4_truth()
         yd = estimate.em_sample(truth, Xd, K, expert=expert, seed=3)
         rows.append(_compare(f"d=4 K=3 {expert}", Xd, yd, K, d4_start(truth), args,
                              expert=expert))
@@ -106,6 +106,7 @@ def main(argv=None):
     for name, t_c, t_np, ratio, iters, iters_np, rel in rows:
         print(f"{name:22s} {t_c * 1e3:9.1f}ms {t_np * 1e3:9.1f}ms {ratio:8.2f}x {iters:6d} "
               f"{iters_np:8d} {rel:15.2e}")
+
 
 if __name__ == "__main__":
     main()
