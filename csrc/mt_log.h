@@ -5,10 +5,10 @@
  * (fdlibm's e_log.c without its branches and table-free, as musl's): x = 2^k m with m in
  * [sqrt(1/2), sqrt(2)), read off the bits of x; with f = m - 1 (exact) and s = f / (2 + f),
  * log(m) = 2 atanh(s) = f - f^2/2 + s (f^2/2 + R(s^2)), R fdlibm's minimax polynomial of degree 7
- * (error below 2^-58.45 on |s| <= 0.1716); log(x) = k ln2 + log(m), ln2 in two parts
- * (LN2_HI with trailing zero bits so k * LN2_HI is exact). fdlibm keeps this form of the sum
- * where it needs its accuracy and a cheaper one elsewhere; here it is used everywhere. Measured
- * against libm over the whole positive range, subnormals included: at most 1 ulp
+ * (error below 2^-58.45 on |s| <= 0.1716); log(x) = k ln2 + log(m), ln2 in mt_exp.h's two
+ * parts (MT_LN2_HI with trailing zero bits so k * MT_LN2_HI is exact). fdlibm keeps this form of
+ * the sum where it needs its accuracy and a cheaper one elsewhere; here it is used everywhere.
+ * Measured against libm over the whole positive range, subnormals included: at most 1 ulp
  * (csrc/tests/test_log.c).
  *
  * Range: log(1) = +0 exactly; log(+-0) = -inf, x < 0 gives NaN, +inf gives +inf, NaN gives NaN;
@@ -21,10 +21,10 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "mt_exp.h" /* MT_LN2_HI, MT_LN2_LO */
+
 static inline double mt_log(double x)
 {
-    const double ln2_hi = 6.93147180369123816490e-01; /* fdlibm's split of ln 2 */
-    const double ln2_lo = 1.90821492927058770002e-10;
     const double lg1 = 6.666666666666735130e-01, lg2 = 3.999999999940941908e-01;
     const double lg3 = 2.857142874366239149e-01, lg4 = 2.222219843214978396e-01;
     const double lg5 = 1.818357216161805012e-01, lg6 = 1.531383769920937332e-01;
@@ -46,7 +46,7 @@ static inline double mt_log(double x)
     double t1 = w * (lg2 + w * (lg4 + w * lg6));
     double t2 = z * (lg1 + w * (lg3 + w * (lg5 + w * lg7)));
     double hfsq = 0.5 * f * f;
-    double y = k * ln2_hi - ((hfsq - (s * (hfsq + (t1 + t2)) + k * ln2_lo)) - f);
+    double y = k * MT_LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + k * MT_LN2_LO)) - f);
     y = x < INFINITY ? y : x + x;
     return x > 0.0 ? y : (x == 0.0 ? -INFINITY : NAN);
 }
