@@ -2,6 +2,8 @@
 
 #include <math.h>
 
+#include "mt_simd.h"
+
 #define MT_LEAKY_SLOPE 0.01
 #define MT_INV_SQRT2 0.70710678118654752440
 #define MT_INV_SQRT_2PI 0.39894228040143267794
@@ -90,6 +92,7 @@ MT_ALWAYS_INLINE double act_slope(mt_act act, int k, double z)
     default: { const mt_act A_ = MT_ACT_HE1; STMT; break; }                         \
     }
 
+MT_VECTOR_CLONES
 void mt_act_forward_2d(double *a, size_t lda, const double *z, size_t ldz, size_t rows,
                        size_t cols, mt_act act)
 {
@@ -104,7 +107,7 @@ void mt_act_forward_2d(double *a, size_t lda, const double *z, size_t ldz, size_
  * two buffers are restrict. The general loop must allow any overlap of dz, da and z; GCC then
  * keeps it scalar when dz == z, with a branch per element for relu that random signs mispredict
  * half the time (11% of a W2 step). */
-static void backward_in_place(double *restrict zdz, size_t ldz, const double *restrict da,
+MT_ALWAYS_INLINE void backward_in_place(double *restrict zdz, size_t ldz, const double *restrict da,
                               size_t ldda, size_t rows, size_t cols, mt_act act)
 {
     int k = (int)act - (int)MT_ACT_HE1 + 1;
@@ -123,6 +126,7 @@ static void backward_in_place(double *restrict zdz, size_t ldz, const double *re
                 zdz[r * ldz + i] = da[r * ldda + i] * act_slope(A_, k, zdz[r * ldz + i]))
 }
 
+MT_VECTOR_CLONES
 void mt_act_backward_2d(double *dz, size_t lddz, const double *da, size_t ldda, const double *z,
                         size_t ldz, size_t rows, size_t cols, mt_act act)
 {

@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "mt_blas.h"
+#include "mt_fused.h"
 #include "mt_gate.h"
 #include "mt_hidden.h"
 #include "mt_loss.h"
@@ -188,6 +189,10 @@ struct mt_moe_workspace {
     size_t groups, a_width, k; /* widths of the per-row buffers u/outer/du, a and idx */
     int max_threads;   /* team size the gradient buffers below were sized for */
     double *grad_part; /* (max_threads - 1, P): gradients of the row blocks of threads 1.. */
+    double *fused;     /* max_threads scratches of fused_stride doubles for mt_fused (NULL when
+                          the configuration is not one it computes) */
+    size_t fused_stride;
+    mt_fused_offsets fused_off;
     void *block;
 };
 
@@ -253,6 +258,20 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     ws->grad_part = parts ? p : NULL;
     p += parts;
     ws->idx = (int *)p;
+    /* The auxiliary losses can be switched on and off between calls; the fused path is taken
+     * when they are off, so its scratch is sized for the configuration without them. */
+    mt_moe_config plain = *c;
+    plain.aux_switch = plain.aux_z = 0.0;
+    if (mt_fused_supports(&plain)) {
+        ws->fused_stride = mt_fused_scratch_doubles(c);
+        size_t bytes = (size_t)max_threads * ws->fused_stride * sizeof(double);
+        ws->fused = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!ws->fused) {
+            free(ws->block);
+            free(ws);
+            return MT_ENOMEM;
+        }
+    }
     ws->n_max = n_max;
     ws->keep_all = keep_all;
     ws->groups = G;
@@ -260,6 +279,8 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     ws->k = k ? k : 1;
     ws->max_threads = max_threads;
     ws->off = offsets_of(c);
+    ws->fused_off = (mt_fused_offsets){ws->off.rw, ws->off.rb, ws->off.W1, ws->off.b1,
+                                       ws->off.W2, ws->off.b2};
     ws->n_params = L.n_params;
     ws->cfg = *c;
     *out = ws;
@@ -269,6 +290,7 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
 void mt_moe_workspace_free(mt_moe_workspace *ws)
 {
     if (!ws) return;
+    free(ws->fused);
     free(ws->block);
     free(ws);
 }
@@ -572,6 +594,19 @@ static mt_status forward_rows(double *out, double *gates, const double *theta, c
     return first_error(st, T);
 }
 
+/* Inside a parallel region, after a barrier: grad += the gradients of threads 1 .. team-1
+ * (in ws->grad_part), in thread order, thread t summing its slice of the parameters. */
+static void add_thread_parts(double *grad, const mt_moe_workspace *ws, int team, int t)
+{
+    const size_t P = ws->n_params;
+    size_t p0, pm;
+    mt_rows_of(P, team, t, &p0, &pm);
+    for (int u = 1; u < team; u++) {
+        const double *part = ws->grad_part + (size_t)(u - 1) * P;
+        for (size_t i = p0; i < p0 + pm; i++) grad[i] += part[i];
+    }
+}
+
 /* grad += the gradient of the n rows; each thread's rows into its own buffer (thread 0's
  * into grad), then the buffers are added to grad in thread order, each thread summing a
  * slice of the parameters. */
@@ -602,12 +637,7 @@ static mt_status backward_rows(double *grad, double *dX, const double *dout, con
         st[t] = backward_impl(g, dX ? dX + r * d : NULL, dout + r * O, theta, X + r * d, m, c, &v,
                               share, n);
         MT_OMP(barrier)
-        size_t p0, pm;
-        mt_rows_of(P, team, t, &p0, &pm);
-        for (int u = 1; u < team; u++) {
-            const double *part = ws->grad_part + (size_t)(u - 1) * P;
-            for (size_t i = p0; i < p0 + pm; i++) grad[i] += part[i];
-        }
+        add_thread_parts(grad, ws, team, t);
     }
     mt_parallel_leave(blas);
     return first_error(st, T);
@@ -844,10 +874,63 @@ gates:
     return MT_OK;
 }
 
+/* The mean squared error and grad += its gradient, by mt_fused over the threads' row blocks. */
+static void fused_rows(double *loss, double *grad, const double *theta, const double *X,
+                       const double *y, size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    const size_t d = c->d_in, P = ws->n_params;
+    const double scale = 2.0 / (double)n;
+    const int T = team_size(ws, n);
+    double sq[T];
+    if (T == 1) {
+        mt_fused_mse_rows(&sq[0], grad, theta, X, y, n, scale, c, &ws->fused_off, ws->fused);
+    } else {
+        const int blas = mt_parallel_enter();
+        MT_OMP(parallel num_threads(T))
+        {
+            const int team = omp_get_num_threads(), t = omp_get_thread_num();
+            size_t r, m;
+            mt_rows_of(n, team, t, &r, &m);
+            double *g = t == 0 ? grad : ws->grad_part + (size_t)(t - 1) * P;
+            if (t > 0) memset(g, 0, P * sizeof *g);
+            mt_fused_mse_rows(&sq[t], g, theta, X + r * d, y + r, m, scale, c, &ws->fused_off,
+                              ws->fused + (size_t)t * ws->fused_stride);
+            MT_OMP(barrier)
+            add_thread_parts(grad, ws, team, t);
+        }
+        mt_parallel_leave(blas);
+    }
+    double sum = 0.0;
+    for (int t = 0; t < T; t++) sum += sq[t];
+    *loss = sum / (double)n;
+}
+
+/* mt_moe_mse_loss_and_grad for the configurations mt_fused computes. */
+static mt_status fused_loss_and_grad(double *loss, double *grad, const double *theta,
+                                     const double *X, const double *y, size_t n,
+                                     const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = check_call(c, ws, n);
+    if (st != MT_OK) return st;
+    memset(grad, 0, ws->n_params * sizeof *grad);
+    if (!c->normalize) {
+        fused_rows(loss, grad, theta, X, y, n, c, ws);
+        return MT_OK;
+    }
+    st = normalize_directions(ws->theta_eff, theta, c);
+    if (st != MT_OK) return st;
+    memset(ws->grad_eff, 0, ws->n_params * sizeof *grad);
+    fused_rows(loss, ws->grad_eff, ws->theta_eff, X, y, n, c, ws);
+    fold_normalized_gradient(grad, ws->grad_eff, theta, ws->theta_eff, c);
+    return MT_OK;
+}
+
 mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *theta,
                                    const double *X, const double *y, size_t n,
                                    const mt_moe_config *c, mt_moe_workspace *ws)
 {
+    if (ws && ws->fused && mt_fused_supports(c))
+        return fused_loss_and_grad(loss, grad, theta, X, y, n, c, ws);
     mt_status st = mt_moe_forward(NULL, NULL, theta, X, n, c, ws);
     if (st != MT_OK) return st;
     size_t len = n * c->d_out;
