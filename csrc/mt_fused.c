@@ -8,10 +8,15 @@
 
 #define B MT_FUSED_ROWS
 
-/* Largest input width and packed row count the fused path takes. Above them the products with
- * the input are large enough for BLAS's packed kernels to win (measured: see mt_fused_supports). */
-#define MT_FUSED_MAX_D 32
-#define MT_FUSED_MAX_ROWS 128
+/* Largest input width and packed row count the fused path takes. Measured against the
+ * layer-at-a-time path on one thread (C harness, loss and gradient): W1 (d 10, r 20) 60 vs
+ * 100 us, W4's layer at batch 256 (d 50, r 36) 72 vs 100 us, W2 (d 100, r 136, n 10^4) 21 vs
+ * 33 ms, d 200, r 264: 77 vs 88 ms. On two threads W2 is even (15-20 ms both ways): the fused
+ * loop is bound by arithmetic, which this machine's second core adds less of than it adds to the
+ * other path's passes over memory. Much larger layers (W3: d 512, r 1040) do not fit a block in
+ * the caches and are BLAS's. */
+#define MT_FUSED_MAX_D 128
+#define MT_FUSED_MAX_ROWS 160
 
 /* Four doubles, one AVX2 register (two SSE2 registers in the baseline build): GNU C's vector
  * extension, which GCC and Clang lower to whatever the target has. v4u is the same vector at any
@@ -23,6 +28,9 @@ typedef double v4u __attribute__((vector_size(32), aligned(8), may_alias));
 #define LOAD4(p) (*(const v4u *)(p))
 #define STORE4(p, v) (*(v4u *)(p) = (v))
 #define SUM4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+/* v where mask (a vector comparison's result: all ones or zeros per lane) is set, else +0.0 */
+typedef long long v4i __attribute__((vector_size(32)));
+#define SELECT4(mask, v) ((v4)((v4i)(v) & (mask)))
 
 /* Every helper is inlined into mt_fused_mse_rows, the one function built for AVX2 and for the
  * baseline (MT_VECTOR_CLONES): a helper left out of line would be built for the baseline only. */
@@ -292,14 +300,25 @@ MT_INLINE double block(scratch_t *s, const double *X, const double *y, size_t m,
     transpose_block(s->xT, X, m, d);
     scores_forward(s->S, s->Wp, s->bp, s->xT, r, d);
     gates_forward(s, c);
+    /* relu, the theory's usual activation, is applied inside the output layer's loops (and its
+     * slope inside their backward) rather than by passes of its own; A stays unused. */
+    const int relu = ffn && c->activation == MT_ACT_RELU;
     if (ffn) {
-        mt_act_forward(s->A, Z, R2 * B, c->activation);
+        if (!relu) mt_act_forward(s->A, Z, R2 * B, c->activation);
         for (size_t e = 0; e < E; e++) {
             double *o = s->O + e * B;
             for (size_t l = 0; l < B; l++) o[l] = b2 ? b2[e] : 0.0;
             for (size_t h = 0; h < H; h++) {
-                const double w = w2[e * H + h], *a = s->A + (e * H + h) * B;
-                for (size_t l = 0; l < B; l++) o[l] += w * a[l];
+                const double w = w2[e * H + h];
+                const double *z = Z + (e * H + h) * B, *a = s->A + (e * H + h) * B;
+                if (relu) {
+                    for (size_t l = 0; l < B; l += 4) {
+                        v4 zl = LOAD4(z + l);
+                        STORE4(o + l, LOAD4(o + l) + w * SELECT4(zl > 0, zl));
+                    }
+                } else {
+                    for (size_t l = 0; l < B; l++) o[l] += w * a[l];
+                }
             }
         }
     } else {
@@ -337,17 +356,26 @@ MT_INLINE double block(scratch_t *s, const double *X, const double *y, size_t m,
             }
             for (size_t h = 0; h < H; h++) {
                 const double w = w2[e * H + h];
-                double *a = s->A + (e * H + h) * B;
+                double *a = s->A + (e * H + h) * B, *z = Z + (e * H + h) * B;
                 v4 acc = {0};
-                for (size_t l = 0; l < B; l += 4) {
-                    v4 dOl = LOAD4(dO + l);
-                    acc += dOl * LOAD4(a + l);
-                    STORE4(a + l, dOl * w);
+                if (relu) { /* z becomes d loss / d z = dO w where z > 0 */
+                    for (size_t l = 0; l < B; l += 4) {
+                        v4 dOl = LOAD4(dO + l), zl = LOAD4(z + l);
+                        v4i on = zl > 0;
+                        acc += dOl * SELECT4(on, zl);
+                        STORE4(z + l, SELECT4(on, dOl * w));
+                    }
+                } else { /* a becomes d loss / d a = dO w */
+                    for (size_t l = 0; l < B; l += 4) {
+                        v4 dOl = LOAD4(dO + l);
+                        acc += dOl * LOAD4(a + l);
+                        STORE4(a + l, dOl * w);
+                    }
                 }
                 s->gw2[e * H + h] += SUM4(acc);
             }
         }
-        mt_act_backward(Z, s->A, Z, R2 * B, c->activation);
+        if (!relu) mt_act_backward(Z, s->A, Z, R2 * B, c->activation);
     } else {
         memcpy(Z, s->O, E * B * sizeof *Z);
     }
