@@ -6,14 +6,17 @@ A C core (forward, backward, training loops, estimation) under a NumPy API. See 
 # libscipy_openblas.so resolves to it without LD_LIBRARY_PATH.
 import scipy_openblas32 as _openblas  # noqa: F401
 
-# The core's threads (OpenMP) wait for work by sleeping rather than spinning, unless the user
-# chose otherwise before importing: on a machine whose cores other processes also use, spinning
-# threads wait for descheduled partners and small problems run up to 100x slower (README,
-# "Threads"); on an idle machine the difference is within the noise of our benchmarks. libgomp
-# reads the variable once, when the extension loads it, so it is set here, before the import.
+# The core's threads (OpenMP, GCC's libgomp) wait for work by spinning briefly, then sleep:
+# GOMP_SPINCOUNT=3000 (some 30-100 us here) unless the user chose a policy before importing
+# (OMP_WAIT_POLICY or GOMP_SPINCOUNT set). Measured at W1 (README, "Threads"): on an idle machine
+# this is 1.3-1.7x faster than sleeping at once (OMP_WAIT_POLICY=passive), because back-to-back
+# calls find the other thread awake; under a load of 5 on 2 cores it is 2-3x slower than
+# sleeping (and always spinning is slower still), where one thread is fastest anyway. libgomp
+# reads the variables once, when the extension loads it, so they are set here, before the import.
 import os as _os
 
-_os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 from ._core import get_num_threads, set_num_threads
 from .deep import DeepMoE, count_paths
