@@ -2,6 +2,7 @@
 #ifndef MT_TEST_H
 #define MT_TEST_H
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 
 static int mt_test_failures = 0;
@@ -25,6 +26,19 @@ static inline double mt_test_normal(unsigned long long *state)
         s += (double)(*state >> 11) / 9007199254740992.0;
     }
     return s - 6.0;
+}
+
+/* The largest |a_i - b_i| over n entries; *scale = the largest |b_i| (at least 1e-300), so that
+ * a vector is checked against its own magnitude: err <= rtol * scale. */
+static inline double mt_test_max_diff(const double *a, const double *b, size_t n, double *scale)
+{
+    double err = 0.0;
+    *scale = 1e-300;
+    for (size_t i = 0; i < n; i++) {
+        *scale = fmax(*scale, fabs(b[i]));
+        err = fmax(err, fabs(a[i] - b[i]));
+    }
+    return err;
 }
 
 #define TEST_MAIN_END() do { \

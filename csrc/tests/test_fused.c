@@ -56,11 +56,7 @@ static void check_config(mt_moe_config c, size_t n)
 
     double ref_loss = unfused(ref, &c, theta, X, y, n, P);
     CHECK_CLOSE(loss, ref_loss, 1e-13);
-    double scale = 1e-300, err = 0.0;
-    for (size_t i = 0; i < P; i++) {
-        scale = fmax(scale, fabs(ref[i]));
-        err = fmax(err, fabs(g[i] - ref[i]));
-    }
+    double scale, err = mt_test_max_diff(g, ref, P, &scale);
     CHECK(err <= 1e-12 * scale);
     if (mt_test_failures != failures_before) {
         fprintf(stderr, "  config: gate %d expert %d act %d gate_act %d bias %d normalize %d "
