@@ -4,6 +4,7 @@
 
 #include "mt_act.h"
 #include "mt_exp.h"
+#include "mt_gate.h"
 #include "mt_simd.h"
 
 #define B MT_FUSED_ROWS
@@ -254,8 +255,8 @@ MT_INLINE void gates_forward(scratch_t *s, const mt_moe_config *c)
 {
     const size_t E = c->n_experts;
     switch (c->gate) {
-    case MT_GATE_SIGMOID:
-        mt_act_forward(s->G, s->S, E * B, MT_ACT_SIGMOID);
+    case MT_GATE_SIGMOID: /* elementwise, so the row-major gate serves the transposed layout */
+        mt_gate_sigmoid_forward(s->G, s->S, B, E);
         break;
     case MT_GATE_TEMPERATURE:
         mt_act_forward(s->Tt, s->S, E * B, c->gate_activation);
@@ -275,7 +276,7 @@ MT_INLINE void gates_backward(scratch_t *s, const mt_moe_config *c)
     double *dG = s->S; /* the scores themselves are needed only by the temperature gate */
     switch (c->gate) {
     case MT_GATE_SIGMOID:
-        for (size_t i = 0; i < E * B; i++) dG[i] = dG[i] * s->G[i] * (1.0 - s->G[i]);
+        mt_gate_sigmoid_backward(dG, dG, s->G, B, E);
         break;
     case MT_GATE_TEMPERATURE:
         softmax_lanes_backward(s->Tt, s->Tt, s->G, E);

@@ -192,7 +192,6 @@ struct mt_moe_workspace {
     double *fused;     /* max_threads scratches of fused_stride doubles for mt_fused (NULL when
                           the configuration is not one it computes) */
     size_t fused_stride;
-    mt_fused_offsets fused_off;
     void *block;
 };
 
@@ -279,8 +278,6 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     ws->k = k ? k : 1;
     ws->max_threads = max_threads;
     ws->off = offsets_of(c);
-    ws->fused_off = (mt_fused_offsets){ws->off.rw, ws->off.rb, ws->off.W1, ws->off.b1,
-                                       ws->off.W2, ws->off.b2};
     ws->n_params = L.n_params;
     ws->cfg = *c;
     *out = ws;
@@ -594,15 +591,13 @@ static mt_status forward_rows(double *out, double *gates, const double *theta, c
     return first_error(st, T);
 }
 
-/* Inside a parallel region, after a barrier: grad += the gradients of threads 1 .. team-1
- * (in ws->grad_part), in thread order, thread t summing its slice of the parameters. */
-static void add_thread_parts(double *grad, const mt_moe_workspace *ws, int team, int t)
+/* grad[p0 .. p0+pm) += the same entries of the gradients of threads 1 .. team-1 (in
+ * ws->grad_part), in thread order. */
+static void add_thread_parts(double *grad, const mt_moe_workspace *ws, int team, size_t p0,
+                             size_t pm)
 {
-    const size_t P = ws->n_params;
-    size_t p0, pm;
-    mt_rows_of(P, team, t, &p0, &pm);
     for (int u = 1; u < team; u++) {
-        const double *part = ws->grad_part + (size_t)(u - 1) * P;
+        const double *part = ws->grad_part + (size_t)(u - 1) * ws->n_params;
         for (size_t i = p0; i < p0 + pm; i++) grad[i] += part[i];
     }
 }
@@ -636,8 +631,10 @@ static mt_status backward_rows(double *grad, double *dX, const double *dout, con
         if (t > 0) memset(g, 0, P * sizeof *g);
         st[t] = backward_impl(g, dX ? dX + r * d : NULL, dout + r * O, theta, X + r * d, m, c, &v,
                               share, n);
-        MT_OMP(barrier)
-        add_thread_parts(grad, ws, team, t);
+        MT_OMP(barrier) /* then each thread sums a slice of the parameters */
+        size_t p0, pm;
+        mt_rows_of(P, team, t, &p0, &pm);
+        add_thread_parts(grad, ws, team, p0, pm);
     }
     mt_parallel_leave(blas);
     return first_error(st, T);
@@ -880,10 +877,12 @@ static void fused_rows(double *loss, double *grad, const double *theta, const do
 {
     const size_t d = c->d_in, P = ws->n_params;
     const double scale = 2.0 / (double)n;
+    const mt_fused_offsets off = {ws->off.rw, ws->off.rb, ws->off.W1, ws->off.b1, ws->off.W2,
+                                  ws->off.b2};
     const int T = team_size(ws, n);
     double sq[T];
     if (T == 1) {
-        mt_fused_mse_rows(&sq[0], grad, theta, X, y, n, scale, c, &ws->fused_off, ws->fused);
+        mt_fused_mse_rows(&sq[0], grad, theta, X, y, n, scale, c, &off, ws->fused);
     } else {
         /* no BLAS call inside, so BLAS's thread count is left alone (mt_parallel_enter) */
         MT_OMP(parallel num_threads(T))
@@ -893,16 +892,13 @@ static void fused_rows(double *loss, double *grad, const double *theta, const do
             mt_rows_of(n, team, t, &r, &m);
             double *g = t == 0 ? grad : ws->grad_part + (size_t)(t - 1) * P;
             if (t > 0) memset(g, 0, P * sizeof *g);
-            mt_fused_mse_rows(&sq[t], g, theta, X + r * d, y + r, m, scale, c, &ws->fused_off,
+            mt_fused_mse_rows(&sq[t], g, theta, X + r * d, y + r, m, scale, c, &off,
                               ws->fused + (size_t)t * ws->fused_stride);
         }
         /* The fused layers have at most a few thousand parameters: summed here rather than
          * by the team after a barrier, whose wait costs more than the sum (a sleeping thread's
          * wake-up is tens of microseconds). */
-        for (int u = 1; u < T; u++) {
-            const double *part = ws->grad_part + (size_t)(u - 1) * P;
-            for (size_t i = 0; i < P; i++) grad[i] += part[i];
-        }
+        add_thread_parts(grad, ws, T, 0, P);
     }
     double sum = 0.0;
     for (int t = 0; t < T; t++) sum += sq[t];
