@@ -6,23 +6,74 @@ a line of the theory's slope for comparison. :func:`rate_panel` draws one such p
 axes; :func:`rate_figure` lays out several and writes a PNG. :func:`region_panel` draws a 2-D map
 of integer region labels (routing paths of a deep MoE on a grid).
 """
+import os
+
 import numpy as np
 
-__all__ = ["rate_panel", "rate_figure", "region_panel"]
+__all__ = ["rate_panel", "rate_figure", "region_panel", "finish_figure", "use_file_backend",
+           "FIGURE_DPI"]
+
+#: Resolution of the PNG files the reproductions write: a 4 x 3.2 inch panel is 440 x 352
+#: pixels, where 7-point legend text is still legible.
+FIGURE_DPI = 110
 
 
 def _pyplot():
-    import matplotlib
+    """matplotlib.pyplot, on the backend the user, IPython or matplotlib chose.
 
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        # scripts and tests: never open windows; notebooks keep their inline backend
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # pragma: no cover - a backend already in use
-            pass
+    The backend is never switched here: a notebook keeps its inline backend (so its figures
+    show), a terminal session keeps its interactive one. With nothing chosen and no display,
+    matplotlib itself resolves the backend to Agg, so writing PNGs works headless; a process
+    that only writes files can also call :func:`use_file_backend` first.
+    """
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def use_file_backend():
+    """Select Agg for a process that only writes PNG files, unless a backend is already chosen.
+
+    A backend counts as chosen when ``MPLBACKEND`` is set, a matplotlibrc names one, IPython
+    set one, or pyplot already resolved one; then nothing changes. The ``moetheory`` command
+    line calls this: it writes figures and never shows them, so an interactive backend would
+    only cost start-up time (and a display connection).
+
+    Returns
+    -------
+    str
+        The name of the backend in use afterwards (resolving it if still unset).
+    """
+    import matplotlib
+
+    chosen = getattr(matplotlib.rcParams, "_get_backend_or_none", None)
+    if chosen is not None and chosen() is None and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+    return matplotlib.get_backend()
+
+
+def finish_figure(fig, path=None, *, dpi=FIGURE_DPI):
+    """Lay out a figure, then return it open (path None) or write it as a PNG and close it.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or os.PathLike, optional
+        Where to write the PNG. None: the figure stays open and is returned, so a notebook's
+        inline backend shows it and a terminal's ``plt.show()`` can.
+    dpi : float, default FIGURE_DPI
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None
+        The figure when ``path`` is None, else None.
+    """
+    fig.tight_layout()
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return None
 
 
 def rate_panel(ax, n, loss, *, fit=None, theory_slope=None, label=None, color=None,
@@ -114,12 +165,7 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
             ax.set_title(title, fontsize=9)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
-    fig.tight_layout()
-    if path is None:
-        return fig
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+    return finish_figure(fig, path)
 
 
 def region_panel(ax, labels, extent, *, n_labels=None, title=None, xlabel="x1", ylabel="x2"):

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import models, prune, stats
 from ..metrics import alignment
+from ..plot import _pyplot  # one owner of the backend handling: plot.py
 from ..samplers import Gaussian
 from ..train import train, train_online
 
@@ -317,17 +318,6 @@ def run_scaling(cfg, *, progress=False):
 
 
 # ---- figures --------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # pragma: no cover
-            pass
-    import matplotlib.pyplot as plt
-    return plt
-
 
 def _finish(fig, path):
     plt = _pyplot()
