@@ -21,10 +21,12 @@ import hashlib
 import json
 import numbers
 import os
+import tempfile
 import warnings
 
 import numpy as np
-from tqdm import tqdm
+
+from . import progress as _progress
 
 __all__ = ["run_sweep", "load_results", "cell_key"]
 
@@ -184,6 +186,27 @@ def load_results(out, cells=None):
     return _table([(row["cell"], row["result"]) for row in picked])
 
 
+def _drop_rows(path, keys):
+    """Rewrite the results file without the rows of ``keys``, keeping every other line as it
+    was (atomically: a temporary file in the same folder, fsynced, then renamed over it). An
+    incomplete last line is dropped too."""
+    _, end, _ = _parse_lines(path)  # validates every complete line
+    with open(path, "rb") as fh:
+        lines = fh.read()[:end].split(b"\n")[:-1]
+    kept = [line + b"\n" for line in lines if line.strip() and json.loads(line)["key"] not in keys]
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(kept)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 # --------------------------------------------------------------------------- BLAS threads
 
 def _blas_hooks():
@@ -319,7 +342,8 @@ def _run_dask(client, fn, pending, blas_threads, write):
         futures.clear()
 
 
-def run_sweep(fn, cells, *, out, workers=None, client=None, progress=True, blas_threads=1):
+def run_sweep(fn, cells, *, out, workers=None, client=None, progress=True, blas_threads=1,
+              fresh=False):
     """Run ``fn`` on every cell, writing each result row as soon as it finishes.
 
     Parameters
@@ -344,13 +368,20 @@ def run_sweep(fn, cells, *, out, workers=None, client=None, progress=True, blas_
         task, even on an in-process cluster): a module-level function or a closure over
         picklable objects, not one holding a lock or an open file.
     progress : bool, default True
-        Show a tqdm progress bar (on stderr); cells found in ``out`` count as done.
+        Show a progress bar on stderr (:func:`moetheory.progress.bar`: tqdm on a terminal,
+        plain lines at most every 30 s otherwise); cells found in ``out`` count as done.
+        Inside a :func:`moetheory.progress.task` the sweep shows no bar of its own, whatever
+        this flag: its cells count in the task's single line, and the cells it reuses from
+        ``out`` are recorded in ``task.cache_files``.
     blas_threads : int or None, default 1
         BLAS threads per cell. Locally, for the duration of the sweep: through
         ``moetheory.set_num_threads`` if the package provides it (restored afterwards when
         ``moetheory.get_num_threads`` exists), else through threadpoolctl if it is installed,
         else nothing is capped. On Dask workers the same cap is applied in the worker process
         before its first cell and kept. None leaves the BLAS alone.
+    fresh : bool, default False
+        Recompute every requested cell: their rows are first removed from ``out`` (the file is
+        rewritten atomically without them; rows of other cells are kept), then all run.
 
     Returns
     -------
@@ -389,6 +420,8 @@ def run_sweep(fn, cells, *, out, workers=None, client=None, progress=True, blas_
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     done = {}
+    if fresh and os.path.exists(out):
+        _drop_rows(out, set(keys))
     if os.path.exists(out):
         rows, end, size = _parse_lines(out)
         if end < size:  # an interrupted write left a partial line: drop it, that cell reruns
@@ -406,9 +439,11 @@ def run_sweep(fn, cells, *, out, workers=None, client=None, progress=True, blas_
     pending = [(key, cell) for key, cell in zip(keys, canon) if key not in done]
 
     n_done = len(cells) - len(pending)
+    task = _progress.current()
+    if task is not None:
+        task.note_cache(out, n_done)
     with open(out, "a", encoding="utf-8") as fh, \
-            tqdm(total=len(cells), initial=n_done, disable=not progress, unit="cell",
-                 desc="sweep") as bar:
+            _progress.bar(len(cells), initial=n_done, enabled=progress, desc="sweep") as bar:
         write = _Writer(fh, bar, done)
         if pending:
             if client is None:

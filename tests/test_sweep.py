@@ -229,3 +229,20 @@ def test_dask_failure_keeps_finished_rows(tmp_path):
         table = run_sweep(counted_toy, CELLS, out=out, client=client, progress=False)
     assert sorted(DASK_CALLS) == sorted({cell_key(c) for c in CELLS} - written)
     assert len(table["n"]) == len(CELLS) and len(lines(out)) == len(CELLS)
+
+
+def test_fresh_recomputes_the_requested_cells_and_keeps_the_others(tmp_path):
+    out = tmp_path / "res.jsonl"
+    run_sweep(toy, CELLS, out=out, workers=2, progress=False)
+    others = [row for row in lines(out) if row["cell"]["n"] != 10]
+    again = Counter()
+    table = run_sweep(again, CELLS[:4], out=out, workers=2, progress=False, fresh=True)
+    assert sorted(again.calls) == sorted(cell_key(c) for c in CELLS[:4])  # each run once
+    assert set(again.calls.values()) == {1}
+    rows = lines(out)
+    assert len(rows) == len(CELLS)  # no cell twice: the old rows of the four were removed
+    assert [row for row in rows if row["cell"]["n"] != 10] == others
+    assert_tables_equal(table, load_results(out, CELLS[:4]))
+    cached = Counter()
+    run_sweep(cached, CELLS, out=out, progress=False)  # without fresh: nothing is recomputed
+    assert cached.calls == {}
