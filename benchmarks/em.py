@@ -45,7 +45,7 @@ def d4_truth(seed=0, d=4, K=3):
     beta0 = np.append(0.3 * rng.standard_normal(K - 1), 0.0)
     a = 2 * rng.standard_normal((K, d)) / np.sqrt(d)
     b = rng.standard_normal(K)
-    return estimate.em_pack(beta0, beta1, a, b, np.full(K, 0.05))
+    return estimate.em_pack(beta0, beta1, a, b, sigma2=np.full(K, 0.05))
 
 
 def d4_start(truth, d=4, K=3, seed=1):
@@ -56,7 +56,7 @@ def d4_start(truth, d=4, K=3, seed=1):
     p["beta1"][:-1] += 0.3 * rng.standard_normal((K - 1, d))
     p["a"] += 0.3 * rng.standard_normal((K, d))
     p["b"] += 0.3 * rng.standard_normal(K)
-    return estimate.em_pack(p["beta0"], p["beta1"], p["a"], p["b"], 2 * p["sigma2"])
+    return estimate.em_pack(p["beta0"], p["beta1"], p["a"], p["b"], sigma2=2 * p["sigma2"])
 
 
 def _compare(name, X, y, K, theta0, args, **kw):

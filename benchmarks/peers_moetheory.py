@@ -76,7 +76,7 @@ def make_train(w, data):
         st["model"] = make_model(w, data.theta0)
         if w.online:
             teacher = make_model(w, data.teacher, seed=1)
-            st["sampler"] = mt.samplers.Gaussian(w.d, teacher=teacher, noise=0.0)
+            st["sampler"] = mt.samplers.Gaussian(w.d, teacher=teacher, noise_sd=0.0)
 
     def run(steps):
         if w.online:

@@ -19,6 +19,7 @@ import fnmatch
 import math
 import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -417,8 +418,47 @@ def em_unpack(theta, d, K, outer_scale=False):
     return out
 
 
-def em_pack(beta0, beta1, a, b, sigma2, c=None):
-    """The flat EM parameter vector of the given pieces (the inverse of :func:`em_unpack`)."""
+def em_pack(beta0, beta1, a, b, *positional, c=None, sigma2=None):
+    """The flat EM parameter vector of the given pieces: the inverse of :func:`em_unpack`.
+
+    The pieces come in :func:`em_unpack`'s key order, the order of the layout, and the last two
+    by keyword, so ``em_pack(**em_unpack(theta, d, K))`` is ``theta`` again.
+
+    Parameters
+    ----------
+    beta0 : array_like, shape (K,)
+        Gate intercepts.
+    beta1 : array_like, shape (K, d)
+        Gate slopes (row K-1, the reference, is 0 for the EM's gauge).
+    a : array_like, shape (K, d)
+        Expert slopes.
+    b : array_like, shape (K,)
+        Expert intercepts.
+    c : array_like, shape (K,), optional
+        Outer scales of FFN experts (``outer_scale=True``); None for none.
+    sigma2 : array_like, shape (K,)
+        Noise variances (keyword; required).
+
+    Returns
+    -------
+    ndarray, shape (em_params_size(d, K, c is not None),)
+
+    Notes
+    -----
+    The older positional form ``em_pack(beta0, beta1, a, b, sigma2[, c])`` still works, with a
+    DeprecationWarning: there sigma2 came before c, against the layout.
+    """
+    if positional:
+        if len(positional) > 2 or sigma2 is not None or (len(positional) == 2 and c is not None):
+            raise TypeError("em_pack takes beta0, beta1, a, b positionally and c=, sigma2= by "
+                            "keyword")
+        warnings.warn("em_pack(beta0, beta1, a, b, sigma2, c) with sigma2 and c by position is "
+                      "deprecated; pass sigma2= (and c=) by keyword", DeprecationWarning,
+                      stacklevel=2)
+        sigma2 = positional[0]
+        c = positional[1] if len(positional) == 2 else c
+    if sigma2 is None:
+        raise TypeError("em_pack needs sigma2 (the noise variances, shape (K,))")
     parts = [beta0, beta1, a, b] + ([c] if c is not None else []) + [sigma2]
     return np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in parts])
 
@@ -672,11 +712,11 @@ def draw_regression(truth, n, *, noise_sd, seed=0, low=0.0, high=1.0, design="un
         raise ValueError(f"low and high must be finite with low < high, got {low}, {high}")
     d = truth.config["d_in"]
     if design == "uniform":
-        sampler = samplers.Uniform(d, truth, noise=noise_sd, low=float(low), high=float(high))
+        sampler = samplers.Uniform(d, truth, noise_sd=noise_sd, low=float(low), high=float(high))
     elif design == "linspace":
         if d != 1:
             raise ValueError(f"design='linspace' needs d_in = 1, got {d}")
-        sampler = samplers.Grid(truth, noise=noise_sd, low=float(low), high=float(high))
+        sampler = samplers.Grid(truth, noise_sd=noise_sd, low=float(low), high=float(high))
     else:
         raise ValueError(f"design must be 'uniform' or 'linspace', got {design!r}")
     X, y = samplers.draw(sampler, n, seed=seed)

@@ -90,9 +90,18 @@ class FlatModel:
     def save(self, path):
         """Write the model to `path` (.npz: ``theta``, ``config`` as JSON, format and version).
 
-        The file is written to a temporary name and renamed, so a failed save leaves no
-        half-written file."""
+        As with ``numpy.savez``, ``.npz`` is appended to the name unless it already ends so
+        (``save("m")`` writes ``m.npz``). The file is written to a temporary name and renamed,
+        so a failed save leaves no half-written file.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
         try:
@@ -104,6 +113,7 @@ class FlatModel:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        return path
 
     @classmethod
     def load(cls, path):

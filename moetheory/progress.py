@@ -16,10 +16,12 @@ How the output looks depends on where stderr goes:
   task starts, then at most one every ``interval`` seconds (default 30), and one at the end,
   so a log shows where the run was and how long it took, never a bar stuck at 33%.
 
-The time left is the larger of two estimates: the cells already announced by the sweeps started
-so far, at the rate the finished ones ran, and the task's ``estimate`` (a run time measured
-before, e.g. from the registry in :mod:`moetheory.experiments`) minus the time elapsed. The
-second is dropped once cached cells were reused (the measured run time no longer applies).
+The bar and the time left need the task's ``estimate``: a run time measured before (the registry
+in :mod:`moetheory.experiments` holds them), since the sweeps still to come are not known in
+advance. The time left is then the larger of the estimate minus the time elapsed and the time
+the cells already announced will take at the rate the finished ones ran. Without an estimate,
+or once cached cells were reused (the measured run time no longer applies), the line shows the
+time elapsed and the current sweep's count, and no bar.
 """
 import contextlib
 import sys
@@ -148,32 +150,40 @@ class Task:
     def elapsed(self):
         return time.monotonic() - self.started
 
+    def _usable_estimate(self):
+        with self._lock:
+            return self.estimate if self.cached == 0 else None
+
     def time_left(self):
-        """Seconds left by the rule in the module notes, or None when nothing tells."""
+        """Seconds left for the whole task by the rule in the module notes, or None when the
+        task has no usable estimate (the sweeps still to come are not known in advance)."""
+        estimate = self._usable_estimate()
+        if estimate is None:
+            return None
         elapsed = self.elapsed()
         with self._lock:
             left_cells = self._announced - self.cached - self.done
             done = self.done
-            use_estimate = self.estimate is not None and self.cached == 0
-        from_cells = elapsed / done * left_cells if done > 0 else None
-        from_estimate = self.estimate - elapsed if use_estimate else None
-        known = [v for v in (from_cells, from_estimate) if v is not None]
-        return max(0.0, max(known)) if known else None
+        from_cells = elapsed / done * left_cells if done > 0 else 0.0
+        return max(0.0, estimate - elapsed, from_cells)
 
     def line(self, final=False):
         """The text of the task's line."""
         elapsed = self.elapsed()
+        estimate = self._usable_estimate()
+        left = None if final else self.time_left()
         if final:
             head = f"{self.name}: done in {format_seconds(elapsed)}"
+        elif left is None:
+            head = f"{self.name}: {format_seconds(elapsed)} elapsed"
+        elif elapsed > estimate and left == 0.0:
+            head = (f"{self.name}: {format_seconds(elapsed)} elapsed, over the "
+                    f"~{format_seconds(estimate)} estimate")
         else:
-            left = self.time_left()
-            if left is None:
-                head = f"{self.name}: {format_seconds(elapsed)} elapsed"
-            else:
-                frac = elapsed / (elapsed + left) if elapsed + left > 0 else 0.0
-                filled = int(round(20 * frac))
-                head = (f"{self.name}: [{'#' * filled}{'.' * (20 - filled)}] {100 * frac:3.0f}%"
-                        f"  {format_seconds(elapsed)} elapsed, ~{format_seconds(left)} left")
+            frac = elapsed / (elapsed + left) if elapsed + left > 0 else 0.0
+            filled = int(round(20 * frac))
+            head = (f"{self.name}: [{'#' * filled}{'.' * (20 - filled)}] {100 * frac:3.0f}%"
+                    f"  {format_seconds(elapsed)} elapsed, ~{format_seconds(left)} left")
         with self._lock:
             parts = [f"{self.done} cells run"] if self.done or self.cached else []
             if self.cached:

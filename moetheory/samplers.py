@@ -4,6 +4,17 @@ A sampler is a description; the C trainer draws from it with its own counter-bas
 run is reproducible from its seed alone. :func:`draw` draws from the same description outside
 a trainer, with the same C code (``mt_train_data_draw``), so ``draw(sampler, n, seed=s)`` is the
 first batch that ``train_online(..., sampler, batch_size=n, seed=s)`` trains on.
+
+Every sampler names its noise level ``noise_sd`` (the standard deviation of the Gaussian noise
+added to each target entry), as :func:`moetheory.estimate.draw_regression` does; ``noise=`` is a
+deprecated alias.
+
+Default input boxes: :class:`Uniform` draws from [-1, 1]^d, centred like :class:`Gaussian`, the
+input law of the online-training settings (teachers and students initialised around the origin,
+features of both signs). :func:`moetheory.estimate.draw_regression` defaults to [0, 1]^d, the
+design of the softmax-gating papers' simulations (X ~ Uniform[0, 1]), which its estimators
+reproduce; :class:`Grid` (a fixed design for those papers) also defaults to [0, 1]. Pass
+``low``/``high`` to choose another box.
 """
 import math
 import numbers
@@ -13,15 +24,17 @@ from typing import Optional
 import numpy as np
 
 from . import _core
+from ._deprecate import rename
 from .model import MoE
 
 # the C core's input kinds, by name, in enum order (mt_input_kind)
 _KINDS = {name: i for i, name in enumerate(_core.INPUTS)}
 
 
+@rename("noise", "noise_sd")
 @dataclass
 class Gaussian:
-    """x ~ N(0, scale^2 I_d); targets y = teacher(x) + noise * N(0, 1).
+    """x ~ N(0, scale^2 I_d); targets y = teacher(x) + noise_sd * N(0, 1).
 
     Parameters
     ----------
@@ -29,21 +42,23 @@ class Gaussian:
         Input dimension.
     teacher : MoE
         The model whose outputs are the targets.
-    noise : float
-        Standard deviation of the Gaussian noise added to each target entry.
+    noise_sd : float
+        Standard deviation of the Gaussian noise added to each target entry (``noise=``: a
+        deprecated alias).
     scale : float
         Standard deviation of each input coordinate.
     """
     d: int
     teacher: MoE
-    noise: float = 0.0
+    noise_sd: float = 0.0
     scale: float = 1.0
     kind = "gaussian"
 
 
+@rename("noise", "noise_sd")
 @dataclass
 class Uniform:
-    """x ~ Uniform[low, high]^d; targets y = teacher(x) + noise * N(0, 1).
+    """x ~ Uniform[low, high]^d; targets y = teacher(x) + noise_sd * N(0, 1).
 
     Parameters
     ----------
@@ -51,36 +66,42 @@ class Uniform:
         Input dimension.
     teacher : MoE
         The model whose outputs are the targets.
-    noise : float
-        Standard deviation of the Gaussian noise added to each target entry.
+    noise_sd : float
+        Standard deviation of the Gaussian noise added to each target entry (``noise=``: a
+        deprecated alias).
     low, high : float
-        The box, finite with low < high.
+        The box, finite with low < high. Default [-1, 1], centred like :class:`Gaussian`
+        (``moetheory.estimate.draw_regression`` defaults to the papers' [0, 1]; see the
+        module notes).
     """
     d: int
     teacher: MoE
-    noise: float = 0.0
+    noise_sd: float = 0.0
     low: float = -1.0
     high: float = 1.0
     kind = "uniform"
 
 
+@rename("noise", "noise_sd")
 @dataclass
 class Grid:
     """A fixed design: the n inputs of a batch are the even grid numpy.linspace(low, high, n)
-    (both ends exact; x = low when n = 1), and y = teacher(x) + noise * N(0, 1). d = 1. No
+    (both ends exact; x = low when n = 1), and y = teacher(x) + noise_sd * N(0, 1). d = 1. No
     randomness is used for x, so every batch has the same inputs and fresh noise.
 
     Parameters
     ----------
     teacher : MoE
         The model whose outputs are the targets (d_in = 1).
-    noise : float
-        Standard deviation of the Gaussian noise added to each target entry.
+    noise_sd : float
+        Standard deviation of the Gaussian noise added to each target entry (``noise=``: a
+        deprecated alias).
     low, high : float
-        The ends of the grid, finite with low < high.
+        The ends of the grid, finite with low < high. Default [0, 1], the papers' design (as
+        ``moetheory.estimate.draw_regression``).
     """
     teacher: MoE
-    noise: float = 0.0
+    noise_sd: float = 0.0
     low: float = 0.0
     high: float = 1.0
     kind = "grid"
@@ -90,6 +111,7 @@ class Grid:
         return 1
 
 
+@rename("noise", "noise_sd")
 @dataclass
 class GaussianMixture:
     """x = centres[c] + scale * N(0, I_d) with c ~ weights (uniform when None).
@@ -98,14 +120,15 @@ class GaussianMixture:
     ----------
     centres : ndarray, shape (C, d)
     teacher : MoE
-    noise : float
+    noise_sd : float
+        Standard deviation of the target noise (``noise=``: a deprecated alias).
     scale : float
     weights : ndarray, shape (C,), optional
         Cluster probabilities (normalised by the sampler).
     """
     centres: np.ndarray
     teacher: MoE
-    noise: float = 0.0
+    noise_sd: float = 0.0
     scale: float = 1.0
     weights: Optional[np.ndarray] = field(default=None)
     kind = "mixture"
@@ -131,10 +154,11 @@ def core_arguments(sampler):
                         f"GaussianMixture, got {type(sampler).__name__}")
     if not isinstance(sampler.teacher, MoE):
         raise TypeError(f"sampler.teacher must be a moetheory.MoE, got {type(sampler.teacher).__name__}")
-    if not (_finite("sampler.noise", sampler.noise) >= 0):
-        raise ValueError(f"sampler.noise must be a finite number >= 0, got {sampler.noise!r}")
+    if not (_finite("sampler.noise_sd", sampler.noise_sd) >= 0):
+        raise ValueError(f"sampler.noise_sd must be a finite number >= 0, got "
+                         f"{sampler.noise_sd!r}")
     args = dict(teacher=sampler.teacher._layer, teacher_theta=sampler.teacher.theta,
-                input=_KINDS[sampler.kind], noise_sd=float(sampler.noise))
+                input=_KINDS[sampler.kind], noise_sd=float(sampler.noise_sd))
     if sampler.kind in ("uniform", "grid"):
         low, high = _finite("sampler.low", sampler.low), _finite("sampler.high", sampler.high)
         if not (low < high and math.isfinite(high - low)):

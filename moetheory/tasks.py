@@ -12,6 +12,7 @@ import numpy as np
 from numpy.polynomial import hermite_e
 
 from . import _core
+from ._deprecate import rename
 
 __all__ = ["ClusteredSingleIndex", "information_exponent"]
 
@@ -31,11 +32,12 @@ def information_exponent(coefficients, tol=0.0):
     return None
 
 
+@rename("noise", "noise_sd")
 class ClusteredSingleIndex:
     """The clustered single-index task (Paper 001).
 
     c ~ Uniform{0..C-1};  x | c ~ N(rho v_c, I_d);
-    y = f_c(w_c^T x) + s_c g(w_g^T x) + noise * N(0, 1),
+    y = f_c(w_c^T x) + s_c g(w_g^T x) + noise_sd * N(0, 1),
     with f_c(z) = sum_i link_coefficients[c, i] He_i(z) / sqrt(i!) and
     g(z) = sum_i global_coefficients[i] He_i(z) / sqrt(i!).
 
@@ -56,8 +58,8 @@ class ClusteredSingleIndex:
         Coefficients of the global link g; None (default) means no global term.
     signs : array_like, shape (C,), optional
         s_c. Default: (-1)^c minus its mean, so sum_c s_c = 0 as the paper requires.
-    noise : float
-        Standard deviation zeta of the target noise.
+    noise_sd : float
+        Standard deviation zeta of the target noise (``noise=``: a deprecated alias).
     seed : int
         Seed of the directions: v_1..v_C, w_1..w_C and w_g are the columns of the Q factor of a
         (d, 2C + 1) standard normal matrix drawn by ``numpy.random.default_rng(seed)``, hence
@@ -79,16 +81,17 @@ class ClusteredSingleIndex:
     """
 
     def __init__(self, d, n_clusters, rho, *, link_degrees=3, link_coefficients=None,
-                 global_coefficients=None, signs=None, noise=0.0, seed=0, centres=None,
+                 global_coefficients=None, signs=None, noise_sd=0.0, seed=0, centres=None,
                  directions=None, global_direction=None):
         d, C = int(d), int(n_clusters)
         if d < 1 or C < 1:
             raise ValueError(f"d and n_clusters must be >= 1, got {d} and {C}")
         if not np.isfinite(rho):
             raise ValueError(f"rho must be finite, got {rho!r}")
-        if not (np.isfinite(noise) and noise >= 0):
-            raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-        self.d, self.n_clusters, self.rho, self.noise, self.seed = d, C, float(rho), float(noise), seed
+        if not (np.isfinite(noise_sd) and noise_sd >= 0):
+            raise ValueError(f"noise_sd must be a finite number >= 0, got {noise_sd!r}")
+        self.d, self.n_clusters, self.rho, self.seed = d, C, float(rho), seed
+        self.noise_sd = float(noise_sd)
         if centres is None or directions is None or global_direction is None:
             if d < 2 * C + 1:
                 raise ValueError(f"random orthonormal directions need d >= 2 C + 1 = {2 * C + 1}, "
@@ -120,7 +123,7 @@ class ClusteredSingleIndex:
         if self.global_coefficients is not None:
             glob = dict(w_g=self.global_direction, s=self.signs, g_coef=self.global_coefficients)
         self.core_source = _core.ClusterTask(self.centres, self.directions, self.link_coefficients,
-                                             self.rho, self.noise, **glob)
+                                             self.rho, self.noise_sd, **glob)
 
     def draw(self, n, seed, stream=0):
         """n samples, drawn in C from the generator keyed by (seed, stream).
@@ -156,7 +159,7 @@ class ClusteredSingleIndex:
 
     def __repr__(self):
         return (f"ClusteredSingleIndex(d={self.d}, n_clusters={self.n_clusters}, rho={self.rho}, "
-                f"information_exponents={self.information_exponents}, noise={self.noise})")
+                f"information_exponents={self.information_exponents}, noise_sd={self.noise_sd})")
 
 
 def _link(coefficients, z):

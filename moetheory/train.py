@@ -179,7 +179,11 @@ def train(model, X, y, *, optimizer="adam", lr=1e-3, steps=1000, batch_size=None
     optimizer : {"adam", "adamw", "sgd", "gd", "momentum", "nesterov"}
         PyTorch's update rules (see csrc/mt_optim.h). "gd" is "sgd" on the full batch.
     lr : float
-        Base learning rate.
+        Base learning rate. The defaults, Adam at 1e-3 (``torch.optim.Adam``'s), serve the
+        usual use of fixed data: fitting a data set to a low loss, where Adam's per-parameter
+        step scaling works across models and widths without tuning. :func:`train_online`
+        defaults to plain SGD at 1e-2 instead: there the optimizer is part of the process the
+        theory analyses (see its docstring).
     steps : int
         Number of updates.
     batch_size : int, optional
@@ -258,6 +262,12 @@ def train_online(model, sampler, *, batch_size, steps, optimizer="sgd", lr=1e-2,
     `moetheory.samplers.Gaussian`, `Uniform`, `Grid` or `GaussianMixture` (or a task of
     `moetheory.tasks`). The first step's batch is `moetheory.samplers.draw(sampler,
     batch_size, seed)`.
+
+    The defaults differ from `train`'s (Adam, 1e-3) on purpose: online SGD on fresh batches is
+    the dynamics the feature-learning theories study (Paper 000's soft-routed MoE, Paper 001's
+    clustered single-index task, the single-index SGD literature), so the default optimizer is
+    plain SGD, and 1e-2 is the step of Paper 000's reproduction (Paper 001's scales its step
+    with d: 0.02 * 16 / d). Pass ``optimizer=`` and ``lr=`` to run anything else.
 
     Returns
     -------

@@ -339,7 +339,7 @@ def test_constructor_message_shows_the_bad_value(kw):
 @pytest.fixture
 def saved(tmp_path):
     m = make_model(ref.make_config(D_IN, E, hidden=H, d_out=D_OUT, gate="hierarchical", groups=2))
-    path = tmp_path / "good.moe"
+    path = tmp_path / "good.npz"
     m.save(str(path))
     return path, path.read_bytes()
 
@@ -378,7 +378,7 @@ def test_missing_save_file(tmp_path):
 
 
 def test_save_to_missing_directory(model, tmp_path):
-    target = tmp_path / "no" / "such" / "dir" / "m.moe"
+    target = tmp_path / "no" / "such" / "dir" / "m.npz"
     with theta_unchanged(model), pytest.raises(OSError):
         model.save(str(target))
     assert not target.exists()

@@ -19,7 +19,7 @@ def task():
     # links of information exponents 2, 3, 1 (+ a constant), a He_2 global term, noise 0.3
     coef = np.array([[0.0, 0.0, 1.0, 0.0], [0.5, 0.0, 0.0, 1.0], [0.0, 0.7, 0.0, 0.4]])
     return ClusteredSingleIndex(12, 3, 2.0, link_coefficients=coef, global_coefficients=[0, 0, 1.0],
-                                signs=[1.0, -0.5, -0.5], noise=0.3, seed=4)
+                                signs=[1.0, -0.5, -0.5], noise_sd=0.3, seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_global_part_averages_out():
 
 
 def test_train_online_with_task():
-    t = ClusteredSingleIndex(9, 2, 2.0, link_degrees=2, noise=0.1, seed=1)
+    t = ClusteredSingleIndex(9, 2, 2.0, link_degrees=2, noise_sd=0.1, seed=1)
     m = mt.MoE(9, 2, hidden=4, seed=0)
     before = m.theta.copy()
     h = mt.train_online(m, t, batch_size=16, steps=5, lr=0.0, progress=False, seed=3)
@@ -108,7 +108,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="d >= 2 C \\+ 1"):
         ClusteredSingleIndex(4, 2, 1.0)
     with pytest.raises(ValueError, match="noise"):
-        ClusteredSingleIndex(9, 2, 1.0, noise=-1)
+        ClusteredSingleIndex(9, 2, 1.0, noise_sd=-1)
     with pytest.raises(ValueError, match="w must have shape"):
         _core.ClusterTask(np.eye(2, 5), np.eye(3, 5), np.ones((2, 2)), 1.0)
     with pytest.raises(ValueError, match="finite"):

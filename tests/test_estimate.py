@@ -136,11 +136,11 @@ def test_draw_regression_reproducible():
 def test_draw_regression_is_drawn_in_c_by_samplers_draw():
     truth = sigmoid_moe([8, 0], [-4, 0], [10, 6], [-8, -1])
     X, y = draw_regression(truth, 200, noise_sd=0.1, seed=9, low=-0.5, high=2.0)
-    Xs, ys = samplers.draw(samplers.Uniform(1, truth, noise=0.1, low=-0.5, high=2.0), 200, seed=9)
+    Xs, ys = samplers.draw(samplers.Uniform(1, truth, noise_sd=0.1, low=-0.5, high=2.0), 200, seed=9)
     np.testing.assert_array_equal(X, Xs)
     np.testing.assert_array_equal(y, ys[:, 0])
     X, y = draw_regression(truth, 200, noise_sd=0.1, seed=9, design="linspace")
-    Xs, ys = samplers.draw(samplers.Grid(truth, noise=0.1), 200, seed=9)
+    Xs, ys = samplers.draw(samplers.Grid(truth, noise_sd=0.1), 200, seed=9)
     np.testing.assert_array_equal(X, Xs)
     np.testing.assert_array_equal(y, ys[:, 0])
     X2, y2 = draw_regression(truth, 200, noise_sd=0.1, seed=10)
@@ -174,7 +174,7 @@ def test_draw_regression_linspace_has_exact_ends(low, high):
 def separated_em_truth():
     """K = 2, d = 1 on x in [-1, 1]: expert means 10 apart, sds 0.3 and 0.2, so each draw's
     expert is read off as the nearest mean (a wrong read needs a deviation of > 16 sds)."""
-    return em_pack([0.5, 0.0], [[-2.0], [0.0]], [[1.0], [-0.5]], [-5.0, 5.0], [0.09, 0.04])
+    return em_pack([0.5, 0.0], [[-2.0], [0.0]], [[1.0], [-0.5]], [-5.0, 5.0], sigma2=[0.09, 0.04])
 
 
 def test_em_sample_labels_and_residuals_match_the_truth():
@@ -205,8 +205,8 @@ def test_em_sample_labels_and_residuals_match_the_truth():
 
 def test_em_sample_noise_free_and_ffn_experts():
     # sigma2 = 0: every y is exactly one of the expert means (here c tanh(a x + b))
-    theta = em_pack([0.3, 0.0], [[2.0], [0.0]], [[1.0], [-1.0]], [0.5, 0.2], [0.0, 0.0],
-                    c=[3.0, -2.0])
+    theta = em_pack([0.3, 0.0], [[2.0], [0.0]], [[1.0], [-1.0]], [0.5, 0.2],
+                    c=[3.0, -2.0], sigma2=[0.0, 0.0])
     X = np.linspace(-1, 1, 50)[:, None]
     y = em_sample(theta, X, 2, expert="ffn", act="tanh", outer_scale=True, seed=1)
     m = np.stack([3 * np.tanh(X[:, 0] + 0.5), -2 * np.tanh(-X[:, 0] + 0.2)], axis=1)

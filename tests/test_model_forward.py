@@ -304,7 +304,7 @@ def test_save_load_roundtrip_is_bitwise(config, rng, tmp_path):
     special = [-0.0, 5e-324, -2.2250738585072014e-308, 1.7976931348623157e308, math.pi, 1 / 3]
     theta[:len(special)] = special
     model.theta[:] = theta
-    path = tmp_path / "model.moe"
+    path = tmp_path / "model.npz"
     model.save(str(path))
     np.testing.assert_array_equal(model.theta, theta)  # saving does not touch theta
     loaded = mt.MoE.load(str(path))
@@ -326,7 +326,7 @@ def test_save_load_roundtrip_is_bitwise(config, rng, tmp_path):
 def test_save_load_accepts_str_and_pathlike(as_path, tmp_path, rng):
     config = ref.make_config(3, 4, hidden=5, gate="topk", top_k=2)
     model = make_model(config, seed=5)
-    path = as_path(tmp_path / "m.moe")
+    path = as_path(tmp_path / "m.npz")
     model.save(path)
     loaded = mt.MoE.load(path)
     assert loaded.theta.tobytes() == model.theta.tobytes()

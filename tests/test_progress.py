@@ -78,7 +78,13 @@ def test_time_left_uses_the_cells_seen_and_the_estimate(monkeypatch):
     assert t.time_left() == pytest.approx(90.0)        # the larger of 30 and 100 - 10
     clock[0] += 80.0                                    # 90 s elapsed, estimate nearly spent
     assert t.time_left() == pytest.approx(30 * 9.0)    # the cells' rate: 9 s a cell
+    clock[0] += 200.0                                   # past the estimate, cells all done
+    st.update(30)
+    assert t.time_left() == 0.0 and "over the ~01:40 estimate" in t.line()
     t2 = progress.Task("toy", estimate=100.0, file=io.StringIO(), interval=1e9)
     t2.stage("sweep", 40, initial=30)                   # cached cells: the estimate is void
-    assert t2.time_left() is None
+    assert t2.time_left() is None and "[" not in t2.line()
+    t3 = progress.Task("toy", file=io.StringIO(), interval=1e9)
+    t3.stage("sweep", 40).update(39)                    # no estimate: no claim about the rest
+    assert t3.time_left() is None and "%" not in t3.line()
     assert progress.format_seconds(3725) == "1:02:05" and progress.format_seconds(65) == "01:05"

@@ -27,15 +27,15 @@ def all_samplers():
     t3, t1, t3o = teacher(), teacher(1), teacher(3, d_out=2)
     centres = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
     return {
-        "gaussian": samplers.Gaussian(3, t3, noise=0.1, scale=1.5),
+        "gaussian": samplers.Gaussian(3, t3, noise_sd=0.1, scale=1.5),
         "gaussian-noise-free-2out": samplers.Gaussian(3, t3o),
-        "uniform": samplers.Uniform(3, t3, noise=0.2, low=-0.5, high=2.0),
-        "uniform-2out": samplers.Uniform(3, t3o, noise=0.3),
-        "grid": samplers.Grid(t1, noise=0.2, low=0.1, high=0.7),
+        "uniform": samplers.Uniform(3, t3, noise_sd=0.2, low=-0.5, high=2.0),
+        "uniform-2out": samplers.Uniform(3, t3o, noise_sd=0.3),
+        "grid": samplers.Grid(t1, noise_sd=0.2, low=0.1, high=0.7),
         "grid-noise-free": samplers.Grid(t1),
-        "mixture": samplers.GaussianMixture(centres, t3, noise=0.2, scale=0.5, weights=[1, 3]),
+        "mixture": samplers.GaussianMixture(centres, t3, noise_sd=0.2, scale=0.5, weights=[1, 3]),
         "mixture-uniform-weights": samplers.GaussianMixture(centres, t3, scale=0.5),
-        "task": ClusteredSingleIndex(7, 2, 1.5, noise=0.1),
+        "task": ClusteredSingleIndex(7, 2, 1.5, noise_sd=0.1),
     }
 
 
@@ -54,12 +54,12 @@ def test_draw_is_the_trainers_first_batch(name):
     assert history.losses[0] == expected
     # and not the batch of another seed (a noise-free grid is the same for every seed)
     X2, y2 = samplers.draw(sampler, n, seed=seed + 1)
-    deterministic = isinstance(sampler, samplers.Grid) and sampler.noise == 0
+    deterministic = isinstance(sampler, samplers.Grid) and sampler.noise_sd == 0
     assert (np.array_equal(X, X2) and np.array_equal(y, y2)) == deterministic
 
 
 def test_task_draw_matches_the_tasks_own_draw():
-    task = ClusteredSingleIndex(7, 2, 1.5, noise=0.1)
+    task = ClusteredSingleIndex(7, 2, 1.5, noise_sd=0.1)
     X, y = samplers.draw(task, 50, seed=3)
     Xt, yt, _ = task.draw(50, 3)
     np.testing.assert_array_equal(X, Xt)
@@ -76,7 +76,7 @@ def test_reproducible_by_seed_and_seeds_differ(name):
     X3, y3 = samplers.draw(sampler, 40, seed=8)
     if isinstance(sampler, samplers.Grid):
         np.testing.assert_array_equal(X1, X3)  # a grid uses no randomness for x
-        assert np.array_equal(y1, y3) == (sampler.noise == 0)
+        assert np.array_equal(y1, y3) == (sampler.noise_sd == 0)
     else:
         assert not np.any(X1 == X3)
 
@@ -95,7 +95,7 @@ def test_stream_keys_the_generator_too():
 def test_uniform_box_and_noise():
     t = teacher()
     lo, hi, noise, n = -0.5, 2.0, 0.3, 20000
-    X, y = samplers.draw(samplers.Uniform(3, t, noise=noise, low=lo, high=hi), n, seed=1)
+    X, y = samplers.draw(samplers.Uniform(3, t, noise_sd=noise, low=lo, high=hi), n, seed=1)
     assert X.min() >= lo and X.max() <= hi
     w = hi - lo
     # mean: SE w sqrt(1/12 / n) per coordinate; variance: SE w^2 sqrt((1/80 - 1/144) / n)
@@ -130,7 +130,7 @@ def test_grid_is_linspace_with_exact_ends(low, high, n):
 
 def test_grid_noise():
     t, noise, n = teacher(1), 0.2, 20000
-    X, y = samplers.draw(samplers.Grid(t, noise=noise), n, seed=2)
+    X, y = samplers.draw(samplers.Grid(t, noise_sd=noise), n, seed=2)
     r = (y - t(X))[:, 0]
     # residual mean SE noise / sqrt(n), sd SE noise / sqrt(2 n)
     assert abs(r.mean()) < 5 * noise / np.sqrt(n)
@@ -172,9 +172,9 @@ def _bad_cases():
         (ValueError, "seed", lambda: samplers.draw(good, 5, seed=2 ** 64)),
         (TypeError, "sampler", lambda: samplers.draw("uniform", 5)),
         (TypeError, "sampler.teacher", lambda: samplers.draw(samplers.Uniform(3, None), 5)),
-        (ValueError, "sampler.noise", lambda: samplers.draw(samplers.Uniform(3, t3, noise=-1), 5)),
-        (ValueError, "sampler.noise",
-         lambda: samplers.draw(samplers.Uniform(3, t3, noise=np.nan), 5)),
+        (ValueError, "sampler.noise_sd", lambda: samplers.draw(samplers.Uniform(3, t3, noise_sd=-1), 5)),
+        (ValueError, "sampler.noise_sd",
+         lambda: samplers.draw(samplers.Uniform(3, t3, noise_sd=np.nan), 5)),
         (ValueError, "sampler.low",
          lambda: samplers.draw(samplers.Uniform(3, t3, low=1.0, high=1.0), 5)),
         (ValueError, "sampler.high",
@@ -228,7 +228,7 @@ def test_trainer_checks_the_new_inputs_too():
 
 def test_inputs_unchanged_and_no_reference_leak():
     t = teacher()
-    s = samplers.Uniform(3, t, noise=0.1)
+    s = samplers.Uniform(3, t, noise_sd=0.1)
     theta = t.theta.copy()
     samplers.draw(s, 10)
     np.testing.assert_array_equal(t.theta, theta)
@@ -236,3 +236,31 @@ def test_inputs_unchanged_and_no_reference_leak():
     for _ in range(200):
         samplers.draw(s, 10, seed=3)
     assert (sys.getrefcount(t.theta), sys.getrefcount(t._layer)) == before
+
+
+@pytest.mark.parametrize("make", [
+    lambda t, **kw: samplers.Gaussian(3, t, **kw),
+    lambda t, **kw: samplers.Uniform(3, t, **kw),
+    lambda t, **kw: samplers.Grid(mt.MoE(1, 2, seed=1), **kw),
+    lambda t, **kw: samplers.GaussianMixture(np.zeros((2, 3)), t, **kw),
+    lambda t, **kw: ClusteredSingleIndex(7, 2, 1.5, **kw),
+], ids=["Gaussian", "Uniform", "Grid", "GaussianMixture", "ClusteredSingleIndex"])
+def test_noise_is_a_deprecated_alias_of_noise_sd(make):
+    t = teacher()
+    with pytest.warns(DeprecationWarning, match="'noise_sd'"):
+        old = make(t, noise=0.25)
+    assert old.noise_sd == 0.25
+    with pytest.warns(DeprecationWarning, match="'noise_sd'"):
+        assert old.noise == 0.25
+    if not isinstance(old, ClusteredSingleIndex):  # a task's noise is fixed in its C source
+        X1, y1 = samplers.draw(old, 20, seed=4)
+        X2, y2 = samplers.draw(make(t, noise_sd=0.25), 20, seed=4)
+        np.testing.assert_array_equal(y1, y2)
+    with pytest.raises(TypeError, match="both"):
+        make(t, noise=0.1, noise_sd=0.2)
+
+
+def test_positional_noise_keeps_its_place():
+    t = teacher()
+    assert samplers.Gaussian(3, t, 0.3, 2.0) == samplers.Gaussian(3, t, noise_sd=0.3, scale=2.0)
+    assert samplers.Uniform(3, t, 0.3, -2.0, 2.0).noise_sd == 0.3

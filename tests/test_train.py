@@ -124,7 +124,7 @@ def test_online_reproducible_and_learns():
     results = []
     for seed in (1, 1, 2):
         model = mt.MoE(5, 2, hidden=3, activation="tanh", seed=8)
-        h = mt.train_online(model, mt.samplers.Gaussian(5, teacher, noise=0.1), batch_size=32,
+        h = mt.train_online(model, mt.samplers.Gaussian(5, teacher, noise_sd=0.1), batch_size=32,
                             steps=400, lr=0.05, seed=seed, progress=False)
         results.append((model.theta.copy(), h.losses))
     np.testing.assert_array_equal(results[0][0], results[1][0])
@@ -138,7 +138,7 @@ def test_online_noise_floor():
     noise^2 over fresh draws: its average over steps estimates sd^2."""
     teacher = mt.MoE(4, 2, hidden=3, seed=9)
     student = mt.MoE(4, 2, hidden=3, seed=9)
-    h = mt.train_online(student, mt.samplers.Gaussian(4, teacher, noise=0.5), batch_size=100,
+    h = mt.train_online(student, mt.samplers.Gaussian(4, teacher, noise_sd=0.5), batch_size=100,
                         steps=400, optimizer="sgd", lr=0.0, progress=False)
     # mean of 40,000 squared N(0, 0.25) draws: sd of the estimate 0.25 * sqrt(2 / 40000)
     assert abs(h.losses.mean() - 0.25) < 5 * 0.25 * np.sqrt(2 / 40000)

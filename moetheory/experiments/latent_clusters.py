@@ -110,7 +110,7 @@ def make_task(cfg):
     s = s - s.mean()
     return ClusteredSingleIndex(cfg.d, cfg.n_clusters, cfg.rho, link_degrees=k,
                                 global_coefficients=g if cfg.global_scale else None,
-                                signs=s, noise=cfg.noise, seed=cfg.task_seed)
+                                signs=s, noise_sd=cfg.noise, seed=cfg.task_seed)
 
 
 # ---- the paper's setting, with its budget fixed before the w_g outcome was looked at ----

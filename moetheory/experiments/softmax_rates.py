@@ -630,7 +630,7 @@ def crpe_truth():
     """The CRPE-SGaME truth as the EM's flat parameter vector (d = 1, K = 2)."""
     t = CRPE_TRUTH
     return em_pack(t["beta0"], np.array(t["beta1"])[:, None], np.array(t["a"])[:, None], t["b"],
-                   np.square(t["sd"]))
+                   sigma2=np.square(t["sd"]))
 
 
 def crpe_sample(n, seed):
@@ -659,7 +659,7 @@ def crpe_init(n, K, rng):
     a = p["a"][asg] + se * rng.standard_normal((K, 1))
     b = p["b"][asg] + se * rng.standard_normal(K)
     sd = np.abs(np.sqrt(p["sigma2"][asg]) + se * rng.standard_normal(K))
-    return em_pack(beta0, beta1, a, b, sd ** 2)
+    return em_pack(beta0, beta1, a, b, sigma2=sd ** 2)
 
 
 def _em_atoms(p):
