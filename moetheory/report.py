@@ -11,6 +11,7 @@ run of one reproduction leaves the others' sections as they were. Layout:
   (the module's ``FIGURES``, see :mod:`moetheory.experiments`), then the verdict table and a
   table of its other results.
 """
+import datetime
 import math
 import os
 
@@ -26,6 +27,10 @@ RULE = ("Verdicts (one rule, DESIGN.md): with the band B = [theory - tol, theory
         "Rows of the older form (no tol) keep the verdict their module gave.")
 
 _CLAIM_KEYS = ("claim", "setting", "quantity", "variant", "experiment")
+# Verdict words counted in the overview: the rule's four and the older modules' "consistent"
+# (|slope - theory| <= tol without the CI); other texts (an identifiability rank) are shown
+# in the tables only.
+_VERDICTS = ("reproduced", "not reproduced", "inconclusive", "descriptive", "consistent")
 _TABLE_KEYS = ("quantity", "mode", "theory", "tol", "slope", "ci", "r2", "verdict", "figure")
 
 
@@ -123,7 +128,9 @@ def _figures(name, out):
         except ImportError:
             captions = {}
     listed = [(f, c) for f, c in captions.items() if f in pngs]
-    rest = [(f, f"{f} (no caption: add it to FIGURES in the module)") for f in pngs
+    where = f"moetheory/experiments/{experiments.REPRODUCTIONS[name].module}.py" \
+        if name in experiments.REPRODUCTIONS else "its module"
+    rest = [(f, f"(no caption: add one to FIGURES in {where})") for f in pngs
             if f not in captions]
     return listed + rest
 
@@ -135,11 +142,19 @@ def _settings(name, quick):
     return dict(fn(quick)) if callable(fn) else {}
 
 
+def _date(text):
+    """An ISO 8601 date as "2026-12-02 01:13 UTC" (the text itself if it does not parse)."""
+    try:
+        return datetime.datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M %Z").strip()
+    except (TypeError, ValueError):
+        return str(text)
+
+
 def _run_line(info):
     if not info:
         return "no run.json (run by an older moetheory)"
     cached = info.get("cached_cells", 0)
-    text = (f"{info.get('mode', '?')} mode, {info.get('date', '?')}, "
+    text = (f"{info.get('mode', '?')} mode, {_date(info.get('date'))}, "
             f"{_num(info.get('seconds'), 4)} s")
     return text + (f", {cached} cached cells reused" if cached else "")
 
@@ -157,7 +172,7 @@ def _section(name, rows, out):
         if settings:
             lines += ["Settings:", ""] + [f"- {k}: {v}" for k, v in settings.items()] + [""]
     for i, (png, caption) in enumerate(_figures(name, out), start=1):
-        lines += [f"![{_md(caption)}]({name}/{png})", "", f"*Figure {i} ({png}).* {caption}", ""]
+        lines += [f"![{_md(png)}]({name}/{png})", "", f"*Figure {i} ({png}).* {caption}", ""]
     judged = [r for r in rows if _is_verdict_row(r)]
     if judged:
         used = [k for k in _TABLE_KEYS if any(_verdict_cell(r)[k] for r in judged)]
@@ -181,7 +196,7 @@ def _header(out, names):
     lines = ["# moetheory results", ""]
     if latest:
         m = latest.get("machine", {})
-        lines += [f"Latest run: {latest.get('mode', '?')} mode, {latest.get('date', '?')}, "
+        lines += [f"Latest run: {latest.get('mode', '?')} mode, {_date(latest.get('date'))}, "
                   f"moetheory {m.get('moetheory', '?')}. Machine: {m.get('cpu', '?')}, "
                   f"{m.get('cores', '?')} cores ({m.get('threads', '?')} moetheory threads), "
                   f"BLAS {m.get('blas', '?')}, Python {m.get('python', '?')}, "
@@ -215,7 +230,7 @@ def write_report(out="results"):
         info = results.read_run_info(os.path.join(out, n))
         counts = {}
         for r in by_name[n]:
-            if r.get("verdict"):
+            if r.get("verdict") in _VERDICTS:
                 counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
         overview.append([n, _run_line(info),
                          ", ".join(f"{v}: {c}" for v, c in sorted(counts.items()))])

@@ -33,10 +33,15 @@ __all__ = ["Reproduction", "REPRODUCTIONS", "register", "get", "module", "ordere
            "TIMES_MEASURED"]
 
 #: Where and how the registered run times were measured.
-TIMES_MEASURED = ("quick: `moetheory reproduce NAME --quick` run once each, one after the other, "
-                  "on the 2-core development machine (nice 10, other jobs running); full: "
-                  "estimated from the quick run and the ratio of the work (cells x size), "
-                  "not measured")
+TIMES_MEASURED = (
+    "quick: one `moetheory reproduce all --quick` on the 2-core development machine, "
+    "2026-12-02, other jobs running (load average 2 to 5; an earlier run at load 2 took "
+    "about half as long for soft-routed and latent-clusters). full: softmax-rates "
+    "extrapolated from its quick cells' measured seconds (a power law in n per setting, "
+    "summed over the full grid; EM K = 4, full mode only, taken as K = 3), expressivity "
+    "scaled by its training steps (full/quick = 4.6); the other two not measured (their full "
+    "runs are dominated by single long training runs: Paper 001's paper-setting run took "
+    "13 min alone)")
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,12 @@ def get(name):
 
 
 register("soft-routed", "soft_routed", "Paper 000: Guided by the Experts (Liao & Kyrillidis)",
-         order=0, quick_seconds=None, full_seconds=None)
+         order=0, quick_seconds=12.0, full_seconds=None)
 register("latent-clusters", "latent_clusters",
          "Paper 001: MoE detects latent cluster structure (Kawata et al.)",
-         order=1, quick_seconds=None, full_seconds=None)
+         order=1, quick_seconds=63.0, full_seconds=None)
 register("softmax-rates", "softmax_rates",
          "Paper 002: convergence rates of softmax-gated MoE (least squares and EM)",
-         order=2, quick_seconds=None, full_seconds=None)
+         order=2, quick_seconds=235.0, full_seconds=12000.0)
 register("expressivity", "expressivity", "Paper 003: expressive power of MoE (Wang & E)",
-         order=3, quick_seconds=None, full_seconds=None)
+         order=3, quick_seconds=120.0, full_seconds=550.0)
