@@ -115,6 +115,19 @@ class FlatModel:
             raise
         return path
 
+    # ---- PyTorch interop (moetheory.torch_interop) ----
+    def to_torch(self):
+        """This model as a float64 ``torch.nn.Module`` computing the same function, its
+        parameters named like `params` (see moetheory.torch_interop; needs torch)."""
+        from .torch_interop import to_torch
+        return to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module):
+        """A model from a module made by `to_torch` (its current parameters, copied exactly)."""
+        from .torch_interop import from_torch
+        return from_torch(module, cls=cls)
+
     @classmethod
     def load(cls, path):
         """Read a model written by `save`; a damaged file raises ValueError."""

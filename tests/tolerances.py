@@ -20,6 +20,10 @@ VALUE_RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 # more terms, in a different order, than the forward pass.
 GRAD_RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
+# PyTorch autograd of moetheory.torch_interop's module vs. the C core's loss_and_grad (issue 17's
+# target): the same formulas, so only summation order differs, as for forward values.
+TORCH_GRAD_RTOL = {np.dtype(np.float64): 1e-12}
+
 # Analytic gradient vs. central finite differences with step FD_STEP. Truncation is about
 # h^2 |f'''| ~ 1e-12 and rounding about eps |L| / h ~ 1e-10 relative for the problems the tests
 # draw (theta ~ N(0, 0.5^2), X ~ N(0, 1), away from kinks); observed errors are ~1e-9, so these
