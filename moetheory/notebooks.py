@@ -25,6 +25,8 @@ import re
 import sys
 import tempfile
 
+from ._atomic import atomic_write
+
 __all__ = ["BUDGET_BYTES", "INLINE_DPI", "is_plotting_cell", "cells_without_image",
            "output_bytes", "execute", "check", "main"]
 
@@ -117,19 +119,10 @@ def execute(nb, *, timeout=900, dpi=INLINE_DPI, kernel_name="python3"):
     return nb
 
 
-def _write_atomic(nb, path):
+def _write(nb, path):
     import nbformat
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".ipynb.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: nbformat.write(nb, f))
 
 
 def check(nb, *, budget=BUDGET_BYTES):
@@ -185,7 +178,7 @@ def main(argv=None):
                 problems.append(f"a cell raised: {str(exc).strip().splitlines()[-1]}")
         problems += check(nb)
         if not args.check and not problems:
-            _write_atomic(nb, path)
+            _write(nb, path)
         status = "ok" if not problems else "; ".join(problems)
         print(f"{path}: {output_bytes(nb)} bytes of outputs (budget {BUDGET_BYTES}): {status}",
               flush=True)

@@ -60,7 +60,25 @@ def current():
         return _ACTIVE[-1] if _ACTIVE else None
 
 
-class _Stage:
+class _Counter:
+    """What every counter offers (``update``, ``close``, a context manager); on its own it
+    shows nothing (a disabled bar)."""
+
+    def update(self, k=1):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class _Stage(_Counter):
     """One piece of work inside a task (a sweep): a count that only moves forward."""
 
     def __init__(self, owner, desc, total, initial, unit):
@@ -72,13 +90,6 @@ class _Stage:
 
     def close(self):
         self.owner._finish_stage(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 class Task:
@@ -260,7 +271,7 @@ def task(name, *, estimate=None, file=None, interval=None):
         t._close()
 
 
-class _LineBar:
+class _LineBar(_Counter):
     """A standalone counter that prints plain lines: at the start, at most every ``interval``
     seconds, and at the end (for logs, where carriage-return bars pile up or look stuck)."""
 
@@ -295,27 +306,6 @@ class _LineBar:
             self._closed = True
             self._print(force=True)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class _NoBar:
-    def update(self, k=1):
-        pass
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
 
 def bar(total, *, desc, unit="cell", initial=0, enabled=True, file=None, interval=None):
     """A progress counter for ``total`` units of work (``update(k)``, ``close()``, a context
@@ -343,7 +333,7 @@ def bar(total, *, desc, unit="cell", initial=0, enabled=True, file=None, interva
     if t is not None:
         return t.stage(desc, total, initial=initial, unit=unit)
     if not enabled:
-        return _NoBar()
+        return _Counter()
     file = sys.stderr if file is None else file
     if _is_tty(file):
         from tqdm import tqdm

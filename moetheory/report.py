@@ -16,6 +16,7 @@ import math
 import os
 
 from . import experiments, results
+from ._atomic import atomic_write
 
 __all__ = ["claim_of", "verdict_line", "write_report", "RULE"]
 
@@ -239,5 +240,5 @@ def write_report(out="results"):
     for n in names:
         lines += _section(n, by_name[n], out)
     path = os.path.join(out, "REPORT.md")
-    results._atomic_write(path, lambda f: f.write("\n".join(lines).rstrip() + "\n"))
+    atomic_write(path, lambda f: f.write("\n".join(lines).rstrip() + "\n"))
     return path

@@ -18,7 +18,8 @@ import json
 import math
 import os
 import platform
-import tempfile
+
+from ._atomic import atomic_write
 
 __all__ = ["COLUMNS", "read_summary", "merge_summary", "write_run_info", "read_run_info",
            "cache_files", "remove_cache", "machine"]
@@ -30,23 +31,6 @@ COLUMNS = ("reproduction", "claim", "setting", "quantity", "mode", "theory", "to
 
 SUMMARY = "summary.csv"
 RUN_INFO = "run.json"
-
-
-def _atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _columns(rows):
@@ -113,7 +97,7 @@ def merge_summary(out, name, rows):
         writer.writerows({k: _cell(v) for k, v in row.items()} for row in merged)
 
     path = os.path.join(out, SUMMARY)
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -153,7 +137,7 @@ def write_run_info(out_dir, **info):
         json.dump(record, f, indent=1, sort_keys=True)
         f.write("\n")
 
-    _atomic_write(os.path.join(os.fspath(out_dir), RUN_INFO), write)
+    atomic_write(os.path.join(os.fspath(out_dir), RUN_INFO), write)
     return record
 
 

@@ -21,12 +21,12 @@ import hashlib
 import json
 import numbers
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
 from . import progress as _progress
+from ._atomic import atomic_write
 
 __all__ = ["run_sweep", "load_results", "cell_key"]
 
@@ -194,17 +194,7 @@ def _drop_rows(path, keys):
     with open(path, "rb") as fh:
         lines = fh.read()[:end].split(b"\n")[:-1]
     kept = [line + b"\n" for line in lines if line.strip() and json.loads(line)["key"] not in keys]
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.writelines(kept)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fh.writelines(kept), binary=True)
 
 
 # --------------------------------------------------------------------------- BLAS threads
