@@ -88,12 +88,10 @@ def _run_one(name, args):
                   "recomputes them", flush=True)
     start = time.perf_counter()
     reproduce = experiments.get(name)
-    if args.no_progress:
-        rows, cached = reproduce(out_dir, quick=args.quick, progress=False), {}
-    else:
-        with progress.task(name, estimate=rep.seconds(args.quick)) as task:
-            rows = reproduce(out_dir, quick=args.quick, progress=False)
-        cached = task.cache_files
+    # The reproduction's own bars stay off: its sweeps report into the task's single line.
+    with progress.task(name, estimate=rep.seconds(args.quick), show=not args.no_progress) as task:
+        rows = reproduce(out_dir, quick=args.quick, progress=False)
+    cached = task.cache_files
     seconds = time.perf_counter() - start
     if cached:
         print(f"   reused {sum(cached.values())} cached cells from {len(cached)} files "

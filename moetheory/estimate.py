@@ -689,7 +689,10 @@ def draw_regression(truth, n, *, noise_sd, seed=0, low=0.0, high=1.0, design="un
     seed : int, default 0
         Key of the generator, 0 <= seed < 2**64.
     low, high : float
-        The input box [low, high]^d (default [0, 1], the papers' X ~ Uniform[0, 1]).
+        The input box [low, high]^d. Default [0, 1]: the softmax-gating papers' design
+        X ~ Uniform[0, 1], which these estimators reproduce. (``samplers.Uniform`` defaults to
+        [-1, 1], centred like ``samplers.Gaussian`` for online training; see
+        :mod:`moetheory.samplers`.)
     design : {"uniform", "linspace"}
         X ~ Uniform[low, high]^d, or (d = 1 only) the even grid numpy.linspace(low, high, n),
         both ends exact.

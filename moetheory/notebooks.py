@@ -30,9 +30,10 @@ from ._atomic import atomic_write
 __all__ = ["BUDGET_BYTES", "INLINE_DPI", "is_plotting_cell", "cells_without_image",
            "output_bytes", "execute", "check", "main"]
 
-#: Outputs one notebook may store, in bytes of JSON (base64 PNGs included). A repository of a
-#: few notebooks stays small, and the web viewers render them quickly. Measured at quick
-#: settings and INLINE_DPI (README, "Notebooks"); a notebook over the budget fails the tests.
+#: Outputs one notebook may store, in bytes of JSON (base64 PNGs included), so the repository
+#: stays small and web viewers render the notebooks quickly: about twice the largest notebook
+#: executed at quick settings and INLINE_DPI when the budget was set. A notebook over it fails
+#: the tests (tests/test_notebooks.py): lower the dpi or draw fewer panels, do not raise it.
 BUDGET_BYTES = 1_500_000
 
 #: Resolution of the inline PNGs: 72 dpi puts a 9 x 3.5 inch figure at 648 x 252 pixels, as

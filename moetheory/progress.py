@@ -106,8 +106,9 @@ class Task:
         For each results file that had finished cells, how many were reused.
     """
 
-    def __init__(self, name, *, estimate=None, file=None, interval=None):
+    def __init__(self, name, *, estimate=None, file=None, interval=None, show=True):
         self.name = name
+        self.show = bool(show)
         self.estimate = None if estimate is None else float(estimate)
         self.file = sys.stderr if file is None else file
         self.tty = _is_tty(self.file)
@@ -205,6 +206,8 @@ class Task:
         return head + (" | " + ", ".join(parts) if parts else "")
 
     def _draw(self, force=False, final=False):
+        if not self.show:
+            return
         now = time.monotonic()
         with self._lock:
             if not force and now - self._last_draw < self.interval:
@@ -228,6 +231,8 @@ class Task:
 
     def _open(self):
         self._draw(force=True)
+        if not self.show:
+            return
         self._ticker = threading.Thread(target=self._tick, name="moetheory-progress",
                                         daemon=True)
         self._ticker.start()
@@ -240,7 +245,7 @@ class Task:
 
 
 @contextlib.contextmanager
-def task(name, *, estimate=None, file=None, interval=None):
+def task(name, *, estimate=None, file=None, interval=None, show=True):
     """Open the single progress line of a task for the duration of the block.
 
     Parameters
@@ -254,12 +259,14 @@ def task(name, *, estimate=None, file=None, interval=None):
         anything else plain lines.
     interval : float, optional
         Seconds between redraws: default 0.2 on a terminal, 30 otherwise.
+    show : bool, default True
+        False: count (cells, cached cells and their files) but print nothing.
 
     Yields
     ------
     Task
     """
-    t = Task(name, estimate=estimate, file=file, interval=interval)
+    t = Task(name, estimate=estimate, file=file, interval=interval, show=show)
     with _LOCK:
         _ACTIVE.append(t)
     t._open()

@@ -33,6 +33,7 @@ _CLAIM_KEYS = ("claim", "setting", "quantity", "variant", "experiment")
 # in the tables only.
 _VERDICTS = ("reproduced", "not reproduced", "inconclusive", "descriptive", "consistent")
 _TABLE_KEYS = ("quantity", "mode", "theory", "tol", "slope", "ci", "r2", "verdict", "figure")
+_HEADERS = {"ci": "95% CI"}
 
 
 def _float(value):
@@ -177,7 +178,8 @@ def _section(name, rows, out):
     judged = [r for r in rows if _is_verdict_row(r)]
     if judged:
         used = [k for k in _TABLE_KEYS if any(_verdict_cell(r)[k] for r in judged)]
-        lines += _table(["claim"] + used,
+        lines += ["Verdicts:", ""]
+        lines += _table(["claim"] + [_HEADERS.get(k, k) for k in used],
                         [[claim_of(r)] + [_verdict_cell(r)[k] for k in used] for r in judged])
         lines += [""]
     others = [r for r in rows if not _is_verdict_row(r)]

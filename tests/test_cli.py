@@ -165,7 +165,7 @@ def test_report_has_every_figure_with_its_caption_and_the_verdict_table(tmp_path
     assert "*Figure 1 (rates.png).* Voronoi loss D1 against n" in sec_a
     assert "*Figure 2 (uncaptioned.png).* (no caption" in sec_a
     table = [line for line in sec_a.splitlines() if line.startswith("| ")]
-    assert table[0] == ("| claim | quantity | mode | theory | tol | slope | ci | r2 | verdict | "
+    assert table[0] == ("| claim | quantity | mode | theory | tol | slope | 95% CI | r2 | verdict | "
                         "figure |")
     assert table[1].startswith("| exact fit D1 rate (softmax-sigmoid k=2) | D1 | quick | -0.5 | "
                                "0.1 | -0.48 | [-0.53, -0.44] | 0.97 | **reproduced** | "
@@ -183,3 +183,11 @@ def test_summary_tables_are_per_reproduction_and_shortened(capsys):
     assert "x" * 45 + "..." in out and "x" * 46 not in out  # 48 characters at most
     block_a, block_b = out.split("\nb\n")
     assert "count" not in block_a and "note" not in block_b
+
+
+def test_no_progress_prints_no_line_but_still_counts_the_cache(tmp_path, monkeypatch, capsys):
+    FakePapers(monkeypatch, {"fake-a": [STANDARD]})
+    cli.main(["reproduce", "fake-a", "--out", str(tmp_path), "--no-progress"])
+    cli.main(["reproduce", "fake-a", "--out", str(tmp_path), "--no-progress"])
+    captured = capsys.readouterr()
+    assert captured.err == "" and "reused 6 cached cells from 1 files" in captured.out
