@@ -182,6 +182,16 @@ def _cos(A):
     return A @ A.T
 
 
+def _check_one_hidden_layer(config, who):
+    """ValueError unless the experts are FFNs with one hidden layer (the merges' setting)."""
+    if config["expert"] != "ffn":
+        raise ValueError(f"{who} needs a model with expert='ffn' (hidden neurons), got "
+                         f"expert={config['expert']!r}")
+    if config["depth"] != 1:
+        raise ValueError(f"{who} supports experts with one hidden layer (depth=1), got "
+                         f"depth={config['depth']}")
+
+
 def _check_threshold(threshold):
     """A cosine threshold in (0, 1], as a float."""
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
@@ -279,14 +289,9 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
         raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
     c = model.config
     threshold = _check_threshold(threshold)
-    if c["expert"] != "ffn":
-        raise ValueError(f"merge_duplicates needs a model with expert='ffn', got "
-                         f"expert={c['expert']!r}")
-    if c["depth"] != 1:
-        # Duplicates are judged by the first layer only, and the parity rule (h(-z) = -h(z)) holds
-        # for one hidden layer, not through further layers.
-        raise ValueError(f"merge_duplicates supports experts with one hidden layer (depth=1), "
-                         f"got depth={c['depth']}")
+    # Duplicates are judged by the first layer only, and the parity rule (h(-z) = -h(z)) holds
+    # for one hidden layer, not through further layers.
+    _check_one_hidden_layer(c, "merge_duplicates")
     plain_temperature = (c["gate"] == "temperature" and c["top_k"] is None
                          and c["gate_activation"] is None)
     if c["gate"] not in ("sigmoid", "softmax") and not plain_temperature:
@@ -437,14 +442,9 @@ def merge_neurons(model, threshold=0.999):
     if not isinstance(model, MoE):
         raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
     c = model.config
-    if c["expert"] != "ffn":
-        raise ValueError(f"merge_neurons needs a model with expert='ffn' (hidden neurons), got "
-                         f"expert={c['expert']!r}")
-    if c["depth"] != 1:
-        # A neuron of the first layer feeds further layers, not the output: summing output
-        # weights is the merge rule of one hidden layer only.
-        raise ValueError(f"merge_neurons supports experts with one hidden layer (depth=1), "
-                         f"got depth={c['depth']}")
+    # A neuron of the first layer feeds further layers, not the output: summing output
+    # weights is the merge rule of one hidden layer only.
+    _check_one_hidden_layer(c, "merge_neurons")
     threshold = _check_threshold(threshold)
     E, H = c["n_experts"], c["hidden"]
     W1 = np.array(model.params["experts.W1"])  # (E, H, d)

@@ -406,12 +406,18 @@ def _atom_errors(cells, hier):
     return np.concatenate(err), np.concatenate(single), mass_error
 
 
-def _fit_least_squares(spec, truth, X, y, n, s):
+def _template(spec, truth, n):
+    """The fitted architecture at the noiseless near-truth start (the values of every held
+    coordinate), and the free mask over its theta."""
     template = MoE(**spec.fit_config())
     template.theta = near_truth_theta(truth, spec.fit_config(), n, np.random.default_rng(0),
                                       assignment=spec.assignment, params=spec.params,
                                       init_sd_gate=0.0, init_sd_expert=0.0)
-    mask = free_mask(template, spec.free)
+    return template, free_mask(template, spec.free)
+
+
+def _fit_least_squares(spec, truth, X, y, n, s):
+    template, mask = _template(spec, truth, n)
     init = _init(spec, truth, template, mask, n)
     fit = least_squares(template, X, y, free=mask, init=init, n_init=spec.n_init, seed=s + 1,
                         **spec.options)
@@ -430,11 +436,7 @@ def _init(spec, truth, template, mask, n):
 def _fit_sgd(spec, truth, X, y, n, s):
     from .train import train
 
-    template = MoE(**spec.fit_config())
-    template.theta = near_truth_theta(truth, spec.fit_config(), n, np.random.default_rng(0),
-                                      assignment=spec.assignment, params=spec.params,
-                                      init_sd_gate=0.0, init_sd_expert=0.0)
-    mask = free_mask(template, spec.free)
+    template, mask = _template(spec, truth, n)
     frozen = [name for name in template.params if not _block_mask(template, mask, name).any()]
     options = dict(spec.options)
     options.setdefault("progress", False)

@@ -195,20 +195,12 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None):
     if fe.shape[1] != te.shape[1]:
         raise ValueError(f"fitted['expert'] has p = {fe.shape[1]} columns but "
                          f"truth['expert'] has p = {te.shape[1]}")
-    k_true = tb.shape[0]
 
     omega_f = np.concatenate([fW, fe], axis=1)  # (k, d + p)
     omega_t = np.concatenate([tW, te], axis=1)  # (k*, d + p)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by name
-        dist = np.linalg.norm(omega_f[:, None, :] - omega_t[None, :, :], axis=2)  # (k, k*)
-        _check_distances(dist, "gate_weight' and 'expert")
-        assignment = np.argmin(dist, axis=1)  # first minimum: ties go to the lowest j
-
-        shift = _mass_shift(fb, tb)
-        atom_mass = np.exp(fb - shift)  # masses relative to exp(shift) (exact when shift is 0)
-        cell_size = np.bincount(assignment, minlength=k_true)
-        cell_mass = np.bincount(assignment, weights=atom_mass, minlength=k_true)
-        mass_error = cell_mass - np.exp(tb - shift)
+        assignment = _nearest(omega_f, omega_t, "gate_weight' and 'expert")
+        shift, atom_mass, cell_size, mass_error = _cell_masses(assignment, fb, tb)
 
         weight_error = np.linalg.norm(fW - tW[assignment], axis=1)
         expert_error = np.linalg.norm(fe - te[assignment], axis=1)
@@ -276,10 +268,25 @@ def _unscale(value, shift, what):
     return value
 
 
-def _check_distances(dist, names):
+def _nearest(points, true_points, names):
+    """Voronoi cells: the index of the nearest true point of each point (k,), ties to the
+    lowest index; ValueError naming the arguments when a distance overflows float64."""
+    dist = np.linalg.norm(points[:, None, :] - true_points[None, :, :], axis=2)  # (k, k*)
     if not np.all(np.isfinite(dist)):
         raise ValueError(f"the distance between fitted and true atoms overflows float64 "
                          f"(arguments '{names}': values too large to compare)")
+    return np.argmin(dist, axis=1)  # the first minimum
+
+
+def _cell_masses(assignment, fb, tb):
+    """(shift, atom masses (k,), cell sizes (k*,), signed cell mass errors (k*,)), the masses
+    relative to exp(shift) (exact when shift is 0, see _mass_shift)."""
+    k_true = tb.shape[0]
+    shift = _mass_shift(fb, tb)
+    atom_mass = np.exp(fb - shift)
+    cell_size = np.bincount(assignment, minlength=k_true)
+    cell_mass = np.bincount(assignment, weights=atom_mass, minlength=k_true)
+    return shift, atom_mass, cell_size, cell_mass - np.exp(tb - shift)
 
 
 def _as_array(value, name, ndim):
@@ -426,17 +433,9 @@ def hierarchical_voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, p
     if fa.shape[1] != ta.shape[1]:
         raise ValueError(f"fitted['outer_weight'] has d = {fa.shape[1]} columns but "
                          f"truth['outer_weight'] has d = {ta.shape[1]}")
-    k_true = tb.shape[0]
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by name
-        dist = np.linalg.norm(fa[:, None, :] - ta[None, :, :], axis=2)  # (K, K*)
-        _check_distances(dist, "outer_weight")
-        assignment = np.argmin(dist, axis=1)  # first minimum: ties go to the lowest j1
-
-        shift = _mass_shift(fb, tb)
-        atom_mass = np.exp(fb - shift)  # masses relative to exp(shift) (exact when shift is 0)
-        cell_size = np.bincount(assignment, minlength=k_true)
-        mass_error = np.bincount(assignment, weights=atom_mass, minlength=k_true) \
-            - np.exp(tb - shift)
+        assignment = _nearest(fa, ta, "outer_weight")
+        shift, atom_mass, cell_size, mass_error = _cell_masses(assignment, fb, tb)
         weight_error = np.linalg.norm(fa - ta[assignment], axis=1)
         single = cell_size[assignment] == 1
         power = np.where(single, 1.0, 2.0) if kind == "D1" else np.ones_like(weight_error)
