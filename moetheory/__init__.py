@@ -29,3 +29,25 @@ from . import samplers  # noqa: E402
 from .train import History, train, train_online  # noqa: E402
 
 __all__ += ["samplers", "train", "train_online", "History"]
+
+
+# Every public module is an attribute of the package (``mt.metrics``, ``mt.rates``, ...), imported
+# on first use (PEP 562), so ``import moetheory`` stays light: plot never imports matplotlib
+# before a figure is drawn, estimate pulls in scipy.optimize only when used.
+_LAZY_MODULES = ("cli", "deep", "diagnostics", "estimate", "experiments", "identifiability",
+                 "metrics", "model", "models", "plot", "prune", "rates", "scaling", "stats",
+                 "sweep", "tasks")
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'moetheory' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_MODULES))

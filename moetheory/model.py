@@ -63,6 +63,21 @@ class FlatModel:
     def n_params(self):
         return self._theta.size
 
+    def copy(self):
+        """A new model of the same class and configuration with a copy of `theta`.
+
+        The copy shares nothing with this model: changing either's parameters (or, for an MoE,
+        its temperature) leaves the other as it was.
+
+        Returns
+        -------
+        FlatModel
+            Same type as this model; ``copy().theta`` equals ``theta`` (shape (P,)) bitwise.
+        """
+        model = self._from_config(self.config)
+        model.theta = self._theta
+        return model
+
     def __call__(self, X):
         """Model output for inputs X of shape (n, d_in); returns (n, d_out)."""
         return self._layer.forward(self._theta, X)[0]

@@ -77,7 +77,7 @@ def finish_figure(fig, path=None, *, dpi=FIGURE_DPI):
 
 
 def rate_panel(ax, n, loss, *, fit=None, theory_slope=None, label=None, color=None,
-               show_reps=True, ylabel="loss"):
+               show_reps=True, ylabel="loss", xlabel="n"):
     """Draw one log-log rate panel.
 
     Parameters
@@ -97,6 +97,8 @@ def rate_panel(ax, n, loss, *, fit=None, theory_slope=None, label=None, color=No
     show_reps : bool, default True
         Also scatter the individual replications, faintly.
     ylabel : str
+    xlabel : str, default "n"
+        The grid variable (``n`` here; ``d``, ``width``, ... for other scaling studies).
 
     Returns
     -------
@@ -126,7 +128,7 @@ def rate_panel(ax, n, loss, *, fit=None, theory_slope=None, label=None, color=No
                 label=f"theory slope {theory_slope:g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("n")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     return means

@@ -150,7 +150,44 @@ def test_select_by_contribution_drops_dead_and_cancelling_groups(rng):
     assert_values_close(prune.experts(student, sorted(where))(X), student(X))
     gate_keep, gate_scores, _ = prune.select_by_contribution(student, X, k=2, score="gate")
     assert gate_keep.size == 2 and gate_scores.shape == (7,)
-    assert others  # documented above
+    # the four others are dropped for the reasons stated above: 1 and 2 form one router group
+    # whose summed output cancels (to rounding), 4 and 6 contribute exactly nothing, while each
+    # planted teacher expert carries a share well above rel_tol
+    _, scores, groups = prune.select_by_contribution(student, X, router_threshold=0.999)
+    group_of = {int(e): i for i, g in enumerate(groups) for e in g}
+    assert groups[group_of[1]].tolist() == [1, 2]
+    assert scores[group_of[1]] < 1e-12 * scores.max()
+    assert scores[group_of[4]] == 0.0 and scores[group_of[6]] == 0.0
+    assert all(scores[group_of[e]] > 1e-2 * scores.max() for e in where)
+    assert sorted(others) == sorted(set(range(7)) - set(where))
+
+
+def test_single_linkage_joins_chains_and_records_the_path():
+    # 0 ~ 1 ~ 2 (0 and 2 not linked), 3 alone, 4 ~ 5
+    linked = np.eye(6, dtype=bool)
+    for i, j in [(0, 1), (1, 2), (4, 5)]:
+        linked[i, j] = linked[j, i] = True
+    groups, parent, order = prune.single_linkage(linked)
+    assert [g.tolist() for g in groups] == [[0, 1, 2], [3], [4, 5]]
+    assert parent.tolist() == [-1, 0, 1, -1, -1, 4]
+    position = {int(e): k for k, e in enumerate(order)}
+    assert all(position[int(parent[e])] < position[e] for e in range(6) if parent[e] >= 0)
+    assert sorted(order.tolist()) == list(range(6))
+
+
+def test_merge_duplicates_signs_of_negated_copies():
+    # odd activation: expert 1 is the negation of 0 and expert 2 the negation of 1, so 2 equals
+    # 0; all three merge (single linkage) with signs +1, -1, +1 relative to expert 0
+    model = mt.MoE(3, 3, hidden=1, activation="tanh", gate="sigmoid", bias=False, seed=1)
+    w = np.array([0.3, -0.5, 0.8])
+    model.params["router.weight"][...] = [1.0, 2.0, -1.0]
+    model.params["experts.W1"][:, 0, :] = [w, -w, w]
+    model.params["experts.W2"][...] = np.array([0.5, 0.25, 2.0])[:, None, None]
+    merged, groups = prune.merge_duplicates(model)
+    assert [g.tolist() for g in groups] == [[0, 1, 2]]
+    np.testing.assert_allclose(merged.params["experts.W2"].ravel(), [0.5 - 0.25 + 2.0])
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    np.testing.assert_allclose(merged(X), model(X), rtol=1e-13, atol=1e-13)
 
 
 def test_expert_outputs_recompose_the_model(rng):

@@ -331,7 +331,7 @@ def test_hierarchical_bad_inputs():
     g0 = H_TRUTH["groups"][0]
     with pytest.raises(ValueError, match="kind"):
         hierarchical_voronoi_loss(H_TRUTH, H_TRUTH, kind="D3")
-    with pytest.raises(TypeError, match="fitted must be a dict"):
+    with pytest.raises(TypeError, match="fitted must be a moetheory.MoE or a dict"):
         hierarchical_voronoi_loss([1.0], H_TRUTH)
     with pytest.raises(ValueError, match="missing"):
         hierarchical_voronoi_loss({"outer_bias": [0.0], "outer_weight": [[0.0]]}, H_TRUTH)
@@ -353,3 +353,101 @@ def test_hierarchical_bad_inputs():
                                                                 [[1.0]])]), H_TRUTH)
     with pytest.raises(ValueError, match="finite"):
         hierarchical_voronoi_loss(hier([np.inf], [[1.0]], [g0]), H_TRUTH)
+
+
+# --------------------------------------------------------------------------- large biases, dtypes
+# Issue 18 item 7: gate_bias = 800 gave NaN (inf - inf) and complex arrays were silently cast.
+
+def test_large_equal_biases_give_zero_not_nan():
+    big = measure([800.0, 800.0], [[1.0], [0.0]], [[2.0], [-1.0]])
+    assert voronoi_loss(big, big) == 0.0
+    assert voronoi_loss(big, big, kind="D2") == 0.0
+    hbig = hier([800.0, 0.0], [[2.0], [0.0]], [big, big])
+    assert hierarchical_voronoi_loss(hbig, hbig) == 0.0
+
+
+def test_large_biases_computed_relative_to_the_largest():
+    # masses exp(710) overflow float64 on their own, the loss e^710 ((1 - e^-delta) + 1e-3)
+    # ~ 2e305 does not: it must come out right, not inf or NaN
+    delta = 1e-6
+    truth = measure([710.0 - delta, 0.0], [[1.0], [0.0]], [[2.0], [-1.0]])
+    fitted = measure([710.0, 0.0], [[1.0], [0.0]], [[2.001], [-1.0]])
+    want = math.exp(710.0 + math.log(-math.expm1(-delta) + 0.001))
+    assert voronoi_loss(fitted, truth) == pytest.approx(want, rel=1e-9)
+    with pytest.raises(ValueError, match="gate_bias"):  # exp(710) itself is not a float64
+        voronoi_loss(fitted, truth, return_cells=True)
+    # near the edge but representable: the cells are returned, scaled back
+    truth = measure([700.0, 0.0], [[1.0], [0.0]], [[2.0], [-1.0]])
+    fitted = measure([700.5, 0.0], [[1.0], [0.0]], [[2.001], [-1.0]])
+    want = math.exp(700.0) * (math.exp(0.5) - 1.0) + math.exp(700.5) * 0.001
+    loss, cells = voronoi_loss(fitted, truth, return_cells=True)
+    assert loss == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(cells.atom_mass, [math.exp(700.5), 1.0], rtol=1e-12)
+    np.testing.assert_allclose(cells.mass_error, [math.exp(700) * (math.exp(0.5) - 1), 0.0],
+                               rtol=1e-12)
+
+
+def plain_d1(fitted, truth):
+    """The vectorised D1 as it was written before the large-bias rescaling (issue 18)."""
+    fb, fW, fe = (np.asarray(fitted[k], float) for k in ("gate_bias", "gate_weight", "expert"))
+    tb, tW, te = (np.asarray(truth[k], float) for k in ("gate_bias", "gate_weight", "expert"))
+    omega_f, omega_t = np.concatenate([fW, fe], axis=1), np.concatenate([tW, te], axis=1)
+    asg = np.argmin(np.linalg.norm(omega_f[:, None] - omega_t[None], axis=2), axis=1)
+    atom_mass = np.exp(fb)
+    size = np.bincount(asg, minlength=tb.size)
+    mass_error = np.bincount(asg, weights=atom_mass, minlength=tb.size) - np.exp(tb)
+    power = np.where(size[asg] == 1, 1.0, 2.0)
+    term = atom_mass * (np.linalg.norm(fW - tW[asg], axis=1) ** power
+                        + np.linalg.norm(fe - te[asg], axis=1) ** power)
+    return float(np.sum(np.abs(mass_error)) + np.sum(term))
+
+
+def test_ordinary_biases_give_bitwise_the_plain_formula():
+    # the paper modules' numbers must not move: below the rescaling threshold nothing changes
+    rng = np.random.default_rng(11)
+    for scale in (1.0, 20.0, 300.0):
+        truth = random_measure(rng, 3, 2, 2)
+        fitted = random_measure(rng, 5, 2, 2)
+        fitted["gate_bias"] = scale * fitted["gate_bias"]
+        truth["gate_bias"] = scale * truth["gate_bias"]
+        assert voronoi_loss(fitted, truth) == plain_d1(fitted, truth)
+
+
+def test_a_loss_beyond_float64_raises_naming_gate_bias():
+    truth = measure([800.0, 0.0], [[1.0], [0.0]], [[2.0], [-1.0]])
+    fitted = measure([800.0, 0.0], [[1.0], [0.0]], [[2.5], [-1.0]])  # e^800 * 0.5
+    with pytest.raises(ValueError, match="gate_bias"):
+        voronoi_loss(fitted, truth)
+    with pytest.raises(ValueError, match="gate_bias"):
+        hierarchical_voronoi_loss(hier([800.0, 0.0], [[2.0], [0.0]], [fitted, fitted]),
+                                  hier([800.0, 0.0], [[2.0], [0.0]], [truth, truth]))
+    # equal measures: the loss (0) is representable, the masses of return_cells are not
+    with pytest.raises(ValueError, match="gate_bias"):
+        voronoi_loss(truth, truth, return_cells=True)
+
+
+def test_overflowing_distances_raise():
+    fitted = measure([0.0, 0.0], [[1e308], [0.0]], [[2.0], [-1.0]])
+    truth = measure([0.0, 0.0], [[-1e308], [0.0]], [[2.0], [-1.0]])
+    with pytest.raises(ValueError, match="overflows"):
+        voronoi_loss(fitted, truth)
+
+
+@pytest.mark.parametrize("bad, kind", [
+    (np.array([0.0 + 1e-3j, 0.0]), "complex"),
+    (np.array([0.0, 0.0], dtype=object), "object"),
+    (np.array(["0", "0"]), "<U1"),
+    (np.array([True, False]), "bool"),
+])
+def test_non_real_arrays_are_refused_with_typeerror(bad, kind):
+    fitted = measure([math.log(2.5), 0.0], [[1.3], [0.0]], [[2.4], [-1.0]])
+    for key in ("gate_bias", "gate_weight", "expert"):
+        broken = dict(fitted)
+        broken[key] = bad if key == "gate_bias" else bad.reshape(2, 1)
+        with pytest.raises(TypeError, match=rf"fitted\['{key}'\] must hold real numbers.*{kind}"):
+            voronoi_loss(broken, TRUTH)
+        with pytest.raises(TypeError, match=rf"truth\['{key}'\] must hold real numbers"):
+            voronoi_loss(TRUTH, broken)
+    # the hierarchical outer arrays go through the same check
+    with pytest.raises(TypeError, match=r"fitted\['outer_bias'\] must hold real numbers"):
+        hierarchical_voronoi_loss(dict(H_TRUTH, outer_bias=bad), H_TRUTH)

@@ -6,11 +6,23 @@ G = sum_i exp(beta_0i) delta_(beta_1i, eta_i): gate bias beta_0i (scalar), gate 
 Rinaldo and co-authors (arXiv 2402.02952, 2503.03213, and the Gaussian-MoE papers behind the
 CRPE-SGaME code) compare a fitted measure G (k atoms) with the truth G* (k* atoms) cell by cell.
 
-Atoms are passed as plain dicts of arrays::
+Atoms are passed as plain dicts of real arrays::
 
     {"gate_bias": (k,), "gate_weight": (k, d), "expert": (k, p)}
 
 1-D ``gate_weight`` or ``expert`` arrays of shape (k,) are read as (k, 1) (d = 1 or p = 1).
+Complex, boolean, object and string arrays are refused (TypeError). A model may be passed
+instead of a dict: it is converted by :func:`moetheory.metrics.atoms` (``params=`` chooses its
+expert blocks), which also puts its gate in the reference gauge.
+
+Large gate biases
+-----------------
+The masses exp(beta_0) are computed relative to exp(M), M the largest gate bias of both
+measures, whenever M > 512 (below that exp cannot overflow, and the formulas are evaluated as
+written, so ordinary losses are bitwise those of the plain formula); the result is scaled back
+at the end. A gate bias of 800 therefore gives the right loss (0 for equal measures) rather than
+inf - inf = NaN; a loss (or, with ``return_cells``, a mass) that itself exceeds the float64 range
+raises ValueError naming ``gate_bias``.
 
 Softmax translation
 -------------------
@@ -31,10 +43,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .atoms import atoms
+
 __all__ = ["voronoi_loss", "normalize_gate", "VoronoiCells", "hierarchical_voronoi_loss",
            "normalize_hierarchical_gate", "HierarchicalVoronoiCells"]
 
 _KINDS = ("D1", "D2")
+
+# Masses exp(b) are rescaled by exp(-max b) only above this bias: exp(512) ~ 2e222 leaves a
+# factor of ~1e86 of headroom for sums over atoms and the distance factors before float64
+# overflows, and below it the plain formula (bitwise today's numbers) is used.
+_LOG_SAFE = 512.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,7 @@ def normalize_gate(gate_bias, gate_weight, reference=-1):
     return b - b[reference], W - W[reference]
 
 
-def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
+def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None):
     """Voronoi loss between fitted and true mixing measures.
 
     Both measures must be in the same softmax gauge (see :func:`normalize_gate`).
@@ -137,15 +156,20 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
 
     Parameters
     ----------
-    fitted : dict
-        {"gate_bias": (k,), "gate_weight": (k, d), "expert": (k, p)}: the fitted atoms.
-    truth : dict
-        {"gate_bias": (k*,), "gate_weight": (k*, d), "expert": (k*, p)}: the true atoms.
+    fitted : dict or MoE
+        {"gate_bias": (k,), "gate_weight": (k, d), "expert": (k, p)}: the fitted atoms, or a
+        flat-gated model (converted by :func:`moetheory.metrics.atoms`).
+    truth : dict or MoE
+        {"gate_bias": (k*,), "gate_weight": (k*, d), "expert": (k*, p)}: the true atoms, or a
+        flat-gated model.
     kind : {"D1", "D2"}, default "D1"
         Which loss (formulas above).
     return_cells : bool, default False
         Also return a :class:`VoronoiCells` with the assignment and per-atom errors, so rates
         in single-atom and multi-atom cells can be fitted separately.
+    params : sequence of str, optional
+        The expert blocks that count, for every side given as a model (``atoms(model,
+        params)``); e.g. ``("experts.W1", "experts.b1")``. Only with a model.
 
     Returns
     -------
@@ -162,6 +186,7 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    fitted, truth = _measures(fitted, truth, params, hierarchical=False)
     fb, fW, fe = _atoms(fitted, "fitted")
     tb, tW, te = _atoms(truth, "truth")
     if fW.shape[1] != tW.shape[1]:
@@ -170,38 +195,105 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
     if fe.shape[1] != te.shape[1]:
         raise ValueError(f"fitted['expert'] has p = {fe.shape[1]} columns but "
                          f"truth['expert'] has p = {te.shape[1]}")
-    k_true = tb.shape[0]
 
     omega_f = np.concatenate([fW, fe], axis=1)  # (k, d + p)
     omega_t = np.concatenate([tW, te], axis=1)  # (k*, d + p)
-    dist = np.linalg.norm(omega_f[:, None, :] - omega_t[None, :, :], axis=2)  # (k, k*)
-    assignment = np.argmin(dist, axis=1)  # first minimum: ties go to the lowest j
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by name
+        assignment = _nearest(omega_f, omega_t, "gate_weight' and 'expert")
+        shift, atom_mass, cell_size, mass_error = _cell_masses(assignment, fb, tb)
 
-    atom_mass = np.exp(fb)
+        weight_error = np.linalg.norm(fW - tW[assignment], axis=1)
+        expert_error = np.linalg.norm(fe - te[assignment], axis=1)
+        single = cell_size[assignment] == 1
+        if kind == "D1":
+            power = np.where(single, 1.0, 2.0)
+        else:
+            power = np.ones_like(weight_error)
+        atom_term = atom_mass * (weight_error ** power + expert_error ** power)
+        loss = _unscale(np.sum(np.abs(mass_error)) + np.sum(atom_term), shift, "the loss")
+    if not return_cells:
+        return float(loss)
+    cells = VoronoiCells(assignment=assignment, cell_size=cell_size,
+                         mass_error=_unscale(mass_error, shift, "a cell's mass error"),
+                         atom_mass=_unscale(atom_mass, shift, "an atom's mass"),
+                         bias_error=fb - tb[assignment],
+                         weight_error=weight_error, expert_error=expert_error, single=single,
+                         atom_term=_unscale(atom_term, shift, "an atom's term"))
+    return float(loss), cells
+
+
+def _measures(fitted, truth, params, hierarchical):
+    """Both sides as measures: a model is converted by :func:`atoms` (with ``params``)."""
+    from ..model import MoE
+
+    out, any_model = [], False
+    for value, which in ((fitted, "fitted"), (truth, "truth")):
+        if isinstance(value, MoE):
+            any_model = True
+            is_hier = value.config["gate"] == "hierarchical"
+            if is_hier != hierarchical:
+                use = "hierarchical_voronoi_loss" if is_hier else "voronoi_loss"
+                raise ValueError(f"{which} has gate={value.config['gate']!r}: use {use}")
+            value = atoms(value, params)
+        elif not isinstance(value, dict):
+            keys = "'outer_bias', 'outer_weight', 'groups'" if hierarchical else \
+                "'gate_bias', 'gate_weight', 'expert'"
+            raise TypeError(f"{which} must be a moetheory.MoE or a dict with keys {keys}, "
+                            f"got {type(value).__name__}")
+        out.append(value)
+    if params is not None and not any_model:
+        raise ValueError("params selects the expert blocks of a model; fitted and truth are "
+                         "both atom dicts")
+    return out
+
+
+def _mass_shift(*biases):
+    """The M that masses exp(b) are taken relative to: the largest bias when it exceeds
+    _LOG_SAFE (so that no exp overflows), else 0 (the formulas as written)."""
+    top = max(float(np.max(b)) for b in biases)
+    return top if top > _LOG_SAFE else 0.0
+
+
+def _unscale(value, shift, what):
+    """value * exp(shift), without forming exp(shift); ValueError when it exceeds float64."""
+    value = np.asarray(value, dtype=np.float64)
+    if shift != 0.0:
+        with np.errstate(over="ignore", divide="ignore"):
+            value = np.sign(value) * np.exp(np.log(np.abs(value)) + shift)
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{what} overflows float64: the gate masses exp(gate_bias) reach "
+                         f"exp({shift:.6g}) or more; a gate bias this large is outside the "
+                         f"float64 range of the Voronoi loss (compare in a gauge with smaller "
+                         f"biases, e.g. normalize_gate)")
+    return value
+
+
+def _nearest(points, true_points, names):
+    """Voronoi cells: the index of the nearest true point of each point (k,), ties to the
+    lowest index; ValueError naming the arguments when a distance overflows float64."""
+    dist = np.linalg.norm(points[:, None, :] - true_points[None, :, :], axis=2)  # (k, k*)
+    if not np.all(np.isfinite(dist)):
+        raise ValueError(f"the distance between fitted and true atoms overflows float64 "
+                         f"(arguments '{names}': values too large to compare)")
+    return np.argmin(dist, axis=1)  # the first minimum
+
+
+def _cell_masses(assignment, fb, tb):
+    """(shift, atom masses (k,), cell sizes (k*,), signed cell mass errors (k*,)), the masses
+    relative to exp(shift) (exact when shift is 0, see _mass_shift)."""
+    k_true = tb.shape[0]
+    shift = _mass_shift(fb, tb)
+    atom_mass = np.exp(fb - shift)
     cell_size = np.bincount(assignment, minlength=k_true)
     cell_mass = np.bincount(assignment, weights=atom_mass, minlength=k_true)
-    mass_error = cell_mass - np.exp(tb)
-
-    weight_error = np.linalg.norm(fW - tW[assignment], axis=1)
-    expert_error = np.linalg.norm(fe - te[assignment], axis=1)
-    single = cell_size[assignment] == 1
-    if kind == "D1":
-        power = np.where(single, 1.0, 2.0)
-    else:
-        power = np.ones_like(weight_error)
-    atom_term = atom_mass * (weight_error ** power + expert_error ** power)
-    loss = float(np.sum(np.abs(mass_error)) + np.sum(atom_term))
-    if not return_cells:
-        return loss
-    cells = VoronoiCells(assignment=assignment, cell_size=cell_size, mass_error=mass_error,
-                         atom_mass=atom_mass, bias_error=fb - tb[assignment],
-                         weight_error=weight_error, expert_error=expert_error, single=single,
-                         atom_term=atom_term)
-    return loss, cells
+    return shift, atom_mass, cell_size, cell_mass - np.exp(tb - shift)
 
 
 def _as_array(value, name, ndim):
-    arr = np.asarray(value, dtype=np.float64)
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
     if ndim == 2 and arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != ndim:
@@ -274,7 +366,7 @@ class HierarchicalVoronoiCells:
     outer_term: np.ndarray
 
 
-def hierarchical_voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
+def hierarchical_voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None):
     """Voronoi loss between fitted and true hierarchical-softmax mixing measures.
 
     The two-level gate g_e(x) = softmax(a^T x + b)_{group(e)} softmax(omega^T x + beta within
@@ -316,11 +408,16 @@ def hierarchical_voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
 
     Parameters
     ----------
-    fitted, truth : dict
-        Two-level measures (format above); d and p must agree.
+    fitted, truth : dict or MoE
+        Two-level measures (format above; d and p must agree), or models with
+        ``gate="hierarchical"`` (converted by :func:`moetheory.metrics.atoms`, which puts both
+        levels in the reference gauge).
     kind : {"D1", "D2"}, default "D1"
     return_cells : bool, default False
         Also return a :class:`HierarchicalVoronoiCells`.
+    params : sequence of str, optional
+        The expert blocks that count, for every side given as a model (as for
+        :func:`voronoi_loss`). Only with a model.
 
     Returns
     -------
@@ -330,37 +427,39 @@ def hierarchical_voronoi_loss(fitted, truth, *, kind="D1", return_cells=False):
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    fitted, truth = _measures(fitted, truth, params, hierarchical=True)
     fb, fa, fgroups = _hier_atoms(fitted, "fitted")
     tb, ta, tgroups = _hier_atoms(truth, "truth")
     if fa.shape[1] != ta.shape[1]:
         raise ValueError(f"fitted['outer_weight'] has d = {fa.shape[1]} columns but "
                          f"truth['outer_weight'] has d = {ta.shape[1]}")
-    k_true = tb.shape[0]
-    dist = np.linalg.norm(fa[:, None, :] - ta[None, :, :], axis=2)  # (K, K*)
-    assignment = np.argmin(dist, axis=1)  # first minimum: ties go to the lowest j1
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by name
+        assignment = _nearest(fa, ta, "outer_weight")
+        shift, atom_mass, cell_size, mass_error = _cell_masses(assignment, fb, tb)
+        weight_error = np.linalg.norm(fa - ta[assignment], axis=1)
+        single = cell_size[assignment] == 1
+        power = np.where(single, 1.0, 2.0) if kind == "D1" else np.ones_like(weight_error)
 
-    atom_mass = np.exp(fb)
-    cell_size = np.bincount(assignment, minlength=k_true)
-    mass_error = np.bincount(assignment, weights=atom_mass, minlength=k_true) - np.exp(tb)
-    weight_error = np.linalg.norm(fa - ta[assignment], axis=1)
-    single = cell_size[assignment] == 1
-    power = np.where(single, 1.0, 2.0) if kind == "D1" else np.ones_like(weight_error)
-
-    inner_loss = np.empty(fb.shape[0])
-    inner = []
-    for i1, j1 in enumerate(assignment):
-        loss_i, cells_i = voronoi_loss(fgroups[i1], tgroups[j1], kind=kind, return_cells=True)
-        inner_loss[i1] = loss_i
-        inner.append(cells_i)
-    outer_term = atom_mass * (weight_error ** power + inner_loss)
-    loss = float(np.sum(np.abs(mass_error)) + np.sum(outer_term))
+        inner_loss = np.empty(fb.shape[0])
+        inner = []
+        for i1, j1 in enumerate(assignment):
+            if return_cells:
+                inner_loss[i1], cells_i = voronoi_loss(fgroups[i1], tgroups[j1], kind=kind,
+                                                       return_cells=True)
+                inner.append(cells_i)
+            else:
+                inner_loss[i1] = voronoi_loss(fgroups[i1], tgroups[j1], kind=kind)
+        outer_term = atom_mass * (weight_error ** power + inner_loss)
+        loss = _unscale(np.sum(np.abs(mass_error)) + np.sum(outer_term), shift, "the loss")
     if not return_cells:
-        return loss
+        return float(loss)
     cells = HierarchicalVoronoiCells(
-        outer_assignment=assignment, outer_cell_size=cell_size, outer_mass_error=mass_error,
-        outer_atom_mass=atom_mass, outer_weight_error=weight_error, outer_single=single,
-        inner_loss=inner_loss, inner=tuple(inner), outer_term=outer_term)
-    return loss, cells
+        outer_assignment=assignment, outer_cell_size=cell_size,
+        outer_mass_error=_unscale(mass_error, shift, "an outer cell's mass error"),
+        outer_atom_mass=_unscale(atom_mass, shift, "a group's mass"),
+        outer_weight_error=weight_error, outer_single=single, inner_loss=inner_loss,
+        inner=tuple(inner), outer_term=_unscale(outer_term, shift, "a group's term"))
+    return float(loss), cells
 
 
 def normalize_hierarchical_gate(measure, outer_reference=-1, inner_reference=-1):

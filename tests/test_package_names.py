@@ -1,0 +1,43 @@
+"""Every public module is an attribute of the package, and importing it stays light.
+
+Checked in a fresh interpreter: in the test process other tests have imported the submodules
+already, which sets the package attributes whether or not the package provides them.
+"""
+import subprocess
+import sys
+
+import pytest
+
+import moetheory as mt
+
+MODULES = ("metrics", "stats", "sweep", "estimate", "scaling", "rates", "prune",
+           "identifiability", "plot", "samplers", "diagnostics", "tasks", "models", "deep",
+           "experiments")
+
+
+def fresh(code):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_public_modules_are_attributes_after_import_moetheory():
+    code = ("import moetheory as mt\n"
+            f"for name in {MODULES!r}:\n"
+            "    assert getattr(mt, name).__name__ == 'moetheory.' + name, name\n"
+            "    assert name in dir(mt), name\n"
+            "print('ok')")
+    assert fresh(code) == "ok"
+
+
+def test_unknown_attribute_raises_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mt.nope  # noqa: B018
+
+
+def test_import_and_plot_module_do_not_import_matplotlib():
+    code = ("import sys, moetheory as mt; assert 'matplotlib' not in sys.modules; "
+            "mt.plot; mt.scaling; mt.rates; assert 'matplotlib' not in sys.modules, 'plot'; "
+            "print('ok')")
+    assert fresh(code) == "ok"
