@@ -232,15 +232,15 @@ def _sampler(spec, truth):
     inputs, d = spec.inputs, truth.config["d_in"]
     noise = float(spec.noise_sd) if spec.estimator != "em" else 0.0
     if inputs == "uniform":
-        return samplers.Uniform(d, truth, noise=noise, low=0.0, high=1.0)
+        return samplers.Uniform(d, truth, noise_sd=noise, low=0.0, high=1.0)
     if inputs == "normal":
-        return samplers.Gaussian(d, truth, noise=noise)
+        return samplers.Gaussian(d, truth, noise_sd=noise)
     if inputs == "linspace":
-        return samplers.Grid(truth, noise=noise, low=0.0, high=1.0)
+        return samplers.Grid(truth, noise_sd=noise, low=0.0, high=1.0)
     if isinstance(inputs, tuple) and inputs[0] == "box":
-        return samplers.Uniform(d, truth, noise=noise, low=inputs[1], high=inputs[2])
+        return samplers.Uniform(d, truth, noise_sd=noise, low=inputs[1], high=inputs[2])
     cls, kwargs = inputs
-    return cls(teacher=truth, noise=noise, **kwargs)
+    return cls(teacher=truth, noise_sd=noise, **kwargs)
 
 
 def _y_seed(s):
@@ -299,7 +299,7 @@ def _em_parts(truth):
 def _em_truth(spec, truth):
     beta0, beta1, a, b, c = _em_parts(truth)
     sd = np.broadcast_to(np.asarray(spec.noise_sd, dtype=np.float64), b.shape)
-    return em_pack(beta0, beta1, a, b, sd ** 2, c)
+    return em_pack(beta0, beta1, a, b, c=c, sigma2=sd ** 2)
 
 
 def _em_atoms(theta, d, K, outer):
@@ -328,7 +328,7 @@ def _em_start(spec, truth, K, n, asg):
         a_, b_ = _noisy(a[asg], every, se, rng), _noisy(b[asg], every, se, rng)
         c_ = None if c is None else _noisy(c[asg], every, se, rng)
         s_ = np.abs(_noisy(sd[asg], every, se, rng))
-        return em_pack(b0, b1, a_, b_, s_ ** 2, c_)
+        return em_pack(b0, b1, a_, b_, c=c_, sigma2=s_ ** 2)
 
     def random_init(rng):
         d = beta1.shape[1]
@@ -336,7 +336,7 @@ def _em_start(spec, truth, K, n, asg):
         b0[-1], b1[-1] = 0.0, 0.0
         c_ = None if c is None else np.ones(K)
         return em_pack(b0, b1, rng.standard_normal((K, d)), rng.standard_normal(K),
-                       np.full(K, float(np.mean(sd ** 2))), c_)
+                       c=c_, sigma2=np.full(K, float(np.mean(sd ** 2))))
 
     return init if spec.start == "near_truth" else random_init
 

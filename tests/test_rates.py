@@ -178,7 +178,7 @@ def test_sgd_random_starts_and_other_shapes():
     # the fit moved from the start toward the data: its MSE is below the start's
     start = mt.MoE(**sgd.fit_config)
     start.theta = near_truth_theta(truth, sgd.fit_config, 200, np.random.default_rng(6))
-    X, y = mt.samplers.draw(mt.samplers.Uniform(2, truth, noise=0.05, low=0.0, high=1.0), 200,
+    X, y = mt.samplers.draw(mt.samplers.Uniform(2, truth, noise_sd=0.05, low=0.0, high=1.0), 200,
                             seed=5)
     assert row["mse"] < start.loss_and_grad(X, y[:, 0])[0]
     # random starts with restarts, a d_out = 3 linear truth, normal inputs
