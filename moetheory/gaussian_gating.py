@@ -382,7 +382,7 @@ def gmoe_em(X, y, K, *, init, max_iter=2000, tol=1e-5, n_init=1, seed=0, one_ste
         raise ValueError("n_init > 1 needs a callable init(rng) (a fixed dict would give the "
                          "same start every time)")
     rng = np.random.default_rng(seed)
-    best, logliks = None, np.empty(n_init)
+    best, best_cov, logliks = None, None, np.empty(n_init)
     for r in range(n_init):
         what = "init(rng)" if callable(init) else "init"
         start, d0, K0, cov0 = _params(init(rng) if callable(init) else init, what)
@@ -396,14 +396,13 @@ def gmoe_em(X, y, K, *, init, max_iter=2000, tol=1e-5, n_init=1, seed=0, one_ste
             gmoe_pack(start), X, y, K, fit_cov, max_iter, float(tol), float(var_floor))
         logliks[r] = trace[-1]
         if best is None or trace[-1] > best.loglik:
+            best_cov = fit_cov
             best = GMoEResult(params=gmoe_unpack(theta, d, K, fit_cov), theta=theta,
                               loglik=float(trace[-1]), conditional_loglik=float("nan"),
                               trace=trace, converged=bool(converged) and not one_step,
                               degenerate=bool(degenerate), n_iter=int(n_iter), best_init=r)
     best.logliks = logliks
-    best.conditional_loglik = float(_core.gmoe_loglik(best.theta, X, y, K,
-                                                      "full" if best.params["Gamma"].ndim == 3
-                                                      else "diag")[1])
+    best.conditional_loglik = float(_core.gmoe_loglik(best.theta, X, y, K, best_cov)[1])
     return best
 
 

@@ -77,7 +77,16 @@ def _nearest(D):
     return cell, np.bincount(cell, minlength=D.shape[1])
 
 
-def _array(d, key, what, ndim=None):
+def _total(terms, cell, size, weight, true_weight, return_cells):
+    """The atom terms plus the mass term sum_j |sum_{i in A_j} weight_i - true_weight_j|."""
+    mass = np.abs(np.bincount(cell, weights=weight, minlength=len(true_weight)) - true_weight)
+    loss = float(terms.sum() + mass.sum())
+    if return_cells:
+        return loss, PublishedCells(cell, size, terms, mass)
+    return loss
+
+
+def _array(d, key, what):
     if not isinstance(d, dict) or key not in d:
         raise ValueError(f"{what} must be a dict with the key {key!r}")
     a = np.asarray(d[key], dtype=np.float64)
@@ -159,11 +168,7 @@ def crpe_gmoe_loss(fitted, truth, *, type_ii=True, return_cells=False):
         e = r / 2.0 if type_ii and np.all(c0[j] == 0) else 2.0
         terms[i] = pi[i] * (dc[i, j] ** r + dG[i, j] ** (r / 2.0) + dA[i, j] ** e
                             + db[i, j] ** r + dnu[i, j] ** (r / 2.0))
-    mass = np.abs(np.bincount(cell, weights=pi, minlength=len(pi0)) - pi0)
-    loss = float(terms.sum() + mass.sum())
-    if return_cells:
-        return loss, PublishedCells(cell, size, terms, mass)
-    return loss
+    return _total(terms, cell, size, pi, pi0, return_cells)
 
 
 # --------------------------------------------------------------------------- CRPE-SGaME
@@ -231,8 +236,4 @@ def crpe_sgame_loss(fitted, truth, *, return_cells=False):
             r = _rbar(size[j])
             terms[i] = weight[i] * (dg[i, j] ** r + db[i, j] ** r + da[i, j] ** (r / 2.0)
                                     + ds[i, j] ** (r / 2.0))
-    mass = np.abs(np.bincount(cell, weights=weight, minlength=len(beta0s)) - np.exp(beta0s))
-    loss = float(terms.sum() + mass.sum())
-    if return_cells:
-        return loss, PublishedCells(cell, size, terms, mass)
-    return loss
+    return _total(terms, cell, size, weight, np.exp(beta0s), return_cells)
