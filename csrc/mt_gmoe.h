@@ -52,7 +52,9 @@
  *   parameters of the last completed iteration and *n_iter, trace[0 .. *n_iter - 1] valid.
  * - MT_ENONFINITE if a log-likelihood becomes NaN or infinite.
  * - Serial (one thread): d and K are small, and a sweep runs many fits at once, one per cell.
- *   Sums run over the rows in order, so results are bitwise reproducible.
+ *   Sums run over blocks of rows in order, each block's in eight interleaved lanes added in a
+ *   fixed tree, so results are bitwise reproducible (on a given machine: the AVX2 and baseline
+ *   builds of a loop may differ in the last bits, csrc/mt_simd.h).
  * Nothing here allocates except mt_gmoe_workspace_alloc; nothing prints or exits. */
 #ifndef MT_GMOE_H
 #define MT_GMOE_H
