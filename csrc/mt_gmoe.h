@@ -53,8 +53,8 @@
  * - MT_ENONFINITE if a log-likelihood becomes NaN or infinite.
  * - Serial (one thread): d and K are small, and a sweep runs many fits at once, one per cell.
  *   Sums run over blocks of rows in order, each block's in eight interleaved lanes added in a
- *   fixed tree, so results are bitwise reproducible (on a given machine: the AVX2 and baseline
- *   builds of a loop may differ in the last bits, csrc/mt_simd.h).
+ *   fixed tree, and no FMA contraction, so results are bitwise reproducible, the same for the
+ *   AVX2 and the baseline build of each loop (csrc/mt_simd.h).
  * Nothing here allocates except mt_gmoe_workspace_alloc; nothing prints or exits. */
 #ifndef MT_GMOE_H
 #define MT_GMOE_H

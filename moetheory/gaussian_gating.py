@@ -18,8 +18,11 @@ The covariance kind is read off Gamma's shape: (K, d, d) is ``"full"``, (K, d) `
 What CRPE-GMoE's code computes (GitHub Trung-TinNGUYEN/CRPE-GMoE, read at commit e04efe2)
 ------------------------------------------------------------------------------------------
 ``experiment.py`` draws, for each n and replication, data by ``functions.sample_GLLiM`` and a
-start by ``init_params_GLLiM`` (reproduced by :func:`peers_start`), and calls
-``functions.em_GLLiM(X, Y, *start, max_iter=2000, eps=1e-5)``. In ``em_GLLiM`` the names
+start by ``init_params_GLLiM`` (reproduced by :func:`peers_start`), and, with its default
+``--fitGLLiM 0``, calls ``functions.em_GLLiM(X, Y, *start, max_iter=2000, eps=1e-5)`` (the
+other path, ``gllim.py``'s GLLiM class with a GMM start, isotropic noise and a 1e-3 relative
+stopping rule, stores nu of shape (K,); the stored nu have shape (K, 1, 1), so none came from
+it). In ``em_GLLiM`` the names
 ``pi_prev`` and ``pi_new`` (and likewise c, Gamma, A, b, nu) are bound to the *same* start
 arrays, and the M-step writes into them in place (``pi_new[k] = ...``, ``c_new[k, :] = ...``).
 So at the first pass ``np.linalg.norm(c_new - c_prev)`` and the four other norms are exactly 0,

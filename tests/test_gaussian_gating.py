@@ -335,3 +335,40 @@ def test_binding_rejects_bad_arrays_without_crashing():
         _core.gmoe_fit(theta, X, y, 3, "full", 0)
     with pytest.raises(ValueError, match="K must be >= 1"):
         _core.gmoe_sample(theta, 5, 2, 0)
+
+
+def test_binding_keeps_no_references_and_leaks_no_memory():
+    """Over many calls, good and rejected: no reference to the inputs is kept, and no
+    temporary leaks (a leaked copy of X, 8 kB, would add 8 MB over 1000 calls; bound 2 MB)."""
+    import sys
+    import tracemalloc
+    truth = true_model(3)
+    X, y = gmoe_sample(truth, 500, seed=0)
+    X32 = X.astype(np.float32)  # converted inside the binding
+    theta = gmoe_pack(truth)
+    bad = theta.copy()
+    bad[0] = -1.0
+    arrays = [theta, X, y, X32, bad]
+    before = [sys.getrefcount(a) for a in arrays]
+
+    def run(times):
+        for _ in range(times):
+            _core.gmoe_loglik(theta, X32, y, 3)
+            _core.gmoe_fit(theta, X, y, 3, "full", 2)
+            _core.gmoe_sample(theta, 10, 2, 3)
+            for call in (lambda: _core.gmoe_fit(bad, X32, y, 3),
+                         lambda: _core.gmoe_loglik(theta, X, y[:-1], 3),
+                         lambda: _core.gmoe_sample(bad, 10, 2, 3)):
+                with pytest.raises(ValueError):
+                    call()
+
+    run(10)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        run(1000)
+        growth = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert growth < 2_000_000, f"traced memory grew by {growth} bytes over 1000 calls"
+    assert [sys.getrefcount(a) for a in arrays] == before
