@@ -63,8 +63,9 @@ static PyArrayObject *float_array(PyObject *obj, const char *name, int ndim,
     }
     char kind = PyArray_DESCR(in)->kind;
     if (kind != 'i' && kind != 'u' && kind != 'f') {
-        PyErr_Format(PyExc_TypeError, "%s must have a real numeric dtype (float64 preferred), got %S",
-                     name, (PyObject *)PyArray_DESCR(in));
+        PyErr_Format(PyExc_TypeError,
+                     "%s must have a real numeric dtype (float64 preferred), got %S", name,
+                     (PyObject *)PyArray_DESCR(in));
         goto fail;
     }
     int shape_ok = PyArray_NDIM(in) == ndim;
@@ -88,8 +89,9 @@ static PyArrayObject *float_array(PyObject *obj, const char *name, int ndim,
     if (!out) goto fail;
     size_t size = (size_t)PyArray_SIZE(out), i = first_bad(PyArray_DATA(out), size);
     if (i < size) {
-        PyErr_Format(PyExc_ValueError, "%s must be finite, found a NaN or infinity at flat index %zd",
-                     name, (Py_ssize_t)i);
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be finite, found a NaN or infinity at flat index %zd", name,
+                     (Py_ssize_t)i);
         Py_CLEAR(out);
         goto fail;
     }

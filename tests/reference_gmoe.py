@@ -53,7 +53,8 @@ def _softmax_rows(L):
 
 
 def loglik(p, X, y):
-    """(joint sum_i log p(x_i, y_i), conditional sum_i log p(y_i | x_i), resp (n, K), gate (n, K))."""
+    """(joint sum_i log p(x_i, y_i), conditional sum_i log p(y_i | x_i), resp (n, K),
+    gate (n, K))."""
     lx, ly = log_components(p, X, y)
     lj, resp = _softmax_rows(lx + ly)
     lm, gate = _softmax_rows(lx)
