@@ -1718,6 +1718,9 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "moetheory._core"
                                         "The C core of moetheory.", -1, module_methods,
                                         NULL, NULL, NULL, NULL};
 
+/* moetheory/_bind_gmoe.c: registers the Gaussian-gated MoE's functions on the module */
+int mt_bind_gmoe(PyObject *module);
+
 static PyObject *names_tuple(const char *const *names, size_t count)
 {
     PyObject *t = PyTuple_New((Py_ssize_t)count);
@@ -1747,7 +1750,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddObject(m, "ACTIVATIONS", names_tuple(ACT_NAMES, MT_ACT_COUNT)) < 0 ||
         PyModule_AddObject(m, "GATES", names_tuple(GATE_NAMES, 5)) < 0 ||
         PyModule_AddObject(m, "EXPERTS", names_tuple(EXPERT_NAMES, 2)) < 0 ||
-        PyModule_AddObject(m, "INPUTS", names_tuple(INPUT_NAMES, MT_INPUT_GRID + 1)) < 0) {
+        PyModule_AddObject(m, "INPUTS", names_tuple(INPUT_NAMES, MT_INPUT_GRID + 1)) < 0 ||
+        mt_bind_gmoe(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
