@@ -1,9 +1,11 @@
 #include "mt_deep.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mt_loss.h"
+#include "mt_size.h"
 
 struct mt_deep_workspace {
     size_t n_max;
@@ -14,15 +16,33 @@ struct mt_deep_workspace {
     double *df;                      /* (n, d_out) of the last layer */
 };
 
-mt_status mt_deep_config_check(const mt_deep_config *c)
+mt_status mt_deep_config_validate(const mt_deep_config *c, mt_why *why)
 {
-    if (!c || c->n_layers < 1 || c->n_layers > MT_DEEP_MAX_LAYERS) return MT_EINVAL;
+    if (!c || c->n_layers < 1 || c->n_layers > MT_DEEP_MAX_LAYERS)
+        return mt_fail(why, "layers", "a deep MoE has 1 to %d layers, got %zu",
+                       MT_DEEP_MAX_LAYERS, c ? c->n_layers : 0);
+    size_t total = 0;
     for (size_t l = 0; l < c->n_layers; l++) {
-        if (mt_moe_config_check(&c->layer[l]) != MT_OK) return MT_EINVAL;
-        if (l > 0 && c->layer[l].d_in != c->layer[l - 1].d_out) return MT_EINVAL;
+        mt_status st = mt_moe_config_validate(&c->layer[l], why);
+        if (st != MT_OK) {
+            char prefix[32];
+            snprintf(prefix, sizeof prefix, "layer %zu: ", l);
+            mt_why_prefix(why, prefix);
+            return st;
+        }
+        if (l > 0 && c->layer[l].d_in != c->layer[l - 1].d_out)
+            return mt_fail(why, "d_in", "layer %zu takes d_in = %zu inputs but layer %zu gives "
+                           "d_out = %zu", l, c->layer[l].d_in, l - 1, c->layer[l - 1].d_out);
+        mt_moe_layout L;
+        mt_moe_layout_of(&L, &c->layer[l]);
+        if (!mt_size_add(&total, total, L.n_params, MT_MAX_SIZE))
+            return mt_fail(why, "n_params", "the stack is too large: its parameter count n_params exceeds "
+                           "the limit of %zu", MT_MAX_SIZE);
     }
     return MT_OK;
 }
+
+mt_status mt_deep_config_check(const mt_deep_config *c) { return mt_deep_config_validate(c, NULL); }
 
 void mt_deep_offsets(size_t *offsets, const mt_deep_config *c)
 {
@@ -58,6 +78,14 @@ size_t mt_deep_workspace_capacity(const mt_deep_workspace *ws)
     return n;
 }
 
+/* n rows of `width` doubles, or NULL (also when the size does not fit in memory's range). */
+static double *alloc_rows(size_t n, size_t width)
+{
+    size_t count;
+    if (!mt_size_mul(&count, n, width, SIZE_MAX / sizeof(double))) return NULL;
+    return malloc(count * sizeof(double));
+}
+
 mt_status mt_deep_workspace_alloc(mt_deep_workspace **out, const mt_deep_config *c, size_t n_max)
 {
     *out = NULL;
@@ -73,13 +101,13 @@ mt_status mt_deep_workspace_alloc(mt_deep_workspace **out, const mt_deep_config 
             mt_deep_workspace_free(ws);
             return st;
         }
-        ws->out[l] = malloc(n_max * c->layer[l].d_out * sizeof(double));
+        ws->out[l] = alloc_rows(n_max, c->layer[l].d_out);
         if (!ws->out[l]) goto nomem;
         if (c->layer[l].d_out > width) width = c->layer[l].d_out;
     }
-    ws->grad_a = malloc(n_max * width * sizeof(double));
-    ws->grad_b = malloc(n_max * width * sizeof(double));
-    ws->df = malloc(n_max * c->layer[c->n_layers - 1].d_out * sizeof(double));
+    ws->grad_a = alloc_rows(n_max, width);
+    ws->grad_b = alloc_rows(n_max, width);
+    ws->df = alloc_rows(n_max, c->layer[c->n_layers - 1].d_out);
     if (!ws->grad_a || !ws->grad_b || !ws->df) goto nomem;
     *out = ws;
     return MT_OK;

@@ -18,8 +18,10 @@ typedef struct {
     mt_moe_config layer[MT_DEEP_MAX_LAYERS];
 } mt_deep_config;
 
-/* MT_EINVAL unless 1 <= n_layers <= MT_DEEP_MAX_LAYERS, every layer is valid and the
- * dimensions chain. */
+/* MT_EINVAL unless 1 <= n_layers <= MT_DEEP_MAX_LAYERS, every layer is valid, the dimensions
+ * chain and the total parameter count is at most MT_MAX_SIZE; why (may be NULL) names the
+ * field, prefixed "layer <l>: " for a layer's own. */
+mt_status mt_deep_config_validate(const mt_deep_config *cfg, mt_why *why);
 mt_status mt_deep_config_check(const mt_deep_config *cfg);
 
 /* Offset of layer l's parameters in theta, and the total: offsets (n_layers + 1,). */

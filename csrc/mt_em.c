@@ -194,13 +194,49 @@ static void sum_rows(double *sums, size_t count, block_fn fn, const void *ctx, s
 
 /* ---------------------------------------------------------------- workspace */
 
+mt_status mt_em_check_sizes(size_t n, size_t d, size_t K, mt_why *why)
+{
+    if (d < 1 || d > MT_EM_MAX_DIM)
+        return mt_fail(why, "d", "the EM takes inputs of dimension d in [1, %d], got %zu",
+                       MT_EM_MAX_DIM, d);
+    if (K < 1 || K > MT_EM_MAX_DIM)
+        return mt_fail(why, "K", "K must be an integer in [1, %d], got %zu", MT_EM_MAX_DIM, K);
+    /* keeps every product of the workspace's sizes below SIZE_MAX */
+    const size_t big = (size_t)1 << 40;
+    if (n < 1 || n > big / (K + d + 1))
+        return mt_fail(why, "n", "the EM takes n in [1, %zu] samples for d = %zu and K = %zu, "
+                       "got %zu", big / (K + d + 1), d, K, n);
+    return MT_OK;
+}
+
+mt_status mt_em_options_validate(const mt_em_options *opt, mt_why *why)
+{
+    if (!opt) return mt_fail(why, "options", "options must not be NULL");
+    if (opt->expert != MT_EM_LINEAR && opt->expert != MT_EM_FFN)
+        return mt_fail(why, "expert", "expert must be 'linear' or 'ffn'");
+    if (opt->act != MT_EM_SIGMOID && opt->act != MT_EM_TANH)
+        return mt_fail(why, "act", "act must be 'sigmoid' or 'tanh'");
+    if (opt->outer_scale != 0 && opt->outer_scale != 1)
+        return mt_fail(why, "outer_scale", "outer_scale must be 0 or 1");
+    if (opt->outer_scale && opt->expert != MT_EM_FFN)
+        return mt_fail(why, "outer_scale", "outer_scale needs expert='ffn'");
+    if (opt->max_iter < 1)
+        return mt_fail(why, "max_iter", "max_iter must be >= 1, got %d", opt->max_iter);
+    if (!(opt->tol >= 0.0) || !isfinite(opt->tol))
+        return mt_fail(why, "tol", "tol must be a finite number >= 0, got %g", opt->tol);
+    if (opt->gate_steps < 0)
+        return mt_fail(why, "gate_steps", "gate_steps must be >= 0, got %d", opt->gate_steps);
+    if (opt->expert_steps < 0)
+        return mt_fail(why, "expert_steps", "expert_steps must be >= 0, got %d",
+                       opt->expert_steps);
+    return MT_OK;
+}
+
 mt_status mt_em_workspace_alloc(mt_em_workspace **ws, size_t n_max, size_t d, size_t K)
 {
     if (!ws) return MT_EINVAL;
     *ws = NULL;
-    if (n_max == 0 || d == 0 || K == 0) return MT_EINVAL;
-    const size_t big = (size_t)1 << 40;  /* keeps every product below SIZE_MAX */
-    if (d > 4096 || K > 4096 || n_max > big / (K + d + 1)) return MT_EINVAL;
+    if (mt_em_check_sizes(n_max, d, K, NULL) != MT_OK) return MT_EINVAL;
     size_t p1 = d + 1, Pg = (K - 1) * p1, P = Pg > d + 2 ? Pg : d + 2;
     size_t n_sums = estep_sums_count(d, K);
     if (n_sums < state_count(P)) n_sums = state_count(P);
@@ -987,9 +1023,7 @@ mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *conve
     if (!trace || !n_iter || !converged) return MT_EINVAL;
     mt_status st = check_common(params, X, y, n, d, K, opt, ws);
     if (st != MT_OK) return st;
-    if (opt->max_iter < 1 || !(opt->tol >= 0.0) || !isfinite(opt->tol) || opt->gate_steps < 0
-        || opt->expert_steps < 0)
-        return MT_EINVAL;
+    if (mt_em_options_validate(opt, NULL) != MT_OK) return MT_EINVAL;
     *n_iter = 0;
     *converged = 0;
     load_design(ws, X, n, d);
@@ -1013,7 +1047,25 @@ mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *conve
         }
         L_prev = L;
     }
+    /* A fit that ends degenerate has met the tolerance on a likelihood that is not the model's
+     * (a variance at its floor inflates it without bound): not converged. */
+    if (*converged && mt_em_degeneracy(NULL, params, d, K, ws)) *converged = 0;
     return MT_OK;
+}
+
+int mt_em_degeneracy(int *flags, const mt_em_params *params, size_t d, size_t K,
+                     const mt_em_workspace *ws)
+{
+    if (!params || !ws || ws->d != d || ws->K != K) return 0;
+    const double *W = estep_sums_of(ws->sums, d, K).W;
+    int any = 0;
+    for (size_t k = 0; k < K; k++) {
+        int f = (params->sigma2[k] <= MT_EM_SIGMA2_MIN ? MT_EM_AT_FLOOR : 0) |
+                (W[k] <= MT_EM_WEIGHT_MIN ? MT_EM_EMPTY : 0);
+        if (flags) flags[k] = f;
+        any |= f;
+    }
+    return any;
 }
 
 /* Gate score s_k(x) = beta0_k + beta1_k . x, with s_{K-1} = 0 for the reference expert. */
@@ -1061,5 +1113,24 @@ mt_status mt_em_sample(double *y, mt_rng *r, const mt_em_params *params,
         double z = mt_rng_normal(r);
         y[i] = expert_mean(p, label, x, d, opt) + sqrt(p->sigma2[label]) * z;
     }
+    return MT_OK;
+}
+
+mt_status mt_em_gate_newton(double *objective, double *grad, double *newton, const double *gate,
+                            const double *X, const double *resp, size_t n, size_t d, size_t K,
+                            mt_em_workspace *ws)
+{
+    if (!objective || !grad || !newton || !gate || !X || !resp || !ws || K < 2 || n < 1 ||
+        ws->d != d || ws->K != K || n > ws->n_max)
+        return MT_EINVAL;
+    const size_t P = (K - 1) * (d + 1);
+    load_design(ws, X, n, d);
+    for (size_t i = 0; i < n; i++) /* the pass reads responsibilities by columns */
+        for (size_t k = 0; k < K; k++) ws->R[k * ws->n_max + i] = resp[i * K + k];
+    double *state = ws->state[0];
+    gate_pass(state, gate, n, d, K, ws);
+    *objective = state[0];
+    memcpy(grad, state_grad(state), P * sizeof *grad);
+    memcpy(newton, state_matrix(state, P), P * P * sizeof *newton);
     return MT_OK;
 }

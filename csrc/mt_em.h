@@ -39,6 +39,10 @@
  *   largest) are set to exactly 0: this keeps subnormal numbers, which are tens of times
  *   slower, out of every sum, and changes nothing above rounding.
  * - Hitting max_iter is not an error: the call returns MT_OK with *converged = 0.
+ * - A fit whose final parameters are degenerate (mt_em_degeneracy: a sigma2 at
+ *   MT_EM_SIGMA2_MIN, or a component with total responsibility <= MT_EM_WEIGHT_MIN) returns
+ *   *converged = 0 even when the tolerance was met: constant y, or fewer samples than
+ *   parameters, drive variances to the floor and the log-likelihood up without bound.
  * - The interrupt callback (may be NULL) is polled before iterations 0, MT_EM_POLL_EVERY,
  *   2 * MT_EM_POLL_EVERY, ...; a non-zero return stops the fit with MT_EINTERRUPTED, leaving
  *   the parameters of the last completed iteration, *n_iter and trace[0 .. *n_iter - 1] valid.
@@ -85,6 +89,17 @@ typedef struct {
 /* Linear experts, max_iter 2000, tol 1e-6 (CRPE-SGaME's), default step counts, no callback. */
 void mt_em_options_default(mt_em_options *opt);
 
+/* MT_OK, or MT_EINVAL with why (may be NULL) naming the first option out of its range. */
+mt_status mt_em_options_validate(const mt_em_options *opt, mt_why *why);
+
+/* The largest d and K the EM takes (its Newton systems are ((K-1)(d+1))^2). */
+#define MT_EM_MAX_DIM 4096
+
+/* MT_OK when n samples of dimension d with K experts are within the EM's sizes: d and K in
+ * [1, MT_EM_MAX_DIM], n >= 1 and n (K + d + 1) <= 2**40; else MT_EINVAL with why naming the
+ * size. Callers check this before computing any size from d and K (mt_em_params_size). */
+mt_status mt_em_check_sizes(size_t n, size_t d, size_t K, mt_why *why);
+
 /* Views into one flat float64 buffer laid out, in this order:
  *   beta0 (K,), beta1 (K, d), a (K, d), b (K,), [c (K,) only with outer_scale], sigma2 (K,). */
 typedef struct {
@@ -122,6 +137,25 @@ void mt_em_workspace_free(mt_em_workspace *ws);   /* NULL is a no-op */
 mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *converged,
                     const double *X, const double *y, size_t n, size_t d, size_t K,
                     const mt_em_options *opt, mt_em_workspace *ws);
+
+/* Degeneracy flags of a component (bits). */
+#define MT_EM_AT_FLOOR 1 /* sigma2_k <= MT_EM_SIGMA2_MIN: the variance is at its floor */
+#define MT_EM_EMPTY 2    /* sum_i r_ik <= MT_EM_WEIGHT_MIN: no sample is responsible for k */
+
+/* After mt_em_fit returned MT_OK with these params and ws: flags (K,) (or NULL) get each
+ * component's degeneracy bits, from the responsibilities of the fit's last E-step; returns
+ * their OR over k (0: not degenerate). */
+int mt_em_degeneracy(int *flags, const mt_em_params *params, size_t d, size_t K,
+                     const mt_em_workspace *ws);
+
+/* The gate M-step's Newton pieces, exposed so that a test can check them against finite
+ * differences: for gate rows gate ((K-1)(d+1),) = (beta0_k, beta1_k) of the free experts
+ * k < K-1 and fixed responsibilities resp (n, K) row-major, objective = G = sum_ik r_ik
+ * log softmax_k(s_i), grad ((K-1)(d+1),) = dG/dgate and newton ((K-1)(d+1))^2 = -d2G/dgate2
+ * (full, row-major), with X (n, d). K >= 2; ws as for mt_em_fit. */
+mt_status mt_em_gate_newton(double *objective, double *grad, double *newton, const double *gate,
+                            const double *X, const double *resp, size_t n, size_t d, size_t K,
+                            mt_em_workspace *ws);
 
 /* loglik: sum_i log p(y_i | x_i) under params (the same checks as mt_em_fit; only
  * opt->expert, opt->act and opt->outer_scale are used). resp: (n, K) responsibilities, or

@@ -1,5 +1,6 @@
 #include "mt_moe.h"
 
+#include <float.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,10 +11,12 @@
 #include "mt_gate.h"
 #include "mt_hidden.h"
 #include "mt_loss.h"
+#include "mt_names.h"
 #include "mt_narrow.h"
 #include "mt_parallel.h"
 #include "mt_rng.h"
 #include "mt_simd.h"
+#include "mt_size.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -22,43 +25,19 @@ static int omp_get_num_threads(void) { return 1; }
 static int omp_get_thread_num(void) { return 0; }
 #endif
 
-mt_status mt_moe_config_check(const mt_moe_config *c)
-{
-    if (!c || c->d_in < 1 || c->n_experts < 1 || c->d_out < 1) return MT_EINVAL;
-    if (c->expert == MT_EXPERT_FFN && c->hidden < 1) return MT_EINVAL;
-    /* depth counts an FFN expert's hidden layers; a linear expert has none to stack */
-    if (c->depth < 1 || (c->expert != MT_EXPERT_FFN && c->depth != 1)) return MT_EINVAL;
-    if (c->expert != MT_EXPERT_FFN && c->expert != MT_EXPERT_LINEAR) return MT_EINVAL;
-    if ((int)c->activation < 0 || c->activation >= MT_ACT_COUNT) return MT_EINVAL;
-    if ((int)c->gate_activation < 0 || c->gate_activation >= MT_ACT_COUNT) return MT_EINVAL;
-    if (!(c->temperature > 0) || !isfinite(c->temperature)) return MT_EINVAL;
-    if (!(c->aux_switch >= 0) || !isfinite(c->aux_switch) || !(c->aux_z >= 0) ||
-        !isfinite(c->aux_z))
-        return MT_EINVAL;
-    switch (c->gate) {
-    case MT_GATE_SOFTMAX:
-    case MT_GATE_SIGMOID:
-        return c->top_k == 0 ? MT_OK : MT_EINVAL;
-    case MT_GATE_TOPK:
-        return c->top_k >= 1 && c->top_k <= c->n_experts ? MT_OK : MT_EINVAL;
-    case MT_GATE_TEMPERATURE:
-        return c->top_k <= c->n_experts ? MT_OK : MT_EINVAL;
-    case MT_GATE_HIERARCHICAL:
-        return c->top_k == 0 && c->groups >= 1 && c->n_experts % c->groups == 0 ? MT_OK : MT_EINVAL;
-    }
-    return MT_EINVAL;
-}
-
-/* Number of entries of a block: the product of its ndim sizes. */
+/* Number of entries of a block: the product of its ndim sizes, or SIZE_MAX past MT_MAX_SIZE. */
 static size_t block_size(const mt_param_block *b)
 {
     size_t size = 1;
-    for (size_t j = 0; j < b->ndim; j++) size *= b->shape[j];
+    for (size_t j = 0; j < b->ndim; j++)
+        if (!mt_size_mul(&size, size, b->shape[j], MT_MAX_SIZE)) return SIZE_MAX;
     return size;
 }
 
-static void add_block4(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
-                       size_t s2, size_t s3)
+/* Appends a block; returns 0 once a block's size or the running total exceeds MT_MAX_SIZE
+ * (n_params is then SIZE_MAX and the layout is not to be used). */
+static int add_block4(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
+                      size_t s2, size_t s3)
 {
     mt_param_block *b = &L->block[L->n_blocks++];
     b->name = name;
@@ -68,41 +47,130 @@ static void add_block4(mt_moe_layout *L, const char *name, size_t ndim, size_t s
     b->shape[1] = s1;
     b->shape[2] = s2;
     b->shape[3] = s3;
-    L->n_params += block_size(b);
+    return mt_size_add(&L->n_params, L->n_params, block_size(b), MT_MAX_SIZE);
 }
 
-static void add_block(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
-                      size_t s2)
+static int add_block(mt_moe_layout *L, const char *name, size_t ndim, size_t s0, size_t s1,
+                     size_t s2)
 {
-    add_block4(L, name, ndim, s0, s1, s2, 0);
+    return add_block4(L, name, ndim, s0, s1, s2, 0);
 }
+
+/* The layout, with every size checked: 0 when some block or the total exceeds MT_MAX_SIZE. */
+static int layout_checked(mt_moe_layout *L, const mt_moe_config *c)
+{
+    size_t E = c->n_experts, d = c->d_in, H = c->hidden, o = c->d_out;
+    int ok = 1;
+    memset(L, 0, sizeof *L);
+    if (c->gate == MT_GATE_HIERARCHICAL) {
+        ok = ok && add_block(L, "router.outer.weight", 2, c->groups, d, 0);
+        if (c->bias) ok = ok && add_block(L, "router.outer.bias", 1, c->groups, 0, 0);
+        ok = ok && add_block(L, "router.inner.weight", 2, E, d, 0);
+        if (c->bias) ok = ok && add_block(L, "router.inner.bias", 1, E, 0, 0);
+    } else {
+        ok = ok && add_block(L, "router.weight", 2, E, d, 0);
+        if (c->bias) ok = ok && add_block(L, "router.bias", 1, E, 0, 0);
+    }
+    if (c->expert == MT_EXPERT_FFN) {
+        ok = ok && add_block(L, "experts.W1", 3, E, H, d);
+        if (c->bias) ok = ok && add_block(L, "experts.b1", 2, E, H, 0);
+        if (c->depth > 1) { /* hidden layers 2 .. depth, each H -> H (docs/model.md) */
+            ok = ok && add_block4(L, "experts.Wh", 4, E, c->depth - 1, H, H);
+            if (c->bias) ok = ok && add_block(L, "experts.bh", 3, E, c->depth - 1, H);
+        }
+        ok = ok && add_block(L, "experts.W2", 3, E, o, H);
+        if (c->bias) ok = ok && add_block(L, "experts.b2", 2, E, o, 0);
+    } else {
+        ok = ok && add_block(L, "experts.W", 3, E, o, d);
+        if (c->bias) ok = ok && add_block(L, "experts.b", 2, E, o, 0);
+    }
+    return ok;
+}
+
+/* A size field in [1, MT_MAX_SIZE]. */
+static mt_status check_size(mt_why *why, const char *field, size_t v)
+{
+    if (v < 1 || v > MT_MAX_SIZE)
+        return mt_fail(why, field, "%s must be an integer in [1, %zu], got %zu", field,
+                       MT_MAX_SIZE, v);
+    return MT_OK;
+}
+
+mt_status mt_moe_config_validate(const mt_moe_config *c, mt_why *why)
+{
+    if (!c) return mt_fail(why, "config", "config must not be NULL");
+    mt_status st;
+    if ((st = check_size(why, "d_in", c->d_in)) != MT_OK) return st;
+    if ((st = check_size(why, "n_experts", c->n_experts)) != MT_OK) return st;
+    if ((st = check_size(why, "d_out", c->d_out)) != MT_OK) return st;
+    if (c->expert != MT_EXPERT_FFN && c->expert != MT_EXPERT_LINEAR)
+        return mt_fail(why, "expert", "expert must be one of 'ffn', 'linear'");
+    if (c->expert == MT_EXPERT_FFN && (st = check_size(why, "hidden", c->hidden)) != MT_OK)
+        return st;
+    if ((st = check_size(why, "depth", c->depth)) != MT_OK) return st;
+    /* depth counts an FFN expert's hidden layers; a linear expert has none to stack */
+    if (c->expert != MT_EXPERT_FFN && c->depth != 1)
+        return mt_fail(why, "depth", "depth applies to expert='ffn' only (hidden layers per "
+                       "expert); expert='linear' needs depth=1, got %zu", c->depth);
+    if ((int)c->activation < 0 || c->activation >= MT_ACT_COUNT)
+        return mt_fail(why, "activation", "activation must be one of the core's activations");
+    if ((int)c->gate_activation < 0 || c->gate_activation >= MT_ACT_COUNT)
+        return mt_fail(why, "gate_activation",
+                       "gate_activation must be one of the core's activations");
+    /* DBL_MIN, not 0: with a subnormal temperature act(s) / temperature overflows for any
+     * ordinary score, and the softmax of infinities is NaN */
+    if (!(c->temperature >= DBL_MIN) || !isfinite(c->temperature))
+        return mt_fail(why, "temperature", "temperature must be a finite number >= %g (not "
+                       "zero or subnormal), got %g", DBL_MIN, c->temperature);
+    if (!(c->aux_switch >= 0) || !isfinite(c->aux_switch))
+        return mt_fail(why, "aux_switch", "aux_switch must be a finite number >= 0, got %g",
+                       c->aux_switch);
+    if (!(c->aux_z >= 0) || !isfinite(c->aux_z))
+        return mt_fail(why, "aux_z", "aux_z must be a finite number >= 0, got %g", c->aux_z);
+    const size_t E = c->n_experts;
+    const char *gate = mt_name_of(mt_gate_names, MT_GATE_COUNT, (int)c->gate);
+    switch (c->gate) {
+    case MT_GATE_SOFTMAX:
+    case MT_GATE_SIGMOID:
+        if (c->top_k != 0)
+            return mt_fail(why, "top_k", "top_k applies to gate='topk' or 'temperature', not "
+                           "gate='%s'", gate);
+        break;
+    case MT_GATE_TOPK:
+        if (c->top_k < 1 || c->top_k > E)
+            return mt_fail(why, "top_k", "top_k must satisfy 1 <= top_k <= n_experts = %zu for "
+                           "gate='topk', got %zu", E, c->top_k);
+        break;
+    case MT_GATE_TEMPERATURE:
+        if (c->top_k > E)
+            return mt_fail(why, "top_k", "top_k must satisfy 1 <= top_k <= n_experts = %zu, got "
+                           "%zu", E, c->top_k);
+        break;
+    case MT_GATE_HIERARCHICAL:
+        if (c->top_k != 0)
+            return mt_fail(why, "top_k", "top_k applies to gate='topk' or 'temperature', not "
+                           "gate='hierarchical'");
+        if (c->groups < 1 || c->groups > E || E % c->groups != 0)
+            return mt_fail(why, "groups", "groups must be a divisor of n_experts = %zu for "
+                           "gate='hierarchical', got %zu", E, c->groups);
+        break;
+    default:
+        return mt_fail(why, "gate", "gate must be one of the core's gates");
+    }
+    mt_moe_layout L;
+    if (!layout_checked(&L, c))
+        return mt_fail(why, "n_params", "the model is too large: its parameter count n_params (d_in = %zu, "
+                       "n_experts = %zu, hidden = %zu, depth = %zu, d_out = %zu) exceeds the "
+                       "limit of %zu", c->d_in, E, c->expert == MT_EXPERT_FFN ? c->hidden : 0,
+                       c->depth, c->d_out, MT_MAX_SIZE);
+    return MT_OK;
+}
+
+mt_status mt_moe_config_check(const mt_moe_config *c) { return mt_moe_config_validate(c, NULL); }
 
 void mt_moe_layout_of(mt_moe_layout *L, const mt_moe_config *c)
 {
-    size_t E = c->n_experts, d = c->d_in, H = c->hidden, o = c->d_out;
-    memset(L, 0, sizeof *L);
-    if (c->gate == MT_GATE_HIERARCHICAL) {
-        add_block(L, "router.outer.weight", 2, c->groups, d, 0);
-        if (c->bias) add_block(L, "router.outer.bias", 1, c->groups, 0, 0);
-        add_block(L, "router.inner.weight", 2, E, d, 0);
-        if (c->bias) add_block(L, "router.inner.bias", 1, E, 0, 0);
-    } else {
-        add_block(L, "router.weight", 2, E, d, 0);
-        if (c->bias) add_block(L, "router.bias", 1, E, 0, 0);
-    }
-    if (c->expert == MT_EXPERT_FFN) {
-        add_block(L, "experts.W1", 3, E, H, d);
-        if (c->bias) add_block(L, "experts.b1", 2, E, H, 0);
-        if (c->depth > 1) { /* hidden layers 2 .. depth, each H -> H (docs/model.md) */
-            add_block4(L, "experts.Wh", 4, E, c->depth - 1, H, H);
-            if (c->bias) add_block(L, "experts.bh", 3, E, c->depth - 1, H);
-        }
-        add_block(L, "experts.W2", 3, E, o, H);
-        if (c->bias) add_block(L, "experts.b2", 2, E, o, 0);
-    } else {
-        add_block(L, "experts.W", 3, E, o, d);
-        if (c->bias) add_block(L, "experts.b", 2, E, o, 0);
-    }
+    (void)layout_checked(L, c);
 }
 
 /* Offsets of the blocks the kernels need; SIZE_MAX for an absent one. */
@@ -225,21 +293,31 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     if (mt_moe_config_check(c) != MT_OK || n_max < 1) return MT_EINVAL;
     size_t E = c->n_experts, G = c->gate == MT_GATE_HIERARCHICAL ? c->groups : 0;
     size_t H = c->expert == MT_EXPERT_FFN ? c->hidden : 0, o = c->d_out, k = c->top_k;
-    int keep_all = n_max * E * H * c->depth <= MT_KEEP_ACTIVATIONS;
+    /* Every width below is at most a block's size or P (<= MT_MAX_SIZE by the config check);
+     * only the products with n_max and the thread count can exceed memory, and those are
+     * checked: a workspace that cannot exist is MT_ENOMEM, never a short buffer. */
+    size_t keep_count;
+    int keep_all = mt_size_mul(&keep_count, n_max, E * H * c->depth, MT_KEEP_ACTIVATIONS);
     size_t a_width = keep_all ? E * H : H;
     size_t h_width = (c->depth - 1) * a_width; /* zh and ah; 0 when depth == 1 */
     mt_moe_layout L;
     mt_moe_layout_of(&L, c);
     size_t P = c->normalize ? L.n_params : 0;
     int max_threads = mt_threads();
-    size_t parts = (size_t)(max_threads - 1) * L.n_params;
-    size_t doubles = 2 * P + parts + n_max * (E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
-                              E * H /*z*/ + a_width /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
-                              E /*ds*/ + G /*du*/ + E * o /*dO*/ +
-                              h_width /*zh*/ + h_width /*ah*/);
+    const size_t limit = SIZE_MAX / 16; /* bytes of doubles and ints stay representable */
+    size_t parts, per_row, rows, doubles, ints;
+    per_row = E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
+              E * H /*z*/ + a_width /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
+              E /*ds*/ + G /*du*/ + E * o /*dO*/ + h_width /*zh*/ + h_width /*ah*/;
+    if (!mt_size_mul(&parts, (size_t)(max_threads - 1), L.n_params, limit) ||
+        !mt_size_mul(&rows, n_max, per_row, limit) ||
+        !mt_size_add(&doubles, rows, 2 * P + parts, limit) ||
+        !mt_size_mul(&ints, n_max, k ? k : 1, limit) ||
+        !mt_size_add(&doubles, doubles, ints, limit)) /* ints are no larger than doubles */
+        return MT_ENOMEM;
     mt_moe_workspace *ws = calloc(1, sizeof *ws);
     if (!ws) return MT_ENOMEM;
-    ws->block = malloc(doubles * sizeof(double) + n_max * (k ? k : 1) * sizeof(int));
+    ws->block = malloc(doubles * sizeof(double));
     if (!ws->block) {
         free(ws);
         return MT_ENOMEM;

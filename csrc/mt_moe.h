@@ -40,7 +40,12 @@ typedef struct {
     double aux_switch, aux_z;
 } mt_moe_config;
 
-/* Returns MT_EINVAL for any inconsistent field; the binding turns that into a message. */
+/* MT_OK, or MT_EINVAL for the first field out of its range, with why (may be NULL) naming it.
+ * Sizes: every size, every block's number of entries and the parameter count are at most
+ * MT_MAX_SIZE (mt_size.h), checked without overflow, so a layout computed from a valid config
+ * never wraps. temperature: finite and >= DBL_MIN (a subnormal one overflows act(s) / t). */
+mt_status mt_moe_config_validate(const mt_moe_config *cfg, mt_why *why);
+/* mt_moe_config_validate without the reason. */
 mt_status mt_moe_config_check(const mt_moe_config *cfg);
 
 /* hierarchical router with biases (4) + ffn experts with biases and depth > 1 (6) */
@@ -59,7 +64,8 @@ typedef struct {
     size_t n_params;
 } mt_moe_layout;
 
-/* layout: filled with the named blocks of theta in order (docs/model.md) */
+/* layout: filled with the named blocks of theta in order (docs/model.md); cfg must be valid
+ * (mt_moe_config_validate), which bounds every size it computes. */
 void mt_moe_layout_of(mt_moe_layout *layout, const mt_moe_config *cfg);
 
 /* theta: (P,) initialised as docs/model.md says, from the counter-based RNG keyed by (seed, stream) */

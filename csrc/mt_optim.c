@@ -8,44 +8,46 @@
 
 static int in_unit_interval(double b) { return b >= 0.0 && b < 1.0; }  /* NaN fails */
 static int finite_nonneg(double x) { return isfinite(x) && x >= 0.0; }
-static int finite_pos(double x) { return isfinite(x) && x > 0.0; }
 
-mt_status mt_opt_config_check(const mt_opt_config *cfg)
+/* A real field: finite (every field, used by the kind and schedule or not: a NaN is never a
+ * setting), and in the range its kind needs when `used`. */
+#define REAL_FIELD(name, used, ok, expected)                                                  \
+    do {                                                                                      \
+        if (!isfinite(cfg->name) || ((used) && !(ok)))                                        \
+            return mt_fail(why, #name, #name " must be %s, got %g",                           \
+                           (used) ? (expected) : "a finite number", cfg->name);               \
+    } while (0)
+
+mt_status mt_opt_config_validate(const mt_opt_config *cfg, mt_why *why)
 {
-    if (cfg == NULL) return MT_EINVAL;
-    if (!finite_nonneg(cfg->lr) || !finite_nonneg(cfg->weight_decay)) return MT_EINVAL;
-    switch (cfg->kind) {
-    case MT_OPT_SGD:
-        break;
-    case MT_OPT_MOMENTUM:
-    case MT_OPT_NESTEROV:
-        if (!in_unit_interval(cfg->momentum)) return MT_EINVAL;
-        break;
-    case MT_OPT_ADAM:
-        if (!in_unit_interval(cfg->beta1) || !in_unit_interval(cfg->beta2)) return MT_EINVAL;
-        if (!finite_pos(cfg->eps)) return MT_EINVAL;
-        break;
-    default:
-        return MT_EINVAL;
-    }
-    switch (cfg->schedule) {
-    case MT_LR_CONSTANT:
-        break;
-    case MT_LR_STEP:
-        if (cfg->step_size < 1 || !finite_pos(cfg->gamma)) return MT_EINVAL;
-        break;
-    case MT_LR_COSINE:
-        if (cfg->total_steps < 1 || !finite_nonneg(cfg->lr_min) || cfg->lr_min > cfg->lr)
-            return MT_EINVAL;
-        break;
-    case MT_LR_INVTIME:
-        if (!finite_pos(cfg->t0)) return MT_EINVAL;
-        break;
-    default:
-        return MT_EINVAL;
-    }
+    if (cfg == NULL) return mt_fail(why, "optimizer", "optimizer settings must not be NULL");
+    if ((int)cfg->kind < 0 || cfg->kind > MT_OPT_ADAM)
+        return mt_fail(why, "optimizer", "optimizer must be one of sgd, momentum, nesterov, adam");
+    if ((int)cfg->schedule < 0 || cfg->schedule > MT_LR_INVTIME)
+        return mt_fail(why, "schedule", "schedule must be one of constant, step, cosine, "
+                       "inverse_time");
+    const int heavy = cfg->kind == MT_OPT_MOMENTUM || cfg->kind == MT_OPT_NESTEROV;
+    const int adam = cfg->kind == MT_OPT_ADAM;
+    REAL_FIELD(lr, 1, cfg->lr >= 0.0, "a finite number >= 0");
+    REAL_FIELD(weight_decay, 1, cfg->weight_decay >= 0.0, "a finite number >= 0");
+    REAL_FIELD(momentum, heavy, in_unit_interval(cfg->momentum), "in [0, 1)");
+    REAL_FIELD(beta1, adam, in_unit_interval(cfg->beta1), "in [0, 1)");
+    REAL_FIELD(beta2, adam, in_unit_interval(cfg->beta2), "in [0, 1)");
+    REAL_FIELD(eps, adam, cfg->eps > 0.0, "a finite number > 0");
+    REAL_FIELD(gamma, cfg->schedule == MT_LR_STEP, cfg->gamma > 0.0, "a finite number > 0");
+    REAL_FIELD(lr_min, cfg->schedule == MT_LR_COSINE,
+               cfg->lr_min >= 0.0 && cfg->lr_min <= cfg->lr, "in [0, lr]");
+    REAL_FIELD(t0, cfg->schedule == MT_LR_INVTIME, cfg->t0 > 0.0, "a finite number > 0");
+    if (cfg->schedule == MT_LR_STEP && cfg->step_size < 1)
+        return mt_fail(why, "step_size", "step_size must be >= 1, got %zu", cfg->step_size);
+    if (cfg->schedule == MT_LR_COSINE && cfg->total_steps < 1)
+        return mt_fail(why, "total_steps", "total_steps must be >= 1, got %zu",
+                       cfg->total_steps);
     return MT_OK;
 }
+#undef REAL_FIELD
+
+mt_status mt_opt_config_check(const mt_opt_config *cfg) { return mt_opt_config_validate(cfg, NULL); }
 
 double mt_lr_at(const mt_opt_config *cfg, size_t t)
 {

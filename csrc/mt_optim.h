@@ -42,7 +42,8 @@ typedef enum {
     MT_LR_INVTIME = 3    /* lr / (1 + t / t0) */
 } mt_lr_schedule;
 
-/* Fields a kind or schedule does not use are ignored, not checked. Zero-initialise, then set. */
+/* Every real field must be finite; fields a kind or schedule does not use are otherwise not
+ * checked. Zero-initialise, then set. */
 typedef struct {
     mt_opt_kind kind;
     double lr;              /* base learning rate, finite, >= 0 */
@@ -71,7 +72,9 @@ typedef struct {
                           as torch keeps a step per tensor and skips tensors without a grad */
 } mt_optimizer;
 
-/* MT_OK, or MT_EINVAL naming no field: callers check before a long run. */
+/* MT_OK, or MT_EINVAL with why (may be NULL) naming the first field out of range: callers check
+ * before a long run. mt_opt_config_check is the same without the reason. */
+mt_status mt_opt_config_validate(const mt_opt_config *cfg, mt_why *why);
 mt_status mt_opt_config_check(const mt_opt_config *cfg);
 
 /* Learning rate at step t (before lr_scale). NaN when cfg fails mt_opt_config_check. */

@@ -20,17 +20,23 @@
 #define MT_OMP(directive)
 #endif
 
-/* The thread count (default: OpenBLAS's, i.e. the cores it found; 1 without OpenMP). */
+/* The thread count: a process setting, the cores BLAS found when the count was first fixed
+ * (mt_threads_init, called by the binding at import; 1 without OpenMP), or what mt_set_threads
+ * set last. Never read back from BLAS's current state, which concurrent sections change. */
 int mt_threads(void);
+/* Fix the default now (a no-op once the count is fixed). */
+void mt_threads_init(void);
 /* Set it (n >= 1); also the BLAS thread count used outside data-parallel sections. */
 void mt_set_threads(int n);
 
 /* Rows [start, start + count) of n owned by thread t of a team of T (contiguous, balanced). */
 void mt_rows_of(size_t n, int T, int t, size_t *start, size_t *count);
 
-/* Enter/leave a data-parallel section: BLAS to one thread and back. Returns the BLAS count
- * to restore. */
+/* Enter/leave a data-parallel section: BLAS runs on one thread while any section of any
+ * thread runs, and on mt_threads() once none does (a count of sections in flight, so concurrent
+ * calls cannot leave BLAS at 1 or raise it under a running section). enter returns a token for
+ * leave (kept for the callers' symmetry; it carries nothing). */
 int mt_parallel_enter(void);
-void mt_parallel_leave(int blas_threads);
+void mt_parallel_leave(int token);
 
 #endif

@@ -1,6 +1,17 @@
-"""Validation of model configurations, with messages that name the argument and what is expected."""
+"""What the Python layer checks itself: types, names and the meaning of None.
+
+Every number-valued rule of a model (ranges, divisibility, sizes) is the C core's
+(``mt_moe_config_validate``, ``mt_opt_config_validate``, ...), whose messages name the field; the
+binding's converters turn Python values into C ones with one rule per kind. The helpers here are
+those converters, for the numbers the Python layer computes with itself (step counts, restarts,
+tolerances), so a number means the same on both sides of the boundary:
+
+* :func:`integer` -- a Python or NumPy integer (not a bool, a float such as ``5.0`` or a string);
+* :func:`real` -- a Python or NumPy real number (not a bool or a string);
+* :func:`boolean` -- ``True``, ``False``, ``numpy.True_`` or ``numpy.False_`` (not ``1`` or ``"yes"``);
+* :func:`seed` -- an integer in [0, 2**64), the one seed rule.
+"""
 import math
-import numbers
 
 from . import _core
 
@@ -9,12 +20,38 @@ GATES = _core.GATES
 EXPERTS = _core.EXPERTS
 
 
-def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1), got {value}")
-    return int(value)
+def integer(name, value, low=None, high=None):
+    """`value` as an int in [low, high] (None: unbounded); TypeError or ValueError naming it."""
+    return _core.check_int(value, name, low, high)
+
+
+def real(name, value, *, low=None, high=None, finite=True, positive=False):
+    """`value` as a float; with `finite`, NaN and infinities are refused; `low`/`high` bound it
+    (inclusive) and `positive` requires > 0. Messages name the argument."""
+    value = _core.check_real(value, name)
+    bad = (finite and not math.isfinite(value)) or math.isnan(value) or \
+        (low is not None and value < low) or (high is not None and value > high) or \
+        (positive and not value > 0)
+    if bad:
+        want = ["a finite number" if finite else "a number"]
+        if positive:
+            want.append("> 0")
+        if low is not None:
+            want.append(f">= {low}")
+        if high is not None:
+            want.append(f"<= {high}")
+        raise ValueError(f"{name} must be {' '.join(want)}, got {value!r}")
+    return value
+
+
+def boolean(name, value):
+    """`value` as a bool; TypeError naming it for anything but True/False (NumPy's too)."""
+    return _core.check_bool(value, name)
+
+
+def seed(name, value):
+    """`value` as an int in [0, 2**64); TypeError or ValueError naming it."""
+    return _core.check_seed(value, name)
 
 
 def one_of(name, value, choices):
@@ -23,59 +60,29 @@ def one_of(name, value, choices):
     return value
 
 
+def _applies(name, value, gate, gates):
+    """Options that only some gates take: None elsewhere (the C core cannot see a None)."""
+    if value is not None and gate not in gates:
+        allowed = " or ".join(repr(g) for g in gates)
+        raise ValueError(f"{name} applies to gate={allowed} only, not gate={gate!r}")
+
+
 def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
                gate_activation, groups, d_out, bias, normalize=False, depth=1):
-    """Check every field of an MoE configuration; return it as a plain dict."""
-    d_in = positive_int("d_in", d_in)
-    n_experts = positive_int("n_experts", n_experts)
-    d_out = positive_int("d_out", d_out)
-    expert = one_of("expert", expert, EXPERTS)
-    hidden = positive_int("hidden", hidden)
-    depth = positive_int("depth", depth)
-    if expert != "ffn" and depth != 1:
-        raise ValueError(f"depth applies to expert='ffn' only (hidden layers per expert); "
-                         f"expert={expert!r} needs depth=1, got {depth}")
-    activation = one_of("activation", activation, ACTIVATIONS)
-    gate = one_of("gate", gate, GATES)
-    if not isinstance(bias, (bool, numbers.Integral)):
-        raise TypeError(f"bias must be True or False, got {bias!r}")
-    if not isinstance(normalize, (bool, numbers.Integral)):
-        raise TypeError(f"normalize must be True or False, got {normalize!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
-            not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None:
-        if gate not in ("topk", "temperature"):
-            raise ValueError(f"top_k applies to gate='topk' or 'temperature', not gate={gate!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
-            raise TypeError(f"top_k must be an integer, got {top_k!r}")
-        if not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must satisfy 1 <= top_k <= n_experts = {n_experts}, got {top_k}")
-        top_k = int(top_k)
-    elif gate == "topk":
-        raise ValueError("gate='topk' needs top_k, an integer with 1 <= top_k <= n_experts")
-    if gate_activation is not None:
-        if gate != "temperature":
-            raise ValueError(f"gate_activation applies to gate='temperature' only, not gate={gate!r}")
-        gate_activation = one_of("gate_activation", gate_activation, ACTIVATIONS)
-    if gate == "hierarchical":
-        if groups is None:
-            raise ValueError("gate='hierarchical' needs groups, a divisor of n_experts")
-        groups = positive_int("groups", groups)
-        if n_experts % groups:
-            raise ValueError(f"groups must divide n_experts = {n_experts}, got {groups}")
-    elif groups is not None:
-        raise ValueError(f"groups applies to gate='hierarchical' only, not gate={gate!r}")
-    return dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden, depth=depth,
-                activation=activation, gate=gate, top_k=top_k, temperature=float(temperature),
-                gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bool(bias),
-                normalize=bool(normalize))
+    """An MoE configuration as a plain dict, its values checked by building the C layer.
 
-
-def core_layer(config):
-    """The C layer for a checked configuration (None becomes the core's 'absent' value)."""
-    c = config
-    return _core.Layer(c["d_in"], c["n_experts"], c["expert"], c["hidden"], c["activation"],
-                       c["gate"], c["top_k"] or 0, c["temperature"],
-                       c["gate_activation"] or "identity", c["groups"] or 0, c["d_out"], c["bias"],
-                       c["normalize"], c["depth"])
+    Returns (config, layer): the dict (as the constructor accepts it) and the C layer."""
+    _applies("top_k", top_k, gate, ("topk", "temperature"))
+    _applies("gate_activation", gate_activation, gate, ("temperature",))
+    _applies("groups", groups, gate, ("hierarchical",))
+    layer = _core.Layer(d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
+                        gate_activation, groups, d_out, bias, normalize, depth)
+    config = dict(d_in=integer("d_in", d_in), n_experts=integer("n_experts", n_experts),
+                  expert=expert, hidden=integer("hidden", hidden), depth=integer("depth", depth),
+                  activation=activation, gate=gate,
+                  top_k=None if top_k is None else integer("top_k", top_k),
+                  temperature=real("temperature", temperature), gate_activation=gate_activation,
+                  groups=None if groups is None else integer("groups", groups),
+                  d_out=integer("d_out", d_out), bias=boolean("bias", bias),
+                  normalize=boolean("normalize", normalize))
+    return config, layer

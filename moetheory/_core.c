@@ -9,6 +9,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -18,27 +19,24 @@
 #include "mt_deep.h"
 #include "mt_em.h"
 #include "mt_cluster.h"
+#include "mt_names.h"
 #include "mt_parallel.h"
+#include "mt_size.h"
 
 #include <time.h>
 
-/* ---- names of the C enums, in enum order (the Python layer looks names up here) ---- */
-
-static const char *const ACT_NAMES[] = {"identity", "relu", "leaky_relu", "gelu", "tanh",
-                                        "sigmoid", "he1", "he2", "he3", "he4", "he5", "he6",
-                                        "he7", "he8"};
-static const char *const GATE_NAMES[] = {"softmax", "topk", "temperature", "hierarchical",
-                                         "sigmoid"};
-static const char *const EXPERT_NAMES[] = {"ffn", "linear"};
-static const char *const INPUT_NAMES[] = {"gaussian", "mixture", "uniform", "grid"};
-
 /* ---- status codes to exceptions: the one table ---- */
 
-static PyObject *raise_status(mt_status st, const char *what)
+/* Raise the exception of status st for the call `what`; why (may be NULL) is the core's reason
+ * for an MT_EINVAL, which becomes the message as it is (it names the field). Returns NULL. */
+static PyObject *raise_status_why(mt_status st, const char *what, const mt_why *why)
 {
     switch (st) {
     case MT_OK: return NULL;
-    case MT_EINVAL: PyErr_Format(PyExc_ValueError, "%s: invalid argument", what); break;
+    case MT_EINVAL:
+        if (why && why->text[0]) PyErr_SetString(PyExc_ValueError, why->text);
+        else PyErr_Format(PyExc_ValueError, "%s: invalid argument", what);
+        break;
     case MT_ENOMEM: PyErr_Format(PyExc_MemoryError, "%s: out of memory", what); break;
     case MT_EINTERRUPTED: PyErr_SetNone(PyExc_KeyboardInterrupt); break;
     case MT_ENONFINITE:
@@ -48,6 +46,232 @@ static PyObject *raise_status(mt_status st, const char *what)
     default: PyErr_Format(PyExc_RuntimeError, "%s: unknown status %d", what, (int)st);
     }
     return NULL;
+}
+
+static PyObject *raise_status(mt_status st, const char *what)
+{
+    return raise_status_why(st, what, NULL);
+}
+
+/* ---- scalar converters: the one rule of each kind ----
+ * For PyArg_Parse's "O&": each takes a struct holding the argument's name (set by the caller)
+ * and receives the value. Numbers are Python or NumPy numbers: a bool (True, numpy.True_) is
+ * never taken for a number, a string never for anything but a name, a number never for a bool.
+ * Range rules belong to whoever computes with the value (mostly the C core's checks). */
+
+typedef struct { const char *name; size_t value; } size_arg;                /* an int >= 0 */
+typedef struct { const char *name; size_t value; int given; } opt_size_arg; /* None or a size */
+typedef struct { const char *name; uint64_t value; } seed_arg;              /* [0, 2**64) */
+typedef struct { const char *name; double value; } real_arg;                /* NaN passes */
+typedef struct { const char *name; int value; } bool_arg;                   /* True, False */
+typedef struct {                                                            /* a table name */
+    const char *name;
+    const char *const *table;
+    size_t count;
+    int value;
+} name_arg;
+
+static int is_bool(PyObject *obj) { return PyBool_Check(obj) || PyArray_IsScalar(obj, Bool); }
+
+static int is_integer(PyObject *obj)
+{
+    return (PyLong_Check(obj) && !PyBool_Check(obj)) || PyArray_IsScalar(obj, Integer);
+}
+
+/* obj as a Python int (new reference), or NULL with TypeError naming the argument. */
+static PyObject *integer_of(PyObject *obj, const char *name, const char *what)
+{
+    if (!is_integer(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s, got %.80s %.200R", name, what,
+                     Py_TYPE(obj)->tp_name, obj);
+        return NULL;
+    }
+    return PyNumber_Index(obj);
+}
+
+static int conv_size(PyObject *obj, void *out)
+{
+    size_arg *a = out;
+    PyObject *v = integer_of(obj, a->name, "an integer");
+    if (!v) return 0;
+    PyObject *zero = PyLong_FromLong(0);
+    int negative = zero ? PyObject_RichCompareBool(v, zero, Py_LT) : -1;
+    Py_XDECREF(zero);
+    if (negative < 0) {
+        Py_DECREF(v);
+        return 0;
+    }
+    size_t value = negative ? 0 : PyLong_AsSize_t(v);
+    if (negative || (value == (size_t)-1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        if (negative)
+            PyErr_Format(PyExc_ValueError, "%s must not be negative, got %S", a->name, v);
+        else
+            PyErr_Format(PyExc_ValueError, "%s must be at most %zu, got %S", a->name, MT_MAX_SIZE,
+                         v);
+        Py_DECREF(v);
+        return 0;
+    }
+    Py_DECREF(v);
+    a->value = value;
+    return 1;
+}
+
+static int conv_opt_size(PyObject *obj, void *out)
+{
+    opt_size_arg *a = out;
+    a->given = obj != Py_None;
+    a->value = 0;
+    if (!a->given) return 1;
+    size_arg s = {a->name, 0};
+    if (!conv_size(obj, &s)) return 0;
+    a->value = s.value;
+    return 1;
+}
+
+static int conv_seed(PyObject *obj, void *out)
+{
+    seed_arg *a = out;
+    PyObject *v = integer_of(obj, a->name, "an integer in [0, 2**64)");
+    if (!v) return 0;
+    unsigned long long value = PyLong_AsUnsignedLongLong(v); /* OverflowError if < 0 or large */
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be an integer in [0, 2**64), got %S", a->name, v);
+        Py_DECREF(v);
+        return 0;
+    }
+    Py_DECREF(v);
+    a->value = (uint64_t)value;
+    return 1;
+}
+
+static int conv_real(PyObject *obj, void *out)
+{
+    real_arg *a = out;
+    if (is_bool(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj) ||
+                          PyArray_IsScalar(obj, Floating) || PyArray_IsScalar(obj, Integer))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a real number, got %.80s %.200R", a->name,
+                     Py_TYPE(obj)->tp_name, obj);
+        return 0;
+    }
+    double v = PyFloat_AsDouble(obj); /* an int too large for a double: OverflowError */
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be a real number representable as a float, got "
+                     "%.200R", a->name, obj);
+        return 0;
+    }
+    a->value = v;
+    return 1;
+}
+
+static int conv_bool(PyObject *obj, void *out)
+{
+    bool_arg *a = out;
+    if (!is_bool(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be True or False, got %.80s %.200R", a->name,
+                     Py_TYPE(obj)->tp_name, obj);
+        return 0;
+    }
+    a->value = PyObject_IsTrue(obj);
+    return a->value >= 0;
+}
+
+/* The choices of a name table as "'a', 'b', 'c'" (new reference). */
+static PyObject *choices_text(const char *const *table, size_t count)
+{
+    PyObject *parts = PyList_New(0), *sep = NULL, *text = NULL;
+    if (!parts) return NULL;
+    for (size_t i = 0; i < count; i++) {
+        PyObject *item = PyUnicode_FromFormat("'%s'", table[i]);
+        if (!item || PyList_Append(parts, item) < 0) {
+            Py_XDECREF(item);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+    sep = PyUnicode_FromString(", ");
+    if (sep) text = PyUnicode_Join(sep, parts);
+done:
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    return text;
+}
+
+static int conv_name(PyObject *obj, void *out)
+{
+    name_arg *a = out;
+    const char *s = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
+    a->value = s ? mt_name_index(a->table, a->count, s) : -1;
+    if (a->value < 0) {
+        PyErr_Clear();
+        PyObject *choices = choices_text(a->table, a->count);
+        if (choices) {
+            PyErr_Format(PyUnicode_Check(obj) ? PyExc_ValueError : PyExc_TypeError,
+                         "%s must be one of %U; got %.200R", a->name, choices, obj);
+            Py_DECREF(choices);
+        }
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- the converters for Python: check_int, check_real, check_bool, check_seed ----
+ * The Python layer coerces the numbers it uses itself (steps, restarts, tolerances) with these,
+ * so a number means the same on both sides of the boundary. */
+
+static PyObject *check_int(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"value", "name", "low", "high", NULL};
+    PyObject *value, *low = Py_None, *high = Py_None;
+    const char *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|OO", kwlist, &value, &name, &low, &high))
+        return NULL;
+    PyObject *v = integer_of(value, name, "an integer");
+    if (!v) return NULL;
+    int below = low != Py_None ? PyObject_RichCompareBool(v, low, Py_LT) : 0;
+    int above = high != Py_None ? PyObject_RichCompareBool(v, high, Py_GT) : 0;
+    if (below < 0 || above < 0) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    if (below || above) {
+        if (high == Py_None)
+            PyErr_Format(PyExc_ValueError, "%s must be an integer >= %S, got %S", name, low, v);
+        else if (low == Py_None)
+            PyErr_Format(PyExc_ValueError, "%s must be an integer <= %S, got %S", name, high, v);
+        else
+            PyErr_Format(PyExc_ValueError, "%s must be an integer in [%S, %S], got %S", name, low,
+                         high, v);
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+static PyObject *check_real(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    real_arg a = {NULL, 0.0};
+    PyObject *value;
+    if (!PyArg_ParseTuple(args, "Os", &value, &a.name) || !conv_real(value, &a)) return NULL;
+    return PyFloat_FromDouble(a.value);
+}
+
+static PyObject *check_bool(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    bool_arg a = {NULL, 0};
+    PyObject *value;
+    if (!PyArg_ParseTuple(args, "Os", &value, &a.name) || !conv_bool(value, &a)) return NULL;
+    return PyBool_FromLong(a.value);
+}
+
+static PyObject *check_seed(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    seed_arg a = {NULL, 0};
+    PyObject *value;
+    if (!PyArg_ParseTuple(args, "Os", &value, &a.name) || !conv_seed(value, &a)) return NULL;
+    return PyLong_FromUnsignedLongLong(a.value);
 }
 
 /* ---- array checks ---- */
@@ -185,6 +409,17 @@ static int check_vector(PyArrayObject *theta, size_t P, const char *name)
 
 static int check_theta(PyArrayObject *theta, size_t P) { return check_vector(theta, P, "theta"); }
 
+/* A result the core computed from finite inputs may still overflow (X around 1e300 makes the
+ * scores, outputs or squared errors infinite): -1 with FloatingPointError rather than an inf or
+ * NaN returned silently. what: the call; values: (count,). */
+static int check_result(const char *what, const double *values, size_t count)
+{
+    if (first_non_finite(values, count) == count) return 0;
+    PyErr_Format(PyExc_FloatingPointError, "%s: the result overflowed to inf or NaN for these "
+                 "inputs (finite, but too large for float64 arithmetic: rescale X)", what);
+    return -1;
+}
+
 /* ---- the Layer type: one MoE layer's configuration and its workspace ---- */
 
 typedef struct {
@@ -193,59 +428,56 @@ typedef struct {
     mt_moe_layout layout;
     mt_moe_workspace *ws;
     int busy; /* set while a call runs without the GIL: a second thread gets an error, not a race */
+    int initialised; /* __init__ succeeded (it runs once: the workspace may be in use) */
 } LayerObject;
-
-static int lookup(const char *const *names, size_t count, const char *name)
-{
-    for (size_t i = 0; i < count; i++)
-        if (!strcmp(names[i], name)) return (int)i;
-    return -1;
-}
 
 static int Layer_init(LayerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"d_in", "n_experts", "expert", "hidden", "activation", "gate",
                              "top_k", "temperature", "gate_activation", "groups", "d_out",
                              "bias", "normalize", "depth", NULL};
-    Py_ssize_t d_in, E, hidden, top_k, groups, d_out, depth = 1;
-    const char *expert, *act, *gate, *gate_act;
-    double temperature;
-    int bias, normalize = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnsnssndsnnp|pn", kwlist, &d_in, &E, &expert,
-                                     &hidden, &act, &gate, &top_k, &temperature, &gate_act,
-                                     &groups, &d_out, &bias, &normalize, &depth))
+    size_arg d_in = {"d_in", 0}, E = {"n_experts", 0}, hidden = {"hidden", 0};
+    size_arg d_out = {"d_out", 1}, depth = {"depth", 1};
+    opt_size_arg top_k = {"top_k", 0, 0}, groups = {"groups", 0, 0};
+    name_arg expert = {"expert", mt_expert_names, MT_EXPERT_COUNT, 0};
+    name_arg act = {"activation", mt_act_names, MT_ACT_COUNT, 0};
+    name_arg gate = {"gate", mt_gate_names, MT_GATE_COUNT, 0};
+    name_arg gate_act = {"gate_activation", mt_act_names, MT_ACT_COUNT, MT_ACT_IDENTITY};
+    real_arg temperature = {"temperature", 1.0};
+    bool_arg bias = {"bias", 1}, normalize = {"normalize", 0};
+    PyObject *gate_act_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kw, "O&O&O&O&O&O&O&O&OO&O&O&|O&O&", kwlist, conv_size, &d_in, conv_size, &E,
+            conv_name, &expert, conv_size, &hidden, conv_name, &act, conv_name, &gate,
+            conv_opt_size, &top_k, conv_real, &temperature, &gate_act_obj, conv_opt_size,
+            &groups, conv_size, &d_out, conv_bool, &bias, conv_bool, &normalize, conv_size,
+            &depth))
         return -1;
-    int ie = lookup(EXPERT_NAMES, 2, expert), ia = lookup(ACT_NAMES, MT_ACT_COUNT, act);
-    int ig = lookup(GATE_NAMES, 5, gate), iga = lookup(ACT_NAMES, MT_ACT_COUNT, gate_act);
-    if (ie < 0 || ia < 0 || ig < 0 || iga < 0 || d_in < 1 || E < 1 || hidden < 0 || top_k < 0 ||
-        groups < 0 || d_out < 1) {
-        PyErr_SetString(PyExc_ValueError, "invalid MoE configuration (names or sizes)");
+    if (self->initialised) {
+        PyErr_SetString(PyExc_RuntimeError, "Layer is already initialised");
         return -1;
     }
-    if (depth < 1) {
-        PyErr_Format(PyExc_ValueError, "depth must be a positive integer (>= 1), got %zd", depth);
-        return -1;
-    }
-    if (ie == MT_EXPERT_LINEAR && depth != 1) {
-        PyErr_Format(PyExc_ValueError, "depth applies to expert='ffn' only; linear experts "
-                     "need depth=1, got %zd", depth);
+    if (gate_act_obj != Py_None && !conv_name(gate_act_obj, &gate_act)) return -1;
+    /* 0 is the core's "no top-k"; a given top_k is a count of experts */
+    if (top_k.given && top_k.value == 0) {
+        PyErr_SetString(PyExc_ValueError, "top_k must satisfy 1 <= top_k <= n_experts (None for "
+                                          "no top-k), got 0");
         return -1;
     }
     mt_moe_config c = {
-        .d_in = (size_t)d_in, .n_experts = (size_t)E, .hidden = (size_t)hidden,
-        .depth = (size_t)depth, .d_out = (size_t)d_out, .groups = (size_t)groups,
-        .top_k = (size_t)top_k,
-        .gate = (mt_gate_kind)ig, .expert = (mt_expert_kind)ie, .activation = (mt_act)ia,
-        .gate_activation = (mt_act)iga, .temperature = temperature, .bias = bias,
-        .normalize = normalize};
-    if (mt_moe_config_check(&c) != MT_OK) {
-        PyErr_SetString(PyExc_ValueError, "invalid MoE configuration");
+        .d_in = d_in.value, .n_experts = E.value, .hidden = hidden.value, .depth = depth.value,
+        .d_out = d_out.value, .groups = groups.value, .top_k = top_k.value,
+        .gate = (mt_gate_kind)gate.value, .expert = (mt_expert_kind)expert.value,
+        .activation = (mt_act)act.value, .gate_activation = (mt_act)gate_act.value,
+        .temperature = temperature.value, .bias = bias.value, .normalize = normalize.value};
+    mt_why why = {0};
+    if (mt_moe_config_validate(&c, &why) != MT_OK) {
+        raise_status_why(MT_EINVAL, "Layer", &why);
         return -1;
     }
-    mt_moe_workspace_free(self->ws);
-    self->ws = NULL;
     self->cfg = c;
     mt_moe_layout_of(&self->layout, &c);
+    self->initialised = 1;
     return 0;
 }
 
@@ -318,8 +550,10 @@ fail:
 static PyObject *Layer_init_params(LayerObject *self, PyObject *args)
 {
     PyArrayObject *theta;
-    unsigned long long seed, stream = 0;
-    if (!PyArg_ParseTuple(args, "O!K|K", &PyArray_Type, &theta, &seed, &stream)) return NULL;
+    seed_arg seed = {"seed", 0}, stream = {"stream", 0};
+    if (!PyArg_ParseTuple(args, "O!O&|O&", &PyArray_Type, &theta, conv_seed, &seed, conv_seed,
+                          &stream))
+        return NULL;
     if (PyArray_TYPE(theta) != NPY_DOUBLE || PyArray_NDIM(theta) != 1 ||
         !PyArray_IS_C_CONTIGUOUS(theta) || !PyArray_ISWRITEABLE(theta) ||
         (size_t)PyArray_DIM(theta, 0) != self->layout.n_params) {
@@ -327,34 +561,20 @@ static PyObject *Layer_init_params(LayerObject *self, PyObject *args)
                      self->layout.n_params);
         return NULL;
     }
-    mt_status st = mt_moe_init(PyArray_DATA(theta), &self->cfg, seed, stream);
+    mt_status st = mt_moe_init(PyArray_DATA(theta), &self->cfg, seed.value, stream.value);
     if (st != MT_OK) return raise_status(st, "init");
-    Py_RETURN_NONE;
-}
-
-static PyObject *Layer_set_aux(LayerObject *self, PyObject *args)
-{
-    double sw, z;
-    if (!PyArg_ParseTuple(args, "dd", &sw, &z)) return NULL;
-    if (!(sw >= 0) || !isfinite(sw) || !(z >= 0) || !isfinite(z)) {
-        PyErr_Format(PyExc_ValueError,
-                     "aux_switch and aux_z must be finite numbers >= 0, got %g and %g", sw, z);
-        return NULL;
-    }
-    self->cfg.aux_switch = sw;
-    self->cfg.aux_z = z;
     Py_RETURN_NONE;
 }
 
 static PyObject *Layer_set_temperature(LayerObject *self, PyObject *arg)
 {
-    double t = PyFloat_AsDouble(arg);
-    if (t == -1.0 && PyErr_Occurred()) return NULL;
-    if (!(t > 0) || !isfinite(t)) {
-        PyErr_Format(PyExc_ValueError, "temperature must be a finite number > 0, got %R", arg);
-        return NULL;
-    }
-    self->cfg.temperature = t;
+    real_arg t = {"temperature", 0.0};
+    if (!conv_real(arg, &t)) return NULL;
+    mt_moe_config c = self->cfg;
+    c.temperature = t.value;
+    mt_why why = {0};
+    if (mt_moe_config_validate(&c, &why) != MT_OK) return raise_status_why(MT_EINVAL, "", &why);
+    self->cfg.temperature = t.value;
     Py_RETURN_NONE;
 }
 
@@ -384,6 +604,9 @@ static PyObject *Layer_forward(LayerObject *self, PyObject *args)
         raise_status(st, "forward");
         goto done;
     }
+    if (check_result("forward", PyArray_DATA(out), n * self->cfg.d_out) < 0 ||
+        check_result("forward", PyArray_DATA(gates), n * self->cfg.n_experts) < 0)
+        goto done;
     result = PyTuple_Pack(2, (PyObject *)out, (PyObject *)gates);
 done:
     Py_XDECREF(X);
@@ -396,7 +619,17 @@ static PyObject *Layer_loss_and_grad(LayerObject *self, PyObject *args)
 {
     PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
     PyArrayObject *X = NULL, *y = NULL, *grad = NULL;
-    if (!PyArg_ParseTuple(args, "O!OO", &PyArray_Type, &theta_obj, &X_obj, &y_obj)) return NULL;
+    real_arg aux_switch = {"aux_switch", 0.0}, aux_z = {"aux_z", 0.0};
+    if (!PyArg_ParseTuple(args, "O!OO|O&O&", &PyArray_Type, &theta_obj, &X_obj, &y_obj,
+                          conv_real, &aux_switch, conv_real, &aux_z))
+        return NULL;
+    /* the auxiliary losses are this call's arguments: the layer's config is never changed */
+    mt_moe_config cfg = self->cfg;
+    cfg.aux_switch = aux_switch.value;
+    cfg.aux_z = aux_z.value;
+    mt_why why = {0};
+    if (mt_moe_config_validate(&cfg, &why) != MT_OK)
+        return raise_status_why(MT_EINVAL, "loss_and_grad", &why);
     PyArrayObject *theta = (PyArrayObject *)theta_obj;
     if (check_theta(theta, self->layout.n_params) < 0) return NULL;
     X = as_inputs(X_obj, self->cfg.d_in);
@@ -411,13 +644,16 @@ static PyObject *Layer_loss_and_grad(LayerObject *self, PyObject *args)
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
     st = mt_moe_mse_loss_and_grad(&loss, PyArray_DATA(grad), PyArray_DATA(theta), PyArray_DATA(X),
-                                  PyArray_DATA(y), n, &self->cfg, self->ws);
+                                  PyArray_DATA(y), n, &cfg, self->ws);
     Py_END_ALLOW_THREADS
     self->busy = 0;
     if (st != MT_OK) {
         raise_status(st, "loss_and_grad");
         goto done;
     }
+    if (check_result("loss_and_grad", &loss, 1) < 0 ||
+        check_result("loss_and_grad", PyArray_DATA(grad), self->layout.n_params) < 0)
+        goto done;
     result = Py_BuildValue("(dO)", loss, (PyObject *)grad);
 done:
     Py_XDECREF(X);
@@ -436,14 +672,13 @@ static PyMethodDef Layer_methods[] = {
      "layout() -> list of (name, offset, shape) of the blocks of theta, in order."},
     {"init_params", (PyCFunction)Layer_init_params, METH_VARARGS,
      "init_params(theta, seed, stream=0): fill theta with the documented initialisation."},
-    {"set_aux", (PyCFunction)Layer_set_aux, METH_VARARGS,
-     "set_aux(switch, z): coefficients of the auxiliary router losses (0 = off)."},
     {"set_temperature", (PyCFunction)Layer_set_temperature, METH_O,
      "set_temperature(t): the temperature gate's temperature, t > 0."},
     {"forward", (PyCFunction)Layer_forward, METH_VARARGS,
      "forward(theta, X) -> (out (n, d_out), gates (n, E))."},
     {"loss_and_grad", (PyCFunction)Layer_loss_and_grad, METH_VARARGS,
-     "loss_and_grad(theta, X, y) -> (mse, grad (P,))."},
+     "loss_and_grad(theta, X, y, aux_switch=0, aux_z=0) -> (loss, grad (P,)): the mean squared "
+     "error plus the auxiliary router losses of these coefficients."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Layer_getset[] = {
@@ -504,11 +739,13 @@ static int ClusterTask_init(ClusterTaskObject *self, PyObject *args, PyObject *k
     static char *kwlist[] = {"centres", "w", "coef", "rho", "noise_sd", "w_g", "s", "g_coef",
                              NULL};
     PyObject *centres, *w, *coef, *w_g = Py_None, *s = Py_None, *g_coef = Py_None;
-    double rho, noise_sd = 0.0;
+    real_arg rho_arg = {"rho", 0.0}, noise_arg = {"noise_sd", 0.0};
     char text[80];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|dOOO", kwlist, &centres, &w, &coef, &rho,
-                                     &noise_sd, &w_g, &s, &g_coef))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO&|O&OOO", kwlist, &centres, &w, &coef,
+                                     conv_real, &rho_arg, conv_real, &noise_arg, &w_g, &s,
+                                     &g_coef))
         return -1;
+    const double rho = rho_arg.value, noise_sd = noise_arg.value;
     if (self->centres) {
         PyErr_SetString(PyExc_RuntimeError, "ClusterTask is already initialised");
         return -1;
@@ -592,14 +829,17 @@ static int cluster_ready(ClusterTaskObject *self)
 static PyObject *ClusterTask_draw(ClusterTaskObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"n", "seed", "stream", NULL};
-    Py_ssize_t n;
-    unsigned long long seed, stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nK|K", kwlist, &n, &seed, &stream)) return NULL;
+    size_arg n_arg = {"n", 0};
+    seed_arg seed = {"seed", 0}, stream = {"stream", 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&|O&", kwlist, conv_size, &n_arg, conv_seed,
+                                     &seed, conv_seed, &stream))
+        return NULL;
     if (cluster_ready(self) < 0) return NULL;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "n must be >= 0, got %zd", n);
+    if (n_arg.value > MT_MAX_SIZE) {
+        PyErr_Format(PyExc_ValueError, "n must be at most %zu, got %zu", MT_MAX_SIZE, n_arg.value);
         return NULL;
     }
+    const npy_intp n = (npy_intp)n_arg.value;
     npy_intp xs[2] = {n, (npy_intp)self->task.d}, ys[1] = {n};
     PyArrayObject *X = (PyArrayObject *)PyArray_SimpleNew(2, xs, NPY_DOUBLE);
     PyArrayObject *y = (PyArrayObject *)PyArray_SimpleNew(1, ys, NPY_DOUBLE);
@@ -607,7 +847,7 @@ static PyObject *ClusterTask_draw(ClusterTaskObject *self, PyObject *args, PyObj
     PyObject *result = NULL, *c64 = NULL;
     if (!X || !y || !c) goto done;
     mt_rng r;
-    mt_rng_init(&r, (uint64_t)seed, (uint64_t)stream);
+    mt_rng_init(&r, seed.value, stream.value);
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
     st = mt_cluster_draw(PyArray_DATA(X), PyArray_DATA(y), PyArray_DATA(c), &r, &self->task,
@@ -707,8 +947,9 @@ static int Stack_init(StackObject *self, PyObject *args, PyObject *kw)
             goto done;
         }
     }
-    if (mt_deep_config_check(&cfg) != MT_OK) {
-        PyErr_SetString(PyExc_ValueError, "invalid deep MoE configuration");
+    mt_why why = {0};
+    if (mt_deep_config_validate(&cfg, &why) != MT_OK) {
+        raise_status_why(MT_EINVAL, "Stack", &why);
         goto done;
     }
     mt_deep_workspace_free(self->ws);
@@ -795,8 +1036,8 @@ fail:
 static PyObject *Stack_init_params(StackObject *self, PyObject *args)
 {
     PyArrayObject *theta;
-    unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "O!K", &PyArray_Type, &theta, &seed)) return NULL;
+    seed_arg seed = {"seed", 0};
+    if (!PyArg_ParseTuple(args, "O!O&", &PyArray_Type, &theta, conv_seed, &seed)) return NULL;
     if (PyArray_TYPE(theta) != NPY_DOUBLE || PyArray_NDIM(theta) != 1 ||
         !PyArray_IS_C_CONTIGUOUS(theta) || !PyArray_ISWRITEABLE(theta) ||
         (size_t)PyArray_DIM(theta, 0) != stack_params(self)) {
@@ -807,7 +1048,7 @@ static PyObject *Stack_init_params(StackObject *self, PyObject *args)
     double *p = PyArray_DATA(theta);
     for (size_t l = 0; l < self->cfg.n_layers; l++) {
         /* Layer l draws from stream l of the seed, so layers are independent. */
-        mt_status st = mt_moe_init(p + self->offsets[l], &self->cfg.layer[l], seed, l);
+        mt_status st = mt_moe_init(p + self->offsets[l], &self->cfg.layer[l], seed.value, l);
         if (st != MT_OK) return raise_status(st, "init");
     }
     Py_RETURN_NONE;
@@ -846,6 +1087,10 @@ static PyObject *Stack_forward(StackObject *self, PyObject *args)
         raise_status(st, "forward");
         goto done;
     }
+    if (check_result("forward", PyArray_DATA(out), n * stack_d_out(self)) < 0) goto done;
+    for (size_t l = 0; l < self->cfg.n_layers; l++)
+        if (check_result("forward", gate_ptrs[l], n * self->cfg.layer[l].n_experts) < 0)
+            goto done;
     result = PyTuple_Pack(2, (PyObject *)out, gate_list);
 done:
     Py_XDECREF(X);
@@ -880,6 +1125,9 @@ static PyObject *Stack_loss_and_grad(StackObject *self, PyObject *args)
         raise_status(st, "loss_and_grad");
         goto done;
     }
+    if (check_result("loss_and_grad", &loss, 1) < 0 ||
+        check_result("loss_and_grad", PyArray_DATA(grad), stack_params(self)) < 0)
+        goto done;
     result = Py_BuildValue("(dO)", loss, (PyObject *)grad);
 done:
     Py_XDECREF(X);
@@ -1004,11 +1252,6 @@ static int online_parse(online_spec *o, mt_train_data *data, PyObject *source, P
         return -1;
     }
     d_in = T->cfg.d_in;
-    if (input < 0 || input > MT_INPUT_GRID) {
-        PyErr_Format(PyExc_ValueError, "input must be 0 (gaussian), 1 (mixture), 2 (uniform) or "
-                     "3 (grid), got %d", input);
-        return -1;
-    }
     if (!(isfinite(noise_sd) && noise_sd >= 0)) {
         PyErr_Format(PyExc_ValueError, "noise_sd must be a finite number >= 0, got %g", noise_sd);
         return -1;
@@ -1025,7 +1268,7 @@ static int online_parse(online_spec *o, mt_train_data *data, PyObject *source, P
         return -1;
     }
     if (input == MT_INPUT_GRID && d_in != 1) {
-        PyErr_Format(PyExc_ValueError, "input 3 (grid) needs a teacher with d_in = 1, got %zu",
+        PyErr_Format(PyExc_ValueError, "input 'grid' needs a teacher with d_in = 1, got %zu",
                      d_in);
         return -1;
     }
@@ -1114,22 +1357,42 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
                              "scale", "centres", "weights", "noise_sd", "batch_size", "lr_scale",
                              "seed", "project", "optimizer", "lr", "momentum", "beta1", "beta2",
                              "eps", "weight_decay", "decoupled", "schedule", "step_size", "gamma",
-                             "total_steps", "lr_min", "t0", "source", "low", "high", NULL};
-    PyObject *layer, *theta, *X = Py_None, *y = Py_None, *teacher = Py_None, *teacher_theta = Py_None;
-    PyObject *source = Py_None;
+                             "total_steps", "lr_min", "t0", "source", "low", "high",
+                             "aux_switch", "aux_z", NULL};
+    PyObject *layer, *theta, *X = Py_None, *y = Py_None, *teacher = Py_None;
+    PyObject *teacher_theta = Py_None, *source = Py_None;
     PyObject *centres = Py_None, *weights = Py_None, *lr_scale = Py_None;
-    int input = 0, project = 0, kind = 0, decoupled = 0, schedule = 0;
-    double scale = 1.0, noise_sd = 0.0, lr = 1e-3, momentum = 0.0, beta1 = 0.9, beta2 = 0.999;
-    double eps = 1e-8, wd = 0.0, gamma = 1.0, lr_min = 0.0, t0 = 1.0, low = -1.0, high = 1.0;
-    Py_ssize_t batch = 0, step_size = 1, total_steps = 1;
-    unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|OOOOidOOdnOKpiddddddpindnddOdd", kwlist,
-                                     &layer, &PyArray_Type, &theta, &X, &y, &teacher,
-                                     &teacher_theta, &input, &scale, &centres, &weights, &noise_sd,
-                                     &batch, &lr_scale, &seed, &project, &kind, &lr, &momentum,
-                                     &beta1, &beta2, &eps, &wd, &decoupled, &schedule, &step_size,
-                                     &gamma, &total_steps, &lr_min, &t0, &source, &low, &high))
+    name_arg input_arg = {"input", mt_input_names, MT_INPUT_COUNT, MT_INPUT_GAUSSIAN};
+    name_arg kind_arg = {"optimizer", mt_opt_names, MT_OPT_COUNT, MT_OPT_SGD};
+    name_arg schedule_arg = {"schedule", mt_schedule_names, MT_SCHEDULE_COUNT, MT_LR_CONSTANT};
+    bool_arg project_arg = {"project", 0}, decoupled_arg = {"decoupled", 0};
+    real_arg scale_arg = {"scale", 1.0}, noise_arg = {"noise_sd", 0.0}, lr_arg = {"lr", 1e-3};
+    real_arg momentum_arg = {"momentum", 0.0}, beta1_arg = {"beta1", 0.9};
+    real_arg beta2_arg = {"beta2", 0.999}, eps_arg = {"eps", 1e-8};
+    real_arg wd_arg = {"weight_decay", 0.0}, gamma_arg = {"gamma", 1.0};
+    real_arg lr_min_arg = {"lr_min", 0.0}, t0_arg = {"t0", 1.0};
+    real_arg low_arg = {"low", -1.0}, high_arg = {"high", 1.0};
+    size_arg batch_arg = {"batch_size", 0}, step_size_arg = {"step_size", 1};
+    size_arg total_steps_arg = {"total_steps", 1};
+    seed_arg seed_arg_ = {"seed", 0};
+    real_arg aux_switch = {"aux_switch", 0.0}, aux_z = {"aux_z", 0.0};
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kw, "OO!|OOOOO&O&OOO&O&OO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&O&OO&O&O&O&", kwlist,
+            &layer, &PyArray_Type, &theta, &X, &y, &teacher, &teacher_theta, conv_name,
+            &input_arg, conv_real, &scale_arg, &centres, &weights, conv_real, &noise_arg,
+            conv_size, &batch_arg, &lr_scale, conv_seed, &seed_arg_, conv_bool, &project_arg,
+            conv_name, &kind_arg, conv_real, &lr_arg, conv_real, &momentum_arg, conv_real,
+            &beta1_arg, conv_real, &beta2_arg, conv_real, &eps_arg, conv_real, &wd_arg,
+            conv_bool, &decoupled_arg, conv_name, &schedule_arg, conv_size, &step_size_arg,
+            conv_real, &gamma_arg, conv_size, &total_steps_arg, conv_real, &lr_min_arg,
+            conv_real, &t0_arg, &source, conv_real, &low_arg, conv_real, &high_arg, conv_real,
+            &aux_switch, conv_real, &aux_z))
         return -1;
+    const int input = input_arg.value, project = project_arg.value;
+    const double scale = scale_arg.value, noise_sd = noise_arg.value;
+    const double low = low_arg.value, high = high_arg.value;
+    const size_t batch = batch_arg.value;
+    const uint64_t seed = seed_arg_.value;
     if (self->init_called) {
         PyErr_SetString(PyExc_RuntimeError, "Trainer is already initialised");
         return -1;
@@ -1158,10 +1421,6 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "theta must be writable");
         return -1;
     }
-    if (batch < 0 || step_size < 1 || total_steps < 1) {
-        PyErr_SetString(PyExc_ValueError, "batch_size, step_size and total_steps must be positive");
-        return -1;
-    }
     mt_train_data data = {0};
     char text[80];
     int online = teacher != Py_None || source != Py_None;
@@ -1183,8 +1442,8 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         npy_intp n = PyArray_DIM(self->X, 0);
         self->y = as_targets(y, (size_t)n, d_out);
         if (!self->y) return -1;
-        if ((size_t)batch > (size_t)n) {
-            PyErr_Format(PyExc_ValueError, "batch_size must be at most n = %zd, got %zd",
+        if (batch > (size_t)n) {
+            PyErr_Format(PyExc_ValueError, "batch_size must be at most n = %zd, got %zu",
                          (Py_ssize_t)n, batch);
             return -1;
         }
@@ -1197,6 +1456,18 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         snprintf(text, sizeof text, "(%zu,)", P);
         self->lr_scale = as_float_array(lr_scale, "lr_scale", 1, ps, text);
         if (!self->lr_scale) return -1;
+        const double *f = PyArray_DATA(self->lr_scale);
+        for (size_t i = 0; i < P; i++)
+            if (!(f[i] >= 0)) {
+                PyErr_Format(PyExc_ValueError, "lr_scale must be >= 0, got %g at index %zu", f[i],
+                             i);
+                return -1;
+            }
+    }
+    if (K && (aux_switch.value != 0 || aux_z.value != 0)) {
+        PyErr_SetString(PyExc_ValueError, "aux_switch and aux_z apply to MoE layers only, not "
+                                          "to deep stacks");
+        return -1;
     }
     if (K && project) {
         PyErr_SetString(PyExc_ValueError, "project='sphere' is not available for deep stacks");
@@ -1208,6 +1479,13 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
     if (L) {
         self->layer = L;
         self->ctx.cfg = L->cfg;
+        self->ctx.cfg.aux_switch = aux_switch.value;
+        self->ctx.cfg.aux_z = aux_z.value;
+        mt_why aux_why = {0};
+        if (mt_moe_config_validate(&self->ctx.cfg, &aux_why) != MT_OK) {
+            raise_status_why(MT_EINVAL, "Trainer", &aux_why);
+            return -1;
+        }
         self->ctx.project_sphere = project;
         mt_moe_as_model(&self->model, &self->ctx);
     } else {
@@ -1215,18 +1493,26 @@ static int Trainer_init(TrainerObject *self, PyObject *args, PyObject *kw)
         self->deep_ctx.cfg = K->cfg;
         mt_deep_as_model(&self->model, &self->deep_ctx);
     }
-    self->batch = batch ? (size_t)batch : data.n;
-    mt_opt_config opt = {.kind = (mt_opt_kind)kind, .lr = lr, .momentum = momentum,
-                         .beta1 = beta1, .beta2 = beta2, .eps = eps, .weight_decay = wd,
-                         .decoupled_decay = decoupled, .schedule = (mt_lr_schedule)schedule,
-                         .step_size = (size_t)step_size, .gamma = gamma,
-                         .total_steps = (size_t)total_steps, .lr_min = lr_min, .t0 = t0};
-    if (mt_opt_config_check(&opt) != MT_OK) {
-        PyErr_SetString(PyExc_ValueError, "invalid optimizer settings (learning rate, momentum, "
-                                          "betas, eps, weight decay or schedule out of range)");
+    self->batch = batch ? batch : data.n;
+    mt_opt_config opt = {.kind = (mt_opt_kind)kind_arg.value, .lr = lr_arg.value,
+                         .momentum = momentum_arg.value, .beta1 = beta1_arg.value,
+                         .beta2 = beta2_arg.value, .eps = eps_arg.value,
+                         .weight_decay = wd_arg.value, .decoupled_decay = decoupled_arg.value,
+                         .schedule = (mt_lr_schedule)schedule_arg.value,
+                         .step_size = step_size_arg.value, .gamma = gamma_arg.value,
+                         .total_steps = total_steps_arg.value, .lr_min = lr_min_arg.value,
+                         .t0 = t0_arg.value};
+    mt_why why = {0};
+    if (mt_opt_config_validate(&opt, &why) != MT_OK) {
+        raise_status_why(MT_EINVAL, "optimizer", &why);
         return -1;
     }
-    mt_status st = mt_trainer_alloc(&self->trainer, &self->model, &opt, &data, (size_t)batch,
+    if (self->batch > MT_MAX_SIZE) {
+        PyErr_Format(PyExc_ValueError, "batch_size must be at most %zu, got %zu", MT_MAX_SIZE,
+                     self->batch);
+        return -1;
+    }
+    mt_status st = mt_trainer_alloc(&self->trainer, &self->model, &opt, &data, batch,
                                     self->lr_scale ? PyArray_DATA(self->lr_scale) : NULL, seed);
     if (st != MT_OK) {
         raise_status(st, "trainer");
@@ -1250,15 +1536,26 @@ static int budget_spent(void *ctx)
            (now.tv_sec == b->deadline.tv_sec && now.tv_nsec >= b->deadline.tv_nsec);
 }
 
+/* The most a chunk runs: a year of wall time, and 2**20 steps (its losses take 8 MiB). */
+#define MAX_CHUNK_SECONDS 3.15e7
+#define MAX_CHUNK_STEPS ((size_t)1 << 20)
+
 static PyObject *Trainer_run(TrainerObject *self, PyObject *args)
 {
-    Py_ssize_t steps;
-    double seconds;
-    if (!PyArg_ParseTuple(args, "nd", &steps, &seconds)) return NULL;
-    if (steps < 0) {
-        PyErr_SetString(PyExc_ValueError, "steps must be >= 0");
+    size_arg steps_arg = {"steps", 0};
+    real_arg seconds_arg = {"chunk_seconds", 0.0};
+    if (!PyArg_ParseTuple(args, "O&O&", conv_size, &steps_arg, conv_real, &seconds_arg))
+        return NULL;
+    const double seconds = seconds_arg.value;
+    /* finite: the deadline is a time_t, and casting an infinity to it is undefined */
+    if (!(seconds >= 0) || !(seconds <= MAX_CHUNK_SECONDS)) {
+        PyErr_Format(PyExc_ValueError, "chunk_seconds must be a number in [0, %g] (0: no limit), "
+                     "got %g", MAX_CHUNK_SECONDS, seconds);
         return NULL;
     }
+    /* a chunk's losses are one array: a huge step count runs as several chunks instead */
+    const Py_ssize_t steps = (Py_ssize_t)(steps_arg.value < MAX_CHUNK_STEPS ? steps_arg.value
+                                                                            : MAX_CHUNK_STEPS);
     size_t P = self->layer ? self->layer->layout.n_params : stack_params(self->stack);
     if (check_theta(self->theta, P) < 0) return NULL;
     npy_intp ls[1] = {steps};
@@ -1336,8 +1633,9 @@ static PyObject *Trainer_get_steps(TrainerObject *self, void *Py_UNUSED(closure)
 
 static PyMethodDef Trainer_methods[] = {
     {"run", (PyCFunction)Trainer_run, METH_VARARGS,
-     "run(steps, seconds) -> losses: up to `steps` steps, stopping early once `seconds` of wall "
-     "time are spent (0 = no limit); returns the losses of the steps done."},
+     "run(steps, chunk_seconds) -> losses: up to `steps` steps (at most 2**20 per call), "
+     "stopping early once `chunk_seconds` of wall time are spent (0 = no limit); returns the "
+     "losses of the steps done."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Trainer_getset[] = {
@@ -1370,26 +1668,32 @@ static PyObject *draw(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
     PyObject *teacher = Py_None, *teacher_theta = Py_None, *centres = Py_None;
     PyObject *weights = Py_None, *source = Py_None, *result = NULL;
     PyArrayObject *X = NULL, *y = NULL;
-    Py_ssize_t n;
-    int input = 0, busy = 0;
-    double scale = 1.0, low = -1.0, high = 1.0, noise_sd = 0.0;
-    unsigned long long seed = 0, stream = 0;
+    int busy = 0;
+    size_arg n_arg = {"n", 0};
+    name_arg input_arg = {"input", mt_input_names, MT_INPUT_COUNT, MT_INPUT_GAUSSIAN};
+    real_arg scale = {"scale", 1.0}, low = {"low", -1.0}, high = {"high", 1.0};
+    real_arg noise_sd = {"noise_sd", 0.0};
+    seed_arg seed = {"seed", 0}, stream = {"stream", 0};
     online_spec o = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "n|OOidddOOdOKK", kwlist, &n, &teacher,
-                                     &teacher_theta, &input, &scale, &low, &high, &centres,
-                                     &weights, &noise_sd, &source, &seed, &stream))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|OOO&O&O&O&OOO&OO&O&", kwlist, conv_size,
+                                     &n_arg, &teacher, &teacher_theta, conv_name, &input_arg,
+                                     conv_real, &scale, conv_real, &low, conv_real, &high,
+                                     &centres, &weights, conv_real, &noise_sd, &source, conv_seed,
+                                     &seed, conv_seed, &stream))
         return NULL;
-    if (n < 1) {
-        PyErr_Format(PyExc_ValueError, "n must be >= 1, got %zd", n);
+    if (n_arg.value < 1 || n_arg.value > MT_MAX_SIZE) {
+        PyErr_Format(PyExc_ValueError, "n must be an integer in [1, %zu], got %zu", MT_MAX_SIZE,
+                     n_arg.value);
         return NULL;
     }
+    const npy_intp n = (npy_intp)n_arg.value;
     if ((teacher == Py_None) == (source == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "draw needs exactly one of teacher and source");
         return NULL;
     }
     mt_train_data data = {0};
-    if (online_parse(&o, &data, source, teacher, teacher_theta, input, scale, low, high, centres,
-                     weights, noise_sd, 0, 0) < 0)
+    if (online_parse(&o, &data, source, teacher, teacher_theta, input_arg.value, scale.value,
+                     low.value, high.value, centres, weights, noise_sd.value, 0, 0) < 0)
         goto done;
     size_t d_in = o.source ? data.source->d_in : data.teacher->d_in;
     size_t d_out = o.source ? data.source->d_out : data.teacher->d_out;
@@ -1405,7 +1709,7 @@ static PyObject *draw(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
         o.teacher_ctx.ws = o.teacher->ws;
     }
     mt_rng r;
-    mt_rng_init(&r, (uint64_t)seed, (uint64_t)stream);
+    mt_rng_init(&r, seed.value, stream.value);
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
     st = mt_train_data_draw(PyArray_DATA(X), PyArray_DATA(y), &r, &data, (size_t)n, d_in, d_out);
@@ -1424,12 +1728,10 @@ done:
 }
 
 /* ---- EM ---- */
-/* em_fit and em_loglik: the softmax-gated Gaussian MoE EM of csrc/mt_em.h. The flat parameter
- * vector is mt_em.h's: beta0 (K,), beta1 (K, d), a (K, d), b (K,), [c (K,)], sigma2 (K,).
- * Arguments are checked here so that errors name the argument; the C core checks again. */
-
-static const char *const EM_EXPERT_NAMES[] = {"linear", "ffn"};
-static const char *const EM_ACT_NAMES[] = {"sigmoid", "tanh"};
+/* em_fit, em_loglik and em_sample: the softmax-gated Gaussian MoE EM of csrc/mt_em.h. The flat
+ * parameter vector is mt_em.h's: beta0 (K,), beta1 (K, d), a (K, d), b (K,), [c (K,)],
+ * sigma2 (K,). Arguments are checked here so that errors name the argument; sizes and options
+ * by the core's own checks (mt_em_check_sizes, mt_em_options_validate). */
 
 /* Polled by mt_em_fit without the GIL every MT_EM_POLL_EVERY iterations: takes the GIL and
  * runs the Python signal handlers; a raised exception (KeyboardInterrupt) stays set in this
@@ -1442,35 +1744,38 @@ static int em_poll_signals(void *Py_UNUSED(ctx))
     return stop;
 }
 
-/* Shared parsing of (theta, X, y, K, expert, act, outer_scale): fills opt's model fields and
- * returns 0, or sets an exception and returns -1. *theta_out, *X_out, *y_out: new references.
+/* The model arguments every EM call takes, as converters fill them. */
+typedef struct {
+    size_arg K;
+    name_arg expert, act;
+    bool_arg outer_scale;
+} em_model_args;
+
+#define EM_MODEL_ARGS_INIT                                                                     \
+    {{"K", 0}, {"expert", mt_em_expert_names, MT_EM_EXPERT_COUNT, MT_EM_LINEAR},               \
+     {"act", mt_em_act_names, MT_EM_ACT_COUNT, MT_EM_SIGMOID}, {"outer_scale", 0}}
+
+/* Shared checks of (theta, X, y) for the model args m: fills opt's model fields and returns 0,
+ * or sets an exception and returns -1. *theta_out, *X_out, *y_out: new references.
  * y_obj == NULL (em_sample: no data y, y is drawn): *y_out stays NULL and sigma2 may be 0. */
-static int em_parse(PyObject *theta_obj, PyObject *X_obj, PyObject *y_obj, Py_ssize_t K,
-                    const char *expert, const char *act, int outer_scale, mt_em_options *opt,
+static int em_parse(PyObject *theta_obj, const char *theta_name, PyObject *X_obj,
+                    PyObject *y_obj, const em_model_args *m, mt_em_options *opt,
                     PyArrayObject **theta_out, PyArrayObject **X_out, PyArrayObject **y_out)
 {
     *theta_out = *X_out = *y_out = NULL;
-    int ie = lookup(EM_EXPERT_NAMES, 2, expert), ia = lookup(EM_ACT_NAMES, 2, act);
-    if (ie < 0) {
-        PyErr_Format(PyExc_ValueError, "expert must be 'linear' or 'ffn', got '%s'", expert);
-        return -1;
-    }
-    if (ia < 0) {
-        PyErr_Format(PyExc_ValueError, "act must be 'sigmoid' or 'tanh', got '%s'", act);
-        return -1;
-    }
-    if (outer_scale && ie != MT_EM_FFN) {
-        PyErr_SetString(PyExc_ValueError, "outer_scale needs expert='ffn'");
-        return -1;
-    }
-    if (K < 1) {
-        PyErr_Format(PyExc_ValueError, "K must be >= 1, got %zd", K);
-        return -1;
-    }
+    opt->expert = (mt_em_expert)m->expert.value;
+    opt->act = (mt_em_act)m->act.value;
+    opt->outer_scale = m->outer_scale.value;
+    mt_why why = {0};
+    if (mt_em_options_validate(opt, &why) != MT_OK) return raise_status_why(MT_EINVAL, "", &why), -1;
     npy_intp xs[2] = {-1, -1};
     *X_out = as_float_array(X_obj, "X", 2, xs, "(n, d)");
     if (!*X_out) return -1;
-    size_t n = (size_t)PyArray_DIM(*X_out, 0), d = (size_t)PyArray_DIM(*X_out, 1);
+    const size_t n = (size_t)PyArray_DIM(*X_out, 0), d = (size_t)PyArray_DIM(*X_out, 1);
+    const size_t K = m->K.value;
+    /* before any size is computed from d and K */
+    if (mt_em_check_sizes(n, d, K, &why) != MT_OK)
+        return raise_status_why(MT_EINVAL, "", &why), -1;
     char text[80];
     npy_intp ys[1] = {(npy_intp)n};
     snprintf(text, sizeof text, "(%zu,)", n);
@@ -1478,89 +1783,90 @@ static int em_parse(PyObject *theta_obj, PyObject *X_obj, PyObject *y_obj, Py_ss
         *y_out = as_float_array(y_obj, "y", 1, ys, text);
         if (!*y_out) return -1;
     }
-    size_t P = mt_em_params_size(d, (size_t)K, outer_scale);
+    const int outer_scale = opt->outer_scale;
+    size_t P = mt_em_params_size(d, K, outer_scale);
     npy_intp ts[1] = {(npy_intp)P};
     snprintf(text, sizeof text, "(%zu,) = (K (2 d + 3)%s,)", P, outer_scale ? " + K" : "");
-    *theta_out = as_float_array(theta_obj, "theta", 1, ts, text);
+    *theta_out = as_float_array(theta_obj, theta_name, 1, ts, text);
     if (!*theta_out) return -1;
     mt_em_params p;
-    mt_em_params_view(&p, PyArray_DATA(*theta_out), d, (size_t)K, outer_scale);
-    for (size_t k = 0; k < (size_t)K; k++) {
+    mt_em_params_view(&p, PyArray_DATA(*theta_out), d, K, outer_scale);
+    for (size_t k = 0; k < K; k++) {
         if (!(p.sigma2[k] > 0 || (!y_obj && p.sigma2[k] == 0))) {
-            PyErr_Format(PyExc_ValueError, "theta: sigma2[%zu] must be %s, got %g", k,
+            PyErr_Format(PyExc_ValueError, "%s: sigma2[%zu] must be %s, got %g", theta_name, k,
                          y_obj ? "> 0" : ">= 0", p.sigma2[k]);
             return -1;
         }
     }
     int ref_ok = p.beta0[K - 1] == 0.0;
-    for (size_t j = 0; j < d; j++) ref_ok = ref_ok && p.beta1[(size_t)(K - 1) * d + j] == 0.0;
+    for (size_t j = 0; j < d; j++) ref_ok = ref_ok && p.beta1[(K - 1) * d + j] == 0.0;
     if (!ref_ok) {
-        PyErr_SetString(PyExc_ValueError, "theta: the reference gate row (beta0[K-1], "
-                                          "beta1[K-1]) must be zero");
+        PyErr_Format(PyExc_ValueError, "%s: the reference gate row (beta0[K-1], beta1[K-1]) "
+                     "must be zero", theta_name);
         return -1;
     }
-    opt->expert = (mt_em_expert)ie;
-    opt->act = (mt_em_act)ia;
-    opt->outer_scale = outer_scale;
+    return 0;
+}
+
+/* A count option of mt_em_options (an int in C). */
+static int em_count(int *out, const size_arg *a)
+{
+    if (a->value > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s must be at most %d, got %zu", a->name, INT_MAX,
+                     a->value);
+        return -1;
+    }
+    *out = (int)a->value;
     return 0;
 }
 
 static PyObject *em_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"theta", "X", "y", "K", "expert", "act", "outer_scale", "max_iter",
-                             "tol", "gate_steps", "expert_steps", NULL};
+                             "tol", "gate_steps", "expert_steps", "theta_name", NULL};
     PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
     PyArrayObject *theta = NULL, *X = NULL, *y = NULL, *fitted = NULL, *trace = NULL;
+    PyArrayObject *flags = NULL;
     PyObject *trace_done = NULL;
     mt_em_workspace *ws = NULL;
-    Py_ssize_t K;
-    const char *expert = "linear", *act = "sigmoid";
-    int outer_scale = 0, max_iter = 2000, gate_steps = MT_EM_GATE_STEPS;
-    int expert_steps = MT_EM_EXPERT_STEPS;
-    double tol = 1e-6;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOn|sspidii", kwlist, &theta_obj, &X_obj,
-                                     &y_obj, &K, &expert, &act, &outer_scale, &max_iter, &tol,
-                                     &gate_steps, &expert_steps))
+    em_model_args ma = EM_MODEL_ARGS_INIT;
+    size_arg max_iter = {"max_iter", 2000}, gate_steps = {"gate_steps", MT_EM_GATE_STEPS};
+    size_arg expert_steps = {"expert_steps", MT_EM_EXPERT_STEPS};
+    real_arg tol = {"tol", 1e-6};
+    const char *theta_name = "theta";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO&|O&O&O&O&O&O&O&s", kwlist, &theta_obj,
+                                     &X_obj, &y_obj, conv_size, &ma.K, conv_name, &ma.expert,
+                                     conv_name, &ma.act, conv_bool, &ma.outer_scale, conv_size,
+                                     &max_iter, conv_real, &tol, conv_size, &gate_steps,
+                                     conv_size, &expert_steps, &theta_name))
         return NULL;
     mt_em_options opt;
     mt_em_options_default(&opt);
-    if (max_iter < 1) {
-        PyErr_Format(PyExc_ValueError, "max_iter must be >= 1, got %d", max_iter);
+    if (em_count(&opt.max_iter, &max_iter) < 0 || em_count(&opt.gate_steps, &gate_steps) < 0 ||
+        em_count(&opt.expert_steps, &expert_steps) < 0)
         return NULL;
-    }
-    if (!(tol >= 0) || !isfinite(tol)) {
-        PyErr_Format(PyExc_ValueError, "tol must be a finite number >= 0, got %g", tol);
-        return NULL;
-    }
-    if (gate_steps < 0 || expert_steps < 0) {
-        PyErr_Format(PyExc_ValueError, "gate_steps and expert_steps must be >= 0, got %d and %d",
-                     gate_steps, expert_steps);
-        return NULL;
-    }
-    if (em_parse(theta_obj, X_obj, y_obj, K, expert, act, outer_scale, &opt, &theta, &X, &y) < 0)
-        goto done;
-    opt.max_iter = max_iter;
-    opt.tol = tol;
-    opt.gate_steps = gate_steps;
-    opt.expert_steps = expert_steps;
+    opt.tol = tol.value;
+    if (em_parse(theta_obj, theta_name, X_obj, y_obj, &ma, &opt, &theta, &X, &y) < 0) goto done;
     opt.interrupt = em_poll_signals;
-    size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1);
+    const size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1), K = ma.K.value;
     /* the fit works on a copy: the caller's theta is never written */
     fitted = (PyArrayObject *)PyArray_NewCopy(theta, NPY_CORDER);
-    npy_intp trs[1] = {(npy_intp)max_iter};
+    npy_intp trs[1] = {(npy_intp)opt.max_iter}, fs[1] = {(npy_intp)K};
     trace = (PyArrayObject *)PyArray_SimpleNew(1, trs, NPY_DOUBLE);
-    if (!fitted || !trace) goto done;
-    mt_status st = mt_em_workspace_alloc(&ws, n, d, (size_t)K);
+    flags = (PyArrayObject *)PyArray_SimpleNew(1, fs, NPY_INT);
+    if (!fitted || !trace || !flags) goto done;
+    mt_status st = mt_em_workspace_alloc(&ws, n, d, K);
     if (st != MT_OK) {
         raise_status(st, "em_fit workspace");
         goto done;
     }
     mt_em_params p;
-    mt_em_params_view(&p, PyArray_DATA(fitted), d, (size_t)K, outer_scale);
+    mt_em_params_view(&p, PyArray_DATA(fitted), d, K, opt.outer_scale);
     int n_iter = 0, converged = 0;
     Py_BEGIN_ALLOW_THREADS
     st = mt_em_fit(&p, PyArray_DATA(trace), &n_iter, &converged, PyArray_DATA(X),
-                   PyArray_DATA(y), n, d, (size_t)K, &opt, ws);
+                   PyArray_DATA(y), n, d, K, &opt, ws);
+    if (st == MT_OK) mt_em_degeneracy(PyArray_DATA(flags), &p, d, K, ws);
     Py_END_ALLOW_THREADS
     if (st != MT_OK) {
         if (st == MT_EINTERRUPTED && PyErr_Occurred()) goto done; /* the handler's exception */
@@ -1569,9 +1875,10 @@ static PyObject *em_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
     }
     trace_done = PySequence_GetSlice((PyObject *)trace, 0, (Py_ssize_t)n_iter);
     if (!trace_done) goto done;
-    result = Py_BuildValue("(NNiO)", (PyObject *)fitted,
+    result = Py_BuildValue("(NNiON)", (PyObject *)fitted,
                            PyArray_NewCopy((PyArrayObject *)trace_done, NPY_CORDER), n_iter,
-                           converged ? Py_True : Py_False);
+                           converged ? Py_True : Py_False,
+                           PyArray_Cast(flags, NPY_INT64));
     if (result) fitted = NULL; /* the tuple owns it now */
 done:
     mt_em_workspace_free(ws);
@@ -1580,6 +1887,7 @@ done:
     Py_XDECREF(y);
     Py_XDECREF(fitted);
     Py_XDECREF(trace);
+    Py_XDECREF(flags);
     Py_XDECREF(trace_done);
     return result;
 }
@@ -1590,31 +1898,29 @@ static PyObject *em_loglik(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
     PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
     PyArrayObject *theta = NULL, *X = NULL, *y = NULL, *resp = NULL;
     mt_em_workspace *ws = NULL;
-    Py_ssize_t K;
-    const char *expert = "linear", *act = "sigmoid";
-    int outer_scale = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOn|ssp", kwlist, &theta_obj, &X_obj, &y_obj,
-                                     &K, &expert, &act, &outer_scale))
+    em_model_args ma = EM_MODEL_ARGS_INIT;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO&|O&O&O&", kwlist, &theta_obj, &X_obj,
+                                     &y_obj, conv_size, &ma.K, conv_name, &ma.expert, conv_name,
+                                     &ma.act, conv_bool, &ma.outer_scale))
         return NULL;
     mt_em_options opt;
     mt_em_options_default(&opt);
-    if (em_parse(theta_obj, X_obj, y_obj, K, expert, act, outer_scale, &opt, &theta, &X, &y) < 0)
-        goto done;
-    size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1);
+    if (em_parse(theta_obj, "theta", X_obj, y_obj, &ma, &opt, &theta, &X, &y) < 0) goto done;
+    const size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1), K = ma.K.value;
     npy_intp rs[2] = {(npy_intp)n, (npy_intp)K};
     resp = (PyArrayObject *)PyArray_SimpleNew(2, rs, NPY_DOUBLE);
     if (!resp) goto done;
-    mt_status st = mt_em_workspace_alloc(&ws, n, d, (size_t)K);
+    mt_status st = mt_em_workspace_alloc(&ws, n, d, K);
     if (st != MT_OK) {
         raise_status(st, "em_loglik workspace");
         goto done;
     }
     mt_em_params p;
-    mt_em_params_view(&p, PyArray_DATA(theta), d, (size_t)K, outer_scale);
+    mt_em_params_view(&p, PyArray_DATA(theta), d, K, opt.outer_scale);
     double ll = 0.0;
     Py_BEGIN_ALLOW_THREADS
-    st = mt_em_loglik(&ll, PyArray_DATA(resp), &p, PyArray_DATA(X), PyArray_DATA(y), n, d,
-                      (size_t)K, &opt, ws);
+    st = mt_em_loglik(&ll, PyArray_DATA(resp), &p, PyArray_DATA(X), PyArray_DATA(y), n, d, K,
+                      &opt, ws);
     Py_END_ALLOW_THREADS
     if (st != MT_OK) {
         raise_status(st, "em_loglik");
@@ -1629,34 +1935,34 @@ done:
     Py_XDECREF(resp);
     return result;
 }
+
 static PyObject *em_sample(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"theta", "X", "K", "expert", "act", "outer_scale", "seed", "stream",
                              NULL};
     PyObject *theta_obj, *X_obj;
     PyArrayObject *theta = NULL, *X = NULL, *no_y = NULL, *y = NULL;
-    Py_ssize_t K;
-    const char *expert = "linear", *act = "sigmoid";
-    int outer_scale = 0;
-    unsigned long long seed = 0, stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOn|sspKK", kwlist, &theta_obj, &X_obj, &K,
-                                     &expert, &act, &outer_scale, &seed, &stream))
+    em_model_args ma = EM_MODEL_ARGS_INIT;
+    seed_arg seed = {"seed", 0}, stream = {"stream", 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO&|O&O&O&O&O&", kwlist, &theta_obj, &X_obj,
+                                     conv_size, &ma.K, conv_name, &ma.expert, conv_name, &ma.act,
+                                     conv_bool, &ma.outer_scale, conv_seed, &seed, conv_seed,
+                                     &stream))
         return NULL;
     mt_em_options opt;
     mt_em_options_default(&opt);
-    if (em_parse(theta_obj, X_obj, NULL, K, expert, act, outer_scale, &opt, &theta, &X, &no_y) < 0)
-        goto done;
-    size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1);
+    if (em_parse(theta_obj, "theta", X_obj, NULL, &ma, &opt, &theta, &X, &no_y) < 0) goto done;
+    const size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1), K = ma.K.value;
     npy_intp ys[1] = {(npy_intp)n};
     y = (PyArrayObject *)PyArray_SimpleNew(1, ys, NPY_DOUBLE);
     if (!y) goto done;
     mt_em_params p;
-    mt_em_params_view(&p, PyArray_DATA(theta), d, (size_t)K, outer_scale);
+    mt_em_params_view(&p, PyArray_DATA(theta), d, K, opt.outer_scale);
     mt_rng r;
-    mt_rng_init(&r, (uint64_t)seed, (uint64_t)stream);
+    mt_rng_init(&r, seed.value, stream.value);
     mt_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = mt_em_sample(PyArray_DATA(y), &r, &p, &opt, PyArray_DATA(X), n, d, (size_t)K);
+    st = mt_em_sample(PyArray_DATA(y), &r, &p, &opt, PyArray_DATA(X), n, d, K);
     Py_END_ALLOW_THREADS
     if (st != MT_OK) {
         raise_status(st, "em_sample");
@@ -1674,13 +1980,14 @@ done:
 
 static PyObject *set_num_threads(PyObject *Py_UNUSED(m), PyObject *arg)
 {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 1) {
-        PyErr_Format(PyExc_ValueError, "n_threads must be >= 1, got %ld", n);
+    size_arg n = {"n_threads", 0};
+    if (!conv_size(arg, &n)) return NULL;
+    if (n.value < 1 || n.value > 1024) {
+        PyErr_Format(PyExc_ValueError, "n_threads must be an integer in [1, 1024], got %zu",
+                     n.value);
         return NULL;
     }
-    mt_set_threads((int)n);
+    mt_set_threads((int)n.value);
     Py_RETURN_NONE;
 }
 
@@ -1690,6 +1997,19 @@ static PyObject *get_num_threads(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ign
 }
 
 static PyMethodDef module_methods[] = {
+    {"check_int", (PyCFunction)(void (*)(void))check_int, METH_VARARGS | METH_KEYWORDS,
+     "check_int(value, name, low=None, high=None) -> int: value as an int (a Python or NumPy "
+     "integer, not a bool, float or string) in [low, high], else TypeError or ValueError "
+     "naming `name`."},
+    {"check_real", check_real, METH_VARARGS,
+     "check_real(value, name) -> float: a Python or NumPy real number (not a bool or string), "
+     "else TypeError naming `name`; NaN and infinities pass (ranges are the user's rule)."},
+    {"check_bool", check_bool, METH_VARARGS,
+     "check_bool(value, name) -> bool: True, False, numpy.True_ or numpy.False_, else "
+     "TypeError naming `name`."},
+    {"check_seed", check_seed, METH_VARARGS,
+     "check_seed(value, name) -> int: an integer in [0, 2**64) (the one seed rule), else "
+     "TypeError or ValueError naming `name`."},
     {"set_num_threads", set_num_threads, METH_O,
      "Set the number of threads the core computes with (row blocks of a batch, and BLAS)."},
     {"get_num_threads", get_num_threads, METH_NOARGS,
@@ -1703,8 +2023,11 @@ static PyMethodDef module_methods[] = {
      "(csrc/mt_train.h, mt_train_data_draw, gives the draw order)."},
     {"em_fit", (PyCFunction)(void (*)(void))em_fit, METH_VARARGS | METH_KEYWORDS,
      "em_fit(theta, X, y, K, expert='linear', act='sigmoid', outer_scale=False, max_iter=2000, "
-     "tol=1e-6, gate_steps=5, expert_steps=5) -> (theta_fitted, trace (n_iter,), n_iter, "
-     "converged): EM for the softmax-gated Gaussian MoE (csrc/mt_em.h); theta is not modified."},
+     "tol=1e-6, gate_steps=5, expert_steps=5, theta_name='theta') -> (theta_fitted, "
+     "trace (n_iter,), n_iter, converged, flags (K,) int64): EM for the softmax-gated Gaussian "
+     "MoE (csrc/mt_em.h); theta is not modified; flags are each component's degeneracy bits "
+     "(1: variance at the floor, 2: empty), and a degenerate fit is not converged. theta_name: "
+     "what errors call theta."},
     {"em_loglik", (PyCFunction)(void (*)(void))em_loglik, METH_VARARGS | METH_KEYWORDS,
      "em_loglik(theta, X, y, K, expert='linear', act='sigmoid', outer_scale=False) -> "
      "(loglik, resp (n, K)): the summed log-likelihood and the responsibilities."},
@@ -1725,17 +2048,35 @@ static PyObject *names_tuple(const char *const *names, size_t count)
 {
     PyObject *t = PyTuple_New((Py_ssize_t)count);
     if (!t) return NULL;
-    for (size_t i = 0; i < count; i++)
-        PyTuple_SET_ITEM(t, (Py_ssize_t)i, PyUnicode_FromString(names[i]));
+    for (size_t i = 0; i < count; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (!name) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, name);
+    }
     return t;
+}
+
+/* module.name = value, stealing value (NULL: the error of making it). */
+static int add_object(PyObject *m, const char *name, PyObject *value)
+{
+    if (!value || PyModule_AddObject(m, name, value) < 0) {
+        Py_XDECREF(value);
+        return -1;
+    }
+    return 0;
 }
 
 PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
+    /* the default thread count, fixed now: BLAS's count is the cores it found until some
+     * call's parallel section changes it */
+    mt_threads_init();
     if (PyType_Ready(&LayerType) < 0 || PyType_Ready(&TrainerType) < 0 ||
-        PyType_Ready(&StackType) < 0 ||
-        PyType_Ready(&ClusterTaskType) < 0)
+        PyType_Ready(&StackType) < 0 || PyType_Ready(&ClusterTaskType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
@@ -1743,14 +2084,20 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&TrainerType);
     Py_INCREF(&ClusterTaskType);
     Py_INCREF(&StackType);
-    if (PyModule_AddObject(m, "Layer", (PyObject *)&LayerType) < 0 ||
-        PyModule_AddObject(m, "Stack", (PyObject *)&StackType) < 0 ||
-        PyModule_AddObject(m, "Trainer", (PyObject *)&TrainerType) < 0 ||
-        PyModule_AddObject(m, "ClusterTask", (PyObject *)&ClusterTaskType) < 0 ||
-        PyModule_AddObject(m, "ACTIVATIONS", names_tuple(ACT_NAMES, MT_ACT_COUNT)) < 0 ||
-        PyModule_AddObject(m, "GATES", names_tuple(GATE_NAMES, 5)) < 0 ||
-        PyModule_AddObject(m, "EXPERTS", names_tuple(EXPERT_NAMES, 2)) < 0 ||
-        PyModule_AddObject(m, "INPUTS", names_tuple(INPUT_NAMES, MT_INPUT_GRID + 1)) < 0 ||
+    if (add_object(m, "Layer", (PyObject *)&LayerType) < 0 ||
+        add_object(m, "Stack", (PyObject *)&StackType) < 0 ||
+        add_object(m, "Trainer", (PyObject *)&TrainerType) < 0 ||
+        add_object(m, "ClusterTask", (PyObject *)&ClusterTaskType) < 0 ||
+        add_object(m, "ACTIVATIONS", names_tuple(mt_act_names, MT_ACT_COUNT)) < 0 ||
+        add_object(m, "GATES", names_tuple(mt_gate_names, MT_GATE_COUNT)) < 0 ||
+        add_object(m, "EXPERTS", names_tuple(mt_expert_names, MT_EXPERT_COUNT)) < 0 ||
+        add_object(m, "INPUTS", names_tuple(mt_input_names, MT_INPUT_COUNT)) < 0 ||
+        add_object(m, "OPTIMIZERS", names_tuple(mt_opt_names, MT_OPT_COUNT)) < 0 ||
+        add_object(m, "SCHEDULES", names_tuple(mt_schedule_names, MT_SCHEDULE_COUNT)) < 0 ||
+        add_object(m, "EM_EXPERTS", names_tuple(mt_em_expert_names, MT_EM_EXPERT_COUNT)) < 0 ||
+        add_object(m, "EM_ACTIVATIONS", names_tuple(mt_em_act_names, MT_EM_ACT_COUNT)) < 0 ||
+        add_object(m, "MAX_SIZE", PyLong_FromSize_t(MT_MAX_SIZE)) < 0 ||
+        add_object(m, "EM_MAX_DIM", PyLong_FromLong(MT_EM_MAX_DIM)) < 0 ||
         mt_bind_gmoe(m) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -1,6 +1,6 @@
 """Deep Mixture-of-Experts: a plain stack of MoE layers (no residual connections), with the
 forward and backward passes of the whole stack in C, and the routing paths it realises."""
-import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -9,6 +9,7 @@ from .model import FlatModel
 
 
 def _per_layer(name, value, n_layers):
+    """One value per layer: a sequence of n_layers values, or one value for all."""
     if isinstance(value, (list, tuple)):
         if len(value) != n_layers:
             raise ValueError(f"{name} must be one value or {n_layers} values (one per layer), "
@@ -50,33 +51,37 @@ class DeepMoE(FlatModel):
     def __init__(self, d_in, widths, n_experts, *, gate="topk", top_k=1, temperature=1.0,
                  gate_activation=None, groups=None, expert="ffn", hidden=8, activation="relu",
                  bias=True, normalize=False, depth=1, seed=0):
-        if isinstance(widths, numbers.Integral) or not len(widths):
-            raise ValueError(f"widths must be a non-empty sequence of layer output sizes, "
-                             f"got {widths!r}")
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+            raise TypeError(f"widths must be a sequence of layer output sizes, got {widths!r}")
+        if not widths:
+            raise ValueError("widths must hold at least one layer output size, got []")
+        widths = [_config.integer(f"widths[{l}]", w) for l, w in enumerate(widths)]
         L = len(widths)
         experts = _per_layer("n_experts", n_experts, L)
         hiddens = _per_layer("hidden", hidden, L)
         depths = _per_layer("depth", depth, L)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        layer_configs = []
+        layer_configs, self._layers = [], []
         width_in = d_in
         for l in range(L):
             try:
-                layer_configs.append(_config.moe_config(
+                config, layer = _config.moe_config(
                     width_in, experts[l], expert, hiddens[l], activation, gate,
                     top_k if gate in ("topk", "temperature") else None, temperature,
-                    gate_activation, groups, widths[l], bias, normalize, depths[l]))
+                    gate_activation, groups, widths[l], bias, normalize, depths[l])
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"layer {l}: {exc}") from None
+            layer_configs.append(config)
+            self._layers.append(layer)
             width_in = widths[l]
-        self._config = dict(d_in=d_in, widths=list(widths), n_experts=experts, gate=gate,
-                            top_k=top_k, temperature=temperature,
+        first = layer_configs[0]
+        self._config = dict(d_in=first["d_in"], widths=widths,
+                            n_experts=[c["n_experts"] for c in layer_configs], gate=gate,
+                            top_k=top_k, temperature=first["temperature"],
                             gate_activation=gate_activation, groups=groups, expert=expert,
-                            hidden=hiddens, depth=depths, activation=activation, bias=bias,
-                            normalize=normalize)
+                            hidden=[c["hidden"] for c in layer_configs],
+                            depth=[c["depth"] for c in layer_configs], activation=activation,
+                            bias=first["bias"], normalize=first["normalize"])
         self.layer_configs = layer_configs
-        self._layers = [_config.core_layer(c) for c in layer_configs]
         self._layer = _core.Stack(self._layers)
         self._setup_parameters(seed)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _config
 from .model import MoE
 
 
@@ -85,6 +86,7 @@ def routing(model, X, *, dead_threshold=1e-3):
     """
     if not isinstance(model, MoE):
         raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
+    dead_threshold = _config.real("dead_threshold", dead_threshold, low=0.0)
     g = model.gates(X)
     n, E = g.shape
     mean_gate = g.mean(axis=0)

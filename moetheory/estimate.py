@@ -17,7 +17,6 @@ log-likelihood); both report the trace of the best start and whether it converge
 """
 import fnmatch
 import math
-import numbers
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -25,36 +24,26 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from . import _core, samplers
+from . import _config, _core, samplers
 from .model import MoE
 
 __all__ = ["LeastSquaresResult", "EMResult", "free_mask", "least_squares", "em",
            "em_loglik", "em_sample", "em_params_size", "em_unpack", "em_pack",
-           "draw_regression"]
+           "draw_regression", "EM_SIGMA2_FLOOR", "EM_WEIGHT_MIN"]
 
 
 # --------------------------------------------------------------------------- validation
 
 def _int_at_least(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
-    return int(value)
+    return _config.integer(name, value, low=low)
 
 
 def _nonneg_real(name, value, positive=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
-                         f"got {value!r}")
-    return float(value)
+    return _config.real(name, value, low=0.0, positive=positive)
 
 
 def _seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    return _config.seed("seed", seed)
 
 
 def _inputs(X, d=None):
@@ -164,11 +153,8 @@ def free_mask(model, free=None):
                                      f"with {rows} rows")
                 marks[name][i] = value
     mask = np.zeros(P, dtype=bool)
-    for name, view in model.params.items():
-        # the views are into theta: their offsets locate the block
-        offset = (view.__array_interface__["data"][0] -
-                  model.theta.__array_interface__["data"][0]) // model.theta.itemsize
-        mask[offset:offset + view.size] = marks[name].ravel()
+    for name in model.params:
+        mask[model.param_slice(name)] = marks[name].ravel()
     return mask
 
 
@@ -292,7 +278,7 @@ def least_squares(model, X, y, *, free=None, init=None, bounds=None, n_init=1, m
         coordinate, or non-positive ``n_init``/``max_iter``/tolerances.
     """
     if not isinstance(model, MoE):
-        raise ValueError(f"model must be a moetheory.MoE, got {type(model).__name__}")
+        raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
     n_init = _int_at_least("n_init", n_init, 1)
     max_iter = _int_at_least("max_iter", max_iter, 1)
     maxcor = _int_at_least("maxcor", maxcor, 1)
@@ -343,9 +329,19 @@ def least_squares(model, X, y, *, free=None, init=None, bounds=None, n_init=1, m
         last = {}
 
         def fun(z):
+            if not np.all(np.isfinite(z)):
+                raise FloatingPointError(
+                    f"least_squares: the optimiser diverged in start {r}: L-BFGS-B proposed a "
+                    f"non-finite theta; bound the parameters (bounds=...) or rescale the data")
             fixed[mask] = z
             work.theta = fixed
-            loss, grad = work.loss_and_grad(X, y)
+            try:
+                loss, grad = work.loss_and_grad(X, y)
+            except FloatingPointError:
+                raise FloatingPointError(
+                    f"least_squares: the optimiser diverged in start {r}: the loss or gradient "
+                    f"overflowed at the proposed theta; bound the parameters (bounds=...) or "
+                    f"rescale the data") from None
             last["z"], last["loss"] = z.copy(), loss
             return loss, grad[mask]
 
@@ -375,9 +371,6 @@ def least_squares(model, X, y, *, free=None, init=None, bounds=None, n_init=1, m
 
 
 # --------------------------------------------------------------------------- EM
-
-_EM_EXPERTS = ("linear", "ffn")
-_EM_ACTS = ("sigmoid", "tanh")
 
 
 def em_params_size(d, K, outer_scale=False):
@@ -478,13 +471,20 @@ class EMResult:
     trace : ndarray, shape (n_iter,)
         Log-likelihood after each EM iteration of the best start.
     converged : bool
-        The relative change of the log-likelihood fell below ``tol``.
+        The relative change of the log-likelihood fell below ``tol`` and the fit is not
+        `degenerate` (a degenerate fit's likelihood is inflated, not converged).
     n_iter : int
         EM iterations of the best start.
     best_init : int
         Index of the start kept.
     logliks : ndarray, shape (n_init,)
         Final log-likelihood of every start.
+    degenerate : bool
+        Some component ended with its variance at the floor ``EM_SIGMA2_FLOOR`` or with no
+        responsibility (constant y, or fewer samples than parameters, end this way).
+    floor_components, empty_components : ndarray of int
+        The components at the variance floor, and those with total responsibility below
+        ``EM_WEIGHT_MIN``.
     """
 
     theta: np.ndarray
@@ -495,35 +495,16 @@ class EMResult:
     n_iter: int
     best_init: int = 0
     logliks: np.ndarray = field(default_factory=lambda: np.empty(0))
+    degenerate: bool = False
+    floor_components: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=int))
+    empty_components: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=int))
 
 
-def _em_options(K, expert, act, outer_scale):
-    K = _int_at_least("K", K, 1)
-    if expert not in _EM_EXPERTS:
-        raise ValueError(f"expert must be one of {_EM_EXPERTS}, got {expert!r}")
-    if act not in _EM_ACTS:
-        raise ValueError(f"act must be one of {_EM_ACTS}, got {act!r}")
-    if outer_scale and expert != "ffn":
-        raise ValueError("outer_scale needs expert='ffn'")
-    return K, bool(outer_scale)
-
-
-def _em_theta(theta, d, K, outer_scale, what="init", zero_sigma2=False):
-    theta = np.asarray(theta, dtype=np.float64)
-    P = em_params_size(d, K, outer_scale)
-    if theta.shape != (P,):
-        raise ValueError(f"{what} must have shape ({P},) = (K (2 d + 3)"
-                         f"{' + K' if outer_scale else ''},) for d = {d}, K = {K}, "
-                         f"got {theta.shape}")
-    if not np.all(np.isfinite(theta)):
-        raise ValueError(f"{what} must be finite")
-    p = em_unpack(theta, d, K, outer_scale)
-    if np.any(p["sigma2"] < 0) or (not zero_sigma2 and np.any(p["sigma2"] == 0)):
-        raise ValueError(f"{what}: every sigma2 must be {'>= 0' if zero_sigma2 else '> 0'}, "
-                         f"got {p['sigma2']}")
-    if p["beta0"][K - 1] != 0 or np.any(p["beta1"][K - 1] != 0):
-        raise ValueError(f"{what}: the reference gate row (beta0[K-1], beta1[K-1]) must be 0")
-    return theta
+EM_SIGMA2_FLOOR = 1e-10
+"""The floor of every fitted variance (``MT_EM_SIGMA2_MIN`` of ``csrc/mt_em.h``)."""
+EM_WEIGHT_MIN = 1e-8
+"""A component with less total responsibility is left as is (``MT_EM_WEIGHT_MIN``)."""
+_EM_AT_FLOOR, _EM_EMPTY = 1, 2  # the bits of mt_em_degeneracy
 
 
 def em_loglik(theta, X, y, K, *, expert="linear", act="sigmoid", outer_scale=False):
@@ -545,9 +526,7 @@ def em_loglik(theta, X, y, K, *, expert="linear", act="sigmoid", outer_scale=Fal
     resp : ndarray, shape (n, K)
         Posterior expert probabilities.
     """
-    K, outer_scale = _em_options(K, expert, act, outer_scale)
     X, y = _data(X, y)
-    theta = _em_theta(theta, X.shape[1], K, outer_scale, what="theta")
     return _core.em_loglik(theta, X, y, K, expert, act, outer_scale)
 
 
@@ -574,12 +553,6 @@ def em_sample(theta, X, K, *, expert="linear", act="sigmoid", outer_scale=False,
     -------
     y : ndarray, shape (n,)
     """
-    K, outer_scale = _em_options(K, expert, act, outer_scale)
-    X = _inputs(X)
-    theta = _em_theta(theta, X.shape[1], K, outer_scale, what="theta", zero_sigma2=True)
-    seed = _seed(seed)
-    if seed >= 2**64:
-        raise ValueError(f"seed must be below 2**64, got {seed}")
     return _core.em_sample(theta, X, K, expert, act, outer_scale, seed)
 
 
@@ -622,6 +595,8 @@ def em(X, y, K, *, init, expert="linear", act="sigmoid", outer_scale=False, n_in
     Returns
     -------
     EMResult
+        ``converged`` is False, and ``degenerate`` True, when the best start ends with a
+        variance at its floor or an empty component.
 
     Raises
     ------
@@ -631,35 +606,29 @@ def em(X, y, K, *, init, expert="linear", act="sigmoid", outer_scale=False, n_in
     FloatingPointError
         If a log-likelihood becomes NaN or infinite.
     """
-    K, outer_scale = _em_options(K, expert, act, outer_scale)
     n_init = _int_at_least("n_init", n_init, 1)
-    max_iter = _int_at_least("max_iter", max_iter, 1)
-    gate_steps = _int_at_least("gate_steps", gate_steps, 0)
-    expert_steps = _int_at_least("expert_steps", expert_steps, 0)
-    tol = _nonneg_real("tol", tol)
-    seed = _seed(seed)
+    rng = np.random.default_rng(_seed(seed))
     X, y = _data(X, y)
-    d = X.shape[1]
     if init is None:
         raise ValueError("init is required: a flat start of shape (K (2 d + 3),) or a callable "
                          "init(rng)")
-    if not callable(init):
-        init = _em_theta(init, d, K, outer_scale)
-        if n_init > 1:
-            raise ValueError("n_init > 1 needs a callable init(rng) (a fixed array would give "
-                             "the same start every time)")
-    rng = np.random.default_rng(seed)
+    if not callable(init) and n_init > 1:
+        raise ValueError("n_init > 1 needs a callable init(rng) (a fixed array would give the "
+                         "same start every time)")
     best, logliks = None, np.empty(n_init)
     for r in range(n_init):
-        theta0 = _em_theta(init(rng), d, K, outer_scale, "init(rng)") if callable(init) else init
-        theta, trace, n_iter, converged = _core.em_fit(
-            theta0, X, y, K, expert, act, outer_scale, max_iter, tol, gate_steps, expert_steps)
+        theta0, name = (init(rng), "init(rng)") if callable(init) else (init, "init")
+        theta, trace, n_iter, converged, flags = _core.em_fit(
+            theta0, X, y, K, expert, act, outer_scale, max_iter, tol, gate_steps, expert_steps,
+            theta_name=name)
         ll = float(trace[-1])
         logliks[r] = ll
         if best is None or ll > best.loglik:
-            best = EMResult(theta=theta, params=em_unpack(theta, d, K, outer_scale), loglik=ll,
-                            trace=trace, converged=bool(converged), n_iter=int(n_iter),
-                            best_init=r)
+            best = EMResult(theta=theta, params=em_unpack(theta, X.shape[1], K, outer_scale),
+                            loglik=ll, trace=trace, converged=bool(converged),
+                            n_iter=int(n_iter), best_init=r, degenerate=bool(flags.any()),
+                            floor_components=np.flatnonzero(flags & _EM_AT_FLOOR),
+                            empty_components=np.flatnonzero(flags & _EM_EMPTY))
     best.logliks = logliks
     return best
 
@@ -703,14 +672,12 @@ def draw_regression(truth, n, *, noise_sd, seed=0, low=0.0, high=1.0, design="un
     y : ndarray, shape (n,)
     """
     if not isinstance(truth, MoE):
-        raise ValueError(f"truth must be a moetheory.MoE, got {type(truth).__name__}")
+        raise TypeError(f"truth must be a moetheory.MoE, got {type(truth).__name__}")
     if truth.config["d_out"] != 1:
         raise ValueError(f"truth must have d_out = 1, got {truth.config['d_out']}")
     n = _int_at_least("n", n, 1)
     noise_sd = _nonneg_real("noise_sd", noise_sd)
-    seed = _seed(seed)
-    if seed >= 2**64:
-        raise ValueError(f"seed must be below 2**64, got {seed}")
+    low, high = _config.real("low", low), _config.real("high", high)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"low and high must be finite with low < high, got {low}, {high}")
     d = truth.config["d_in"]

@@ -1,15 +1,18 @@
 """The Mixture-of-Experts model: a flat parameter vector over the C core's layer."""
-import contextlib
 import json
-import numbers
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 from . import _config
 
 _VERSION = 1
+
+MAX_LOAD_PARAMS = 10**8
+"""The largest parameter count `FlatModel.load` accepts by default (800 MB of float64): a file
+declaring more is refused before anything is allocated (``load(path, max_params=...)``)."""
 
 
 class FlatModel:
@@ -23,17 +26,33 @@ class FlatModel:
     _FORMAT = None
 
     @classmethod
-    def _from_config(cls, config):
-        """A fresh model of the saved configuration (its parameters are then loaded)."""
-        return cls(**config)
+    def _from_config(cls, config, stored):
+        """A model of the saved configuration whose theta is allocated only once `stored` (the
+        file's theta) has been checked against it; the values are then read into it."""
+        if "seed" in config:
+            raise TypeError("config must not hold a seed")
+        return cls(**config, seed=stored)
 
     def _setup_parameters(self, seed):
-        self._theta = np.empty(self._layer.n_params)
-        self._layer.init_params(self._theta, int(seed))
-        self._params = {}
+        if isinstance(seed, _Stored):  # load: sizes checked before theta is allocated
+            seed.check(self._layer.n_params)
+            self._theta = np.zeros(self._layer.n_params)
+        else:
+            self._theta = np.empty(self._layer.n_params)
+            self._layer.init_params(self._theta, seed)
+        self._params, self._slices = {}, {}
         for name, offset, shape in self._layer.layout():
             size = int(np.prod(shape))
+            self._slices[name] = slice(offset, offset + size)
             self._params[name] = self._theta[offset:offset + size].reshape(shape)
+
+    def param_slice(self, name):
+        """Where parameter `name` sits in `theta` (and in a gradient): a slice of the flat
+        vector, from the core's layout."""
+        try:
+            return self._slices[name]
+        except KeyError:
+            raise KeyError(f"unknown parameter {name!r}; known: {list(self._slices)}") from None
 
     # ---- parameters ----
     @property
@@ -74,7 +93,7 @@ class FlatModel:
         FlatModel
             Same type as this model; ``copy().theta`` equals ``theta`` (shape (P,)) bitwise.
         """
-        model = self._from_config(self.config)
+        model = type(self)(**self.config)
         model.theta = self._theta
         return model
 
@@ -144,32 +163,140 @@ class FlatModel:
         return from_torch(module, cls=cls)
 
     @classmethod
-    def load(cls, path):
-        """Read a model written by `save`; a damaged file raises ValueError."""
+    def load(cls, path, *, max_params=MAX_LOAD_PARAMS):
+        """Read a model written by `save`.
+
+        Nothing is allocated before the file's configuration and its stored ``theta`` agree:
+        the parameter count the configuration implies is compared with the stored array's
+        header (and both with `max_params`) first, so a small damaged or hostile file costs
+        what a small file costs.
+
+        Parameters
+        ----------
+        path : str or path-like
+        max_params : int
+            The largest parameter count accepted (default ``MAX_LOAD_PARAMS`` = 10**8, 800 MB);
+            a file that declares more raises ValueError. Raise it to load larger models.
+
+        Raises
+        ------
+        ValueError
+            For every damaged, inconsistent or oversized file, naming what is wrong.
+        OSError
+            When the file cannot be opened.
+        """
+        max_params = _config.integer("max_params", max_params, low=1)
         # The file is opened here, not by np.load, so it is closed even when the archive is
-        # damaged and np.load fails halfway.
+        # damaged and reading fails halfway.
         with open(os.fspath(path), "rb") as handle:
             try:
-                with np.load(handle, allow_pickle=False) as f:
-                    fmt, version = str(f["format"]), int(f["version"])
-                    config = json.loads(str(f["config"]))
-                    theta = np.array(f["theta"])
-            except Exception as exc:
+                archive = zipfile.ZipFile(handle)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
                 raise ValueError(f"{path} is not a readable moetheory model file: {exc}") from None
-        if fmt != cls._FORMAT or version != _VERSION:
-            raise ValueError(f"{path}: format {fmt!r} version {version} is not {cls._FORMAT!r} "
-                             f"version {_VERSION}")
-        if not isinstance(config, dict):
-            raise ValueError(f"{path}: config must be a JSON object")
-        try:
-            model = cls._from_config(config)
-        except TypeError as exc:
-            raise ValueError(f"{path}: bad config: {exc}") from None
-        if theta.dtype != np.float64 or theta.shape != model.theta.shape:
-            raise ValueError(f"{path}: theta must be float64 of shape {model.theta.shape}, "
-                             f"got {theta.dtype} {theta.shape}")
-        model.theta = theta
+            with archive:
+                fmt, version, config = _read_header(archive, path)
+                if fmt != cls._FORMAT or version != _VERSION:
+                    raise ValueError(f"{path}: format {fmt!r} version {version} is not "
+                                     f"{cls._FORMAT!r} version {_VERSION}")
+                stored = _Stored(archive, path, max_params)
+                try:
+                    model = cls._from_config(config, stored)
+                except (TypeError, ValueError) as exc:
+                    if isinstance(exc, _FileError):
+                        raise ValueError(str(exc)) from None
+                    raise ValueError(f"{path}: bad config: {exc}") from None
+                stored.read_into(model._theta)
         return model
+
+
+# ---- loading: what a file may declare, checked before anything is allocated ----
+
+_SMALL_MEMBER = 1 << 20  # format, version and config are at most this many bytes uncompressed
+
+
+class _FileError(ValueError):
+    """A damaged or oversized model file (the message names the file and the problem)."""
+
+
+def _member(archive, name, path):
+    try:
+        return archive.getinfo(name + ".npy")
+    except KeyError:
+        raise _FileError(f"{path} is not a moetheory model file: no {name!r} array") from None
+
+
+def _read_small(archive, name, path):
+    """A small array member (format, version, config) as a NumPy scalar array."""
+    info = _member(archive, name, path)
+    if info.file_size > _SMALL_MEMBER:
+        raise _FileError(f"{path}: {name!r} is {info.file_size} bytes, more than a model "
+                         f"file's {_SMALL_MEMBER}")
+    try:
+        with archive.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except Exception as exc:  # a damaged member: any error of the reader
+        raise _FileError(f"{path}: {name!r} is damaged: {exc}") from None
+
+
+def _read_header(archive, path):
+    try:
+        fmt = str(_read_small(archive, "format", path))
+        version = int(_read_small(archive, "version", path))
+        config = json.loads(str(_read_small(archive, "config", path)))
+    except _FileError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable moetheory model file: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: config must be a JSON object")
+    return fmt, version, config
+
+
+class _Stored:
+    """The stored theta of a file being loaded, standing in for the seed while the model is
+    built: `check` compares its header with the model's parameter count before theta is
+    allocated, and `read_into` then reads the values straight into it."""
+
+    def __init__(self, archive, path, max_params):
+        self.archive, self.path, self.max_params = archive, path, max_params
+        self.info = _member(archive, "theta", path)
+        try:
+            with archive.open(self.info) as f:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise ValueError(f"unknown .npy version {version}")
+                shape, fortran, dtype = read(f, max_header_size=10000)
+                self.offset = f.tell()
+        except Exception as exc:
+            raise _FileError(f"{path}: 'theta' is damaged: {exc}") from None
+        if dtype != np.dtype("<f8") or len(shape) != 1:
+            raise _FileError(f"{path}: theta must be a little-endian float64 vector, got "
+                             f"{dtype} of shape {shape}")
+        self.size = int(shape[0])
+        if self.info.file_size != self.offset + 8 * self.size:
+            raise _FileError(f"{path}: theta's header says {self.size} values but the member "
+                             f"holds {self.info.file_size - self.offset} bytes of data")
+
+    def check(self, n_params):
+        if n_params > self.max_params:
+            raise _FileError(f"{self.path}: the configuration has {n_params} parameters, more "
+                             f"than max_params = {self.max_params}")
+        if self.size != n_params:
+            raise _FileError(f"{self.path}: theta must be float64 of shape ({n_params},), got "
+                             f"shape ({self.size},)")
+
+    def read_into(self, theta):
+        try:
+            with self.archive.open(self.info) as f:
+                f.seek(self.offset)
+                if f.readinto(memoryview(theta).cast("B")) != theta.nbytes:
+                    raise ValueError("the data is truncated")
+        except Exception as exc:  # zlib, CRC and truncation errors alike
+            raise ValueError(f"{self.path}: theta is damaged: {exc}") from None
+        if not np.all(np.isfinite(theta)):
+            raise ValueError(f"{self.path}: theta must be finite (no NaN or infinity)")
 
 
 class MoE(FlatModel):
@@ -238,12 +365,9 @@ class MoE(FlatModel):
     def __init__(self, d_in, n_experts, *, expert="ffn", hidden=8, activation="relu",
                  gate="softmax", top_k=None, temperature=1.0, gate_activation=None, groups=None,
                  d_out=1, bias=True, normalize=False, depth=1, seed=0):
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self._config = _config.moe_config(d_in, n_experts, expert, hidden, activation, gate,
-                                          top_k, temperature, gate_activation, groups, d_out, bias,
-                                          normalize, depth)
-        self._layer = _config.core_layer(self._config)
+        self._config, self._layer = _config.moe_config(
+            d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
+            gate_activation, groups, d_out, bias, normalize, depth)
         self._setup_parameters(seed)
 
     _FORMAT = "moetheory.MoE"
@@ -285,19 +409,7 @@ class MoE(FlatModel):
         """
         if loss != "mse":
             raise ValueError(f"loss must be 'mse', got {loss!r}")
-        if aux_switch == 0 and aux_z == 0:  # the usual call: no context manager's per-call cost
-            return self._layer.loss_and_grad(self._theta, X, y)
-        with self._aux_losses(aux_switch, aux_z):
-            return self._layer.loss_and_grad(self._theta, X, y)
-
-    @contextlib.contextmanager
-    def _aux_losses(self, aux_switch, aux_z):
-        """The layer computes the auxiliary losses inside this block only."""
-        self._layer.set_aux(float(aux_switch), float(aux_z))
-        try:
-            yield
-        finally:
-            self._layer.set_aux(0.0, 0.0)
+        return self._layer.loss_and_grad(self._theta, X, y, aux_switch, aux_z)
 
     def __repr__(self):
         c = self._config

@@ -17,18 +17,14 @@ reproduce; :class:`Grid` (a fixed design for those papers) also defaults to [0, 
 ``low``/``high`` to choose another box.
 """
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
-from . import _core
+from . import _config, _core
 from ._deprecate import rename
 from .model import MoE
-
-# the C core's input kinds, by name, in enum order (mt_input_kind)
-_KINDS = {name: i for i, name in enumerate(_core.INPUTS)}
 
 
 @rename("noise", "noise_sd")
@@ -135,13 +131,19 @@ class GaussianMixture:
 
     @property
     def d(self):
-        return np.asarray(self.centres).shape[1]
+        return _centres(self.centres).shape[1]
 
 
 def _finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return _config.real(name, value)
+
+
+def _centres(centres):
+    """The mixture's centres as a (C, d) array (the C core checks their values)."""
+    c = np.asarray(centres)
+    if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] < 1:
+        raise ValueError(f"sampler.centres must have shape (C, d) with C, d >= 1, got {c.shape}")
+    return c
 
 
 def core_arguments(sampler):
@@ -158,7 +160,7 @@ def core_arguments(sampler):
         raise ValueError(f"sampler.noise_sd must be a finite number >= 0, got "
                          f"{sampler.noise_sd!r}")
     args = dict(teacher=sampler.teacher._layer, teacher_theta=sampler.teacher.theta,
-                input=_KINDS[sampler.kind], noise_sd=float(sampler.noise_sd))
+                input=sampler.kind, noise_sd=float(sampler.noise_sd))
     if sampler.kind in ("uniform", "grid"):
         low, high = _finite("sampler.low", sampler.low), _finite("sampler.high", sampler.high)
         if not (low < high and math.isfinite(high - low)):
@@ -173,11 +175,16 @@ def core_arguments(sampler):
         raise ValueError(f"sampler.scale must be a finite number >= 0, got {sampler.scale!r}")
     args["scale"] = float(sampler.scale)
     if sampler.kind == "mixture":
-        args["centres"] = sampler.centres
+        args["centres"] = _centres(sampler.centres)
         if sampler.weights is not None:
-            w = np.asarray(sampler.weights, dtype=float)
-            if np.any(w < 0) or not w.sum() > 0:
-                raise ValueError("sampler.weights must be non-negative with a positive sum")
+            w = np.asarray(sampler.weights)
+            if w.dtype.kind not in "iuf" or w.ndim != 1:
+                raise ValueError(f"sampler.weights must be a vector of real numbers, got "
+                                 f"{w.dtype} of shape {w.shape}")
+            w = w.astype(float)
+            if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+                raise ValueError("sampler.weights must be finite and non-negative with a "
+                                 "positive sum")
             args["weights"] = w / w.sum()
     return args
 
@@ -211,8 +218,5 @@ def draw(sampler, n, seed=0):
     ValueError, TypeError
         Naming the bad argument (a sampler field as ``sampler.<field>``).
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return _core.draw(int(n), seed=int(seed), **core_arguments(sampler))
+    n = _config.integer("n", n, low=1)
+    return _core.draw(n, seed=seed, **core_arguments(sampler))

@@ -11,7 +11,7 @@ from math import factorial
 import numpy as np
 from numpy.polynomial import hermite_e
 
-from . import _core
+from . import _config, _core
 from ._deprecate import rename
 
 __all__ = ["ClusteredSingleIndex", "information_exponent"]
@@ -83,15 +83,12 @@ class ClusteredSingleIndex:
     def __init__(self, d, n_clusters, rho, *, link_degrees=3, link_coefficients=None,
                  global_coefficients=None, signs=None, noise_sd=0.0, seed=0, centres=None,
                  directions=None, global_direction=None):
-        d, C = int(d), int(n_clusters)
-        if d < 1 or C < 1:
-            raise ValueError(f"d and n_clusters must be >= 1, got {d} and {C}")
-        if not np.isfinite(rho):
-            raise ValueError(f"rho must be finite, got {rho!r}")
-        if not (np.isfinite(noise_sd) and noise_sd >= 0):
-            raise ValueError(f"noise_sd must be a finite number >= 0, got {noise_sd!r}")
-        self.d, self.n_clusters, self.rho, self.seed = d, C, float(rho), seed
-        self.noise_sd = float(noise_sd)
+        d = _config.integer("d", d, low=1)
+        C = _config.integer("n_clusters", n_clusters, low=1)
+        rho = _config.real("rho", rho)
+        noise_sd = _config.real("noise_sd", noise_sd, low=0.0)
+        seed = _config.seed("seed", seed)
+        self.d, self.n_clusters, self.rho, self.noise_sd, self.seed = d, C, rho, noise_sd, seed
         if centres is None or directions is None or global_direction is None:
             if d < 2 * C + 1:
                 raise ValueError(f"random orthonormal directions need d >= 2 C + 1 = {2 * C + 1}, "
@@ -135,7 +132,7 @@ class ClusteredSingleIndex:
         c : ndarray of int64, shape (n,)
             The latent cluster of each sample.
         """
-        return self.core_source.draw(int(n), int(seed), int(stream))
+        return self.core_source.draw(n, seed, stream)
 
     def target(self, X, c):
         """Noise-free targets f_c(w_c^T x) + s_c g(w_g^T x) in NumPy (the C draw's twin).

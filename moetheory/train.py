@@ -4,21 +4,24 @@ The loop runs in chunks of at most `chunk_seconds` of wall time inside one C cal
 released; between chunks the progress bar moves, snapshots are taken, the callback runs and
 Ctrl-C is honoured. Chunking never changes the result: the optimizer and RNG state live in C.
 """
-import contextlib
 import fnmatch
 import signal
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _core, samplers
+from . import _config, _core, samplers
 from .model import FlatModel
 
-_OPTIMIZERS = {"sgd": (0, False), "gd": (0, False), "momentum": (1, False),
-               "nesterov": (2, False), "adam": (3, False), "adamw": (3, True)}
-_SCHEDULES = {"constant": 0, "step": 1, "cosine": 2, "inverse_time": 3}
+# The names users pass, as the C core's optimizer (mt_opt_names) and whether weight decay is
+# decoupled: "gd" is "sgd" on the full batch, "adamw" Adam with decoupled decay.
+_OPTIMIZERS = {"sgd": ("sgd", False), "gd": ("sgd", False), "momentum": ("momentum", False),
+               "nesterov": ("nesterov", False), "adam": ("adam", False),
+               "adamw": ("adam", True)}
+_SCHEDULE_OPTIONS = ("step_size", "gamma", "total_steps", "lr_min", "t0")
 
 
 @dataclass
@@ -49,55 +52,76 @@ class History:
         return len(self.losses)
 
 
+def _patterns(name, patterns):
+    """A sequence of parameter-name patterns (a single string is one pattern)."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        return [patterns]
+    if not isinstance(patterns, Iterable) or isinstance(patterns, Mapping):
+        raise TypeError(f"{name} must be a sequence of parameter-name patterns, got {patterns!r}")
+    patterns = list(patterns)
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"{name} must hold parameter-name patterns (str), got {p!r}")
+    return patterns
+
+
 def _lr_scale(model, lr_groups, frozen):
     """Per-parameter learning-rate multipliers from name patterns (fnmatch), or None."""
+    if lr_groups is not None and not isinstance(lr_groups, Mapping):
+        raise TypeError(f"lr_groups must be a dict of parameter-name pattern to factor, got "
+                        f"{lr_groups!r}")
+    frozen = _patterns("frozen", frozen)
     if not lr_groups and not frozen:
         return None
     scale = np.ones(model.n_params)
     names = list(model.params)
     for pattern, factor in (lr_groups or {}).items():
+        if not isinstance(pattern, str):
+            raise TypeError(f"lr_groups keys must be parameter-name patterns (str), got "
+                            f"{pattern!r}")
+        factor = _config.real(f"lr_groups[{pattern!r}]", factor, low=0)
         hits = fnmatch.filter(names, pattern)
         if not hits:
             raise ValueError(f"lr_groups pattern {pattern!r} matches no parameter of {names}")
-        if not (np.isfinite(factor) and factor >= 0):
-            raise ValueError(f"lr_groups[{pattern!r}] must be a finite number >= 0, got {factor!r}")
         for name in hits:
-            _view_of(scale, model, name)[...] = factor
-    for pattern in frozen or ():
+            scale[model.param_slice(name)] = factor
+    for pattern in frozen:
         hits = fnmatch.filter(names, pattern)
         if not hits:
             raise ValueError(f"frozen pattern {pattern!r} matches no parameter of {names}")
         for name in hits:
-            _view_of(scale, model, name)[...] = 0.0
+            scale[model.param_slice(name)] = 0.0
     return scale
-
-
-def _view_of(vector, model, name):
-    view = model.params[name]
-    offset = (view.__array_interface__["data"][0] - model.theta.__array_interface__["data"][0]) // 8
-    return vector[offset:offset + view.size]
 
 
 def _optimizer_args(optimizer, lr, momentum, betas, eps, weight_decay, schedule, steps,
                     schedule_options):
+    """The Trainer's optimizer keywords. Values go to the C core as given: its converters and
+    mt_opt_config_validate say which one is out of range."""
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
-    if schedule not in _SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(_SCHEDULES)}, got {schedule!r}")
     kind, decoupled = _OPTIMIZERS[optimizer]
-    if optimizer in ("momentum", "nesterov") and momentum is None:
-        momentum = 0.9
+    if momentum is None:
+        momentum = 0.9 if optimizer in ("momentum", "nesterov") else 0.0
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    betas = tuple(betas)
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {len(betas)} values")
+    if schedule_options is not None and not isinstance(schedule_options, Mapping):
+        raise TypeError(f"schedule_options must be a dict, got {schedule_options!r}")
     opts = dict(schedule_options or {})
-    unknown = set(opts) - {"step_size", "gamma", "total_steps", "lr_min", "t0"}
+    unknown = set(opts) - set(_SCHEDULE_OPTIONS)
     if unknown:
-        raise ValueError(f"unknown schedule_options {sorted(unknown)}")
-    return dict(optimizer=kind, lr=float(lr), momentum=float(momentum or 0.0),
-                beta1=float(betas[0]), beta2=float(betas[1]), eps=float(eps),
-                weight_decay=float(weight_decay), decoupled=decoupled,
-                schedule=_SCHEDULES[schedule], step_size=int(opts.get("step_size", 1)),
-                gamma=float(opts.get("gamma", 1.0)),
-                total_steps=int(opts.get("total_steps", max(steps, 1))),
-                lr_min=float(opts.get("lr_min", 0.0)), t0=float(opts.get("t0", 1.0)))
+        raise ValueError(f"unknown schedule_options {sorted(map(str, unknown))}; known: "
+                         f"{', '.join(_SCHEDULE_OPTIONS)}")
+    return dict(optimizer=kind, lr=lr, momentum=momentum, beta1=betas[0], beta2=betas[1],
+                eps=eps, weight_decay=weight_decay, decoupled=decoupled, schedule=schedule,
+                step_size=opts.get("step_size", 1), gamma=opts.get("gamma", 1.0),
+                total_steps=opts.get("total_steps", max(steps, 1)),
+                lr_min=opts.get("lr_min", 0.0), t0=opts.get("t0", 1.0))
 
 
 def _progress_bar(progress, total, desc):
@@ -107,13 +131,21 @@ def _progress_bar(progress, total, desc):
     return tqdm(total=total, desc=desc, unit="step", leave=False)
 
 
-def _run(model, trainer, steps, record_every, record, progress, callback, chunk_seconds, desc):
-    names = list(record or ())
+def _run_options(model, record_every, record, progress, callback):
+    """The checked options of _run (checked before the trainer is made)."""
+    names = _patterns("record", record)
     for name in names:
         if name not in model.params:
             raise ValueError(f"record: unknown parameter {name!r}; known: {list(model.params)}")
-    if record_every is not None and (int(record_every) != record_every or record_every < 1):
-        raise ValueError(f"record_every must be a positive integer, got {record_every!r}")
+    if record_every is not None:
+        record_every = _config.integer("record_every", record_every, low=1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {callback!r}")
+    return record_every, names, _config.boolean("progress", progress), callback
+
+
+def _run(model, trainer, steps, options, chunk_seconds, desc):
+    record_every, names, progress, callback = options
     snaps = {name: [model.params[name].copy()] for name in names}
     record_steps = [0]
     losses = []
@@ -234,22 +266,16 @@ def train(model, X, y, *, optimizer="adam", lr=1e-3, steps=1000, batch_size=None
     FloatingPointError
         When a loss or gradient stops being finite (the model keeps the last finite step).
     """
-    if not isinstance(model, FlatModel):
-        raise TypeError(f"model must be a moetheory.MoE or DeepMoE, got {type(model).__name__}")
-    if loss != "mse":
-        raise ValueError(f"loss must be 'mse', got {loss!r}")
-    steps = _check_steps(steps)
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    opt = _optimizer_args(optimizer, lr, momentum, betas, eps, weight_decay, schedule, steps,
-                          schedule_options)
-    with _aux(model, aux_switch, aux_z):
-        trainer = _core.Trainer(model._layer, model.theta, X=X, y=y,
-                                batch_size=int(batch_size or 0),
-                                lr_scale=_lr_scale(model, lr_groups, frozen),
-                                seed=_check_seed(seed), project=_check_project(project), **opt)
-    return _run(model, trainer, steps, record_every, record, progress, callback, chunk_seconds,
-                "train")
+    steps = _config.integer("steps", steps, low=0)
+    common = _common(model, loss, steps, optimizer, lr, momentum, betas, eps, weight_decay,
+                     schedule, schedule_options, lr_groups, frozen, project, seed, aux_switch,
+                     aux_z)
+    options = _run_options(model, record_every, record, progress, callback)
+    if batch_size is not None:
+        batch_size = _config.integer("batch_size", batch_size, low=1)
+    trainer = _core.Trainer(model._layer, model.theta, X=X, y=y, batch_size=batch_size or 0,
+                            **common)
+    return _run(model, trainer, steps, options, chunk_seconds, "train")
 
 
 def train_online(model, sampler, *, batch_size, steps, optimizer="sgd", lr=1e-2, loss="mse",
@@ -273,50 +299,31 @@ def train_online(model, sampler, *, batch_size, steps, optimizer="sgd", lr=1e-2,
     -------
     History
     """
+    steps = _config.integer("steps", steps, low=0)
+    common = _common(model, loss, steps, optimizer, lr, momentum, betas, eps, weight_decay,
+                     schedule, schedule_options, lr_groups, frozen, project, seed, aux_switch,
+                     aux_z)
+    options = _run_options(model, record_every, record, progress, callback)
+    batch_size = _config.integer("batch_size", batch_size, low=1)
+    data = samplers.core_arguments(sampler)
+    if sampler.d != model.config["d_in"]:
+        raise ValueError(f"sampler.d must equal the model's d_in = {model.config['d_in']}, "
+                         f"got {sampler.d}")
+    trainer = _core.Trainer(model._layer, model.theta, batch_size=batch_size, **data, **common)
+    return _run(model, trainer, steps, options, chunk_seconds, "train_online")
+
+
+def _common(model, loss, steps, optimizer, lr, momentum, betas, eps, weight_decay, schedule,
+            schedule_options, lr_groups, frozen, project, seed, aux_switch, aux_z):
+    """The Trainer keywords train and train_online share, after the checks only Python can
+    make (types, names, patterns); the C core checks every value it computes with."""
     if not isinstance(model, FlatModel):
         raise TypeError(f"model must be a moetheory.MoE or DeepMoE, got {type(model).__name__}")
     if loss != "mse":
         raise ValueError(f"loss must be 'mse', got {loss!r}")
-    steps = _check_steps(steps)
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if sampler.d != model.config["d_in"]:
-        raise ValueError(f"sampler.d must equal the model's d_in = {model.config['d_in']}, "
-                         f"got {sampler.d}")
-    opt = _optimizer_args(optimizer, lr, momentum, betas, eps, weight_decay, schedule, steps,
-                          schedule_options)
-    with _aux(model, aux_switch, aux_z):
-        trainer = _core.Trainer(model._layer, model.theta, batch_size=int(batch_size),
-                                lr_scale=_lr_scale(model, lr_groups, frozen),
-                                seed=_check_seed(seed), project=_check_project(project),
-                                **samplers.core_arguments(sampler), **opt)
-    return _run(model, trainer, steps, record_every, record, progress, callback, chunk_seconds,
-                "train_online")
-
-
-def _aux(model, aux_switch, aux_z):
-    """The trainer copies the layer's configuration when it is made, so the auxiliary losses
-    are set on the layer only while the trainer is created."""
-    if aux_switch == 0 and aux_z == 0:
-        return contextlib.nullcontext()
-    if not hasattr(model, "_aux_losses"):
-        raise ValueError("aux_switch and aux_z apply to moetheory.MoE models only")
-    return model._aux_losses(aux_switch, aux_z)
-
-
-def _check_steps(steps):
-    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    return int(steps)
-
-
-def _check_seed(seed):
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def _check_project(project):
     if project not in (None, "sphere"):
         raise ValueError(f"project must be None or 'sphere', got {project!r}")
-    return project == "sphere"
+    return dict(lr_scale=_lr_scale(model, lr_groups, frozen), seed=seed,
+                project=project == "sphere", aux_switch=aux_switch, aux_z=aux_z,
+                **_optimizer_args(optimizer, lr, momentum, betas, eps, weight_decay, schedule,
+                                  steps, schedule_options))

@@ -296,12 +296,12 @@ def test_constructor_rejects_non_integer_depth(depth):
 def test_core_layer_rejects_bad_depth():
     # The binding checks depth itself too: a ValueError naming it, never a crash.
     from moetheory import _core
-    args = (D_IN, E, "ffn", H, "relu", "softmax", 0, 1.0, "identity", 0, 1, True, False)
+    args = (D_IN, E, "ffn", H, "relu", "softmax", None, 1.0, None, None, 1, True, False)
     for depth, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError)):
         with pytest.raises(error, match="depth" if error is ValueError else None):
             _core.Layer(*args, depth)
     with pytest.raises(ValueError, match="depth"):
-        _core.Layer(D_IN, E, "linear", H, "relu", "softmax", 0, 1.0, "identity", 0, 1, True,
+        _core.Layer(D_IN, E, "linear", H, "relu", "softmax", None, 1.0, None, None, 1, True,
                     False, 2)
     assert _core.Layer(*args, 3).n_params > _core.Layer(*args).n_params
 
@@ -440,3 +440,308 @@ def test_converted_and_rejected_inputs_do_not_leak_memory(model, rng):
     finally:
         tracemalloc.stop()
     assert growth < 2_000_000, f"traced memory grew by {growth} bytes over 1000 calls"
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 18: sizes, seeds, coercions, overflow (findings 1, 3, 5, 7, 8)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, kw, name", [
+    ((3, 1), dict(expert="linear", d_out=2**62), "d_out"),
+    ((1, 2), dict(hidden=2**63 - 1), "hidden"),
+    ((1, 2), dict(hidden=2**70), "hidden"),                      # beyond any size_t
+    ((3, 1), dict(expert="linear", d_out=2**30), "n_params"),    # each size fine, P = 3 * 2**30
+    ((1, 2), dict(hidden=40000, depth=2), "n_params"),           # hidden**2 blocks
+    ((2**40, 2), dict(), "d_in"),
+], ids=["d_out-2**62", "hidden-2**63", "hidden-2**70", "product", "depth-square", "d_in"])
+def test_sizes_whose_products_overflow_are_refused(args, kw, name):
+    # These wrapped to a tiny parameter count and initialisation wrote past theta (a segfault).
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        mt.MoE(*args, **kw)
+
+
+def test_deep_stack_sizes_are_refused():
+    with pytest.raises(ValueError, match="layer 1: d_out"):
+        mt.DeepMoE(3, [2, 2**62], 2)
+    with pytest.raises(ValueError, match="n_params"):
+        mt.DeepMoE(1, [2**30, 2], 1, expert="linear", gate="softmax", top_k=None)
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**64 + 5, 2**100, -1])
+def test_seeds_outside_64_bits_are_refused_everywhere(seed, model, data):
+    # They aliased seed mod 2**64 (2**64 gave the model of seed 0).
+    X, y = data
+    with pytest.raises(ValueError, match="seed"):
+        mt.MoE(D_IN, E, hidden=H, seed=seed)
+    with theta_unchanged(model), pytest.raises(ValueError, match="seed"):
+        mt.train(model, X, y, steps=1, seed=seed, progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        mt.samplers.draw(mt.samplers.Gaussian(D_IN, model), 3, seed=seed)
+
+
+def test_the_largest_seed_is_its_own():
+    top = mt.MoE(D_IN, E, hidden=H, seed=2**64 - 1).theta
+    assert not np.array_equal(top, mt.MoE(D_IN, E, hidden=H, seed=0).theta)
+    np.testing.assert_array_equal(mt.MoE(D_IN, E, hidden=H, seed=np.uint64(2**64 - 1)).theta, top)
+
+
+@pytest.mark.parametrize("seed", [True, 1.0, "3", None], ids=["bool", "float", "str", "None"])
+def test_seeds_must_be_integers(seed):
+    with pytest.raises(TypeError, match="seed"):
+        mt.MoE(D_IN, E, hidden=H, seed=seed)
+
+
+TRAIN_TYPE_ERRORS = [
+    # (train keywords, argument named, exception): one coercion rule per kind
+    (dict(lr="0.01"), "lr", TypeError),
+    (dict(lr=True), "lr", TypeError),
+    (dict(lr=1j), "lr", TypeError),
+    (dict(steps=5.0), "steps", TypeError),
+    (dict(steps=float("inf")), "steps", TypeError),
+    (dict(steps="5"), "steps", TypeError),
+    (dict(steps=True), "steps", TypeError),
+    (dict(batch_size=2.0), "batch_size", TypeError),
+    (dict(momentum=float("nan"), optimizer="momentum"), "momentum", ValueError),
+    (dict(momentum=float("nan")), "momentum", ValueError),       # unused by Adam: still no NaN
+    (dict(betas=(0.9,)), "betas", ValueError),
+    (dict(betas=0.9), "betas", TypeError),
+    (dict(betas=(0.9, 1.0)), "beta2", ValueError),
+    (dict(lr=-1.0), r"\blr\b", ValueError),
+    (dict(eps=0.0), "eps", ValueError),
+    (dict(weight_decay=-1.0), "weight_decay", ValueError),
+    (dict(schedule="cosine", schedule_options=dict(lr_min=1.0)), "lr_min", ValueError),
+    (dict(schedule_options=[1]), "schedule_options", TypeError),
+    (dict(lr_groups=["router.*"]), "lr_groups", TypeError),
+    (dict(lr_groups={"router.*": "x"}), "lr_groups", TypeError),
+    (dict(lr_groups={"router.*": -1.0}), "lr_groups", ValueError),
+    (dict(frozen=[3]), "frozen", TypeError),
+    (dict(chunk_seconds=float("inf")), "chunk_seconds", ValueError),
+    (dict(chunk_seconds=float("nan")), "chunk_seconds", ValueError),
+    (dict(chunk_seconds=-1.0), "chunk_seconds", ValueError),
+    (dict(record_every=2.0, record=["router.weight"]), "record_every", TypeError),
+    (dict(callback=3), "callback", TypeError),
+    (dict(progress="no"), "progress", TypeError),
+    (dict(aux_z=-1.0), "aux_z", ValueError),
+    (dict(aux_switch="1"), "aux_switch", TypeError),
+]
+
+
+@pytest.mark.parametrize("kw, name, error", TRAIN_TYPE_ERRORS,
+                         ids=[f"{k}={v!r}" for kw, _, _ in TRAIN_TYPE_ERRORS
+                              for k, v in list(kw.items())[:1]])
+def test_training_arguments_have_one_rule_per_kind(kw, name, error, model, data):
+    X, y = data
+    kw = {"steps": 3, **kw}
+    with theta_unchanged(model), pytest.raises(error, match=name):
+        mt.train(model, X, y, progress=False, **kw)
+
+
+def test_numpy_scalars_are_numbers_and_bools(model, data):
+    # np.True_ was refused where True was accepted
+    X, y = data
+    m = mt.MoE(np.int64(D_IN), np.int32(E), hidden=np.uint8(H), bias=np.True_,
+               normalize=np.False_, temperature=np.float32(0.5), seed=np.int64(3))
+    assert m.config["bias"] is True and m.config["d_in"] == D_IN
+    mt.train(model, X, y, steps=np.int64(2), lr=np.float32(1e-3), batch_size=np.int16(3),
+             seed=np.uint64(4), progress=np.False_)
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(bias=2), "bias"), (dict(bias=1), "bias"), (dict(bias="yes"), "bias"),
+    (dict(normalize=0), "normalize"), (dict(temperature="1"), "temperature"),
+    (dict(temperature=True), "temperature"), (dict(hidden=5.0), "hidden"),
+    (dict(d_out="2"), "d_out"), (dict(gate=3), "gate"), (dict(activation=None), "activation"),
+])
+def test_constructor_types(kw, name):
+    with pytest.raises(TypeError, match=rf"\b{name}\b"):
+        mt.MoE(D_IN, E, **dict(dict(hidden=H), **kw))
+
+
+def test_online_training_argument_types(model):
+    teacher = mt.MoE(D_IN, E, hidden=H, seed=9)
+    with theta_unchanged(model), pytest.raises(TypeError, match="sampler"):
+        mt.train_online(model, None, batch_size=4, steps=2, progress=False)
+    bad_centres = mt.samplers.GaussianMixture(np.zeros(D_IN), teacher)  # 1-D centres
+    with theta_unchanged(model), pytest.raises(ValueError, match="centres"):
+        mt.train_online(model, bad_centres, batch_size=4, steps=2, progress=False)
+    with theta_unchanged(model), pytest.raises(TypeError, match="batch_size"):
+        mt.train_online(model, mt.samplers.Gaussian(D_IN, teacher), batch_size=4.0, steps=2,
+                        progress=False)
+
+
+@pytest.mark.parametrize("t", [1e-320, 5e-324, 0.0, -1.0, float("inf"), float("nan")])
+def test_temperatures_that_break_the_arithmetic_are_refused(t):
+    # 1e-320 passed "> 0" and the softmax of act(s) / t gave NaN
+    with pytest.raises(ValueError, match="temperature"):
+        mt.MoE(D_IN, E, hidden=H, gate="temperature", temperature=t)
+    m = mt.MoE(D_IN, E, hidden=H, gate="temperature", temperature=0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        m.temperature = t
+    assert m.temperature == 0.5
+
+
+@X_CALLS
+def test_inputs_too_large_for_float64_raise_instead_of_nan(call, model, data):
+    # X around 1e300 gave inf/NaN silently from model(X) and loss_and_grad: with unit weights
+    # every score and output of X = 1e308 overflows, so each call must raise
+    X, y = data
+    model.theta[:] = 1.0
+    with theta_unchanged(model), pytest.raises(FloatingPointError, match="overflow"):
+        CALLS[call](model, np.full_like(X, 1e308), y)
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e300])
+@X_CALLS
+def test_large_inputs_give_finite_results_or_raise(scale, call, model, data):
+    X, y = data
+    try:
+        result = CALLS[call](model, X * scale, y)
+    except FloatingPointError:
+        return
+    values = result if isinstance(result, tuple) else (result,)
+    assert all(np.all(np.isfinite(v)) for v in values)
+
+
+def test_training_on_overflowing_inputs_raises(model, data):
+    X, y = data
+    with theta_unchanged(model), pytest.raises(FloatingPointError):
+        mt.train(model, X * 1e300, y, steps=2, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# load: sizes checked against the stored arrays and a limit before anything is allocated
+# ------------------------------------------------------------------------------------------------
+
+def _write_model_file(path, config, theta_bytes=None, theta_shape=None, fmt="moetheory.MoE",
+                      compress=False):
+    """A .npz as FlatModel.save writes it, with a config and a theta member of our choosing:
+    theta_shape is what the .npy header of theta declares, theta_bytes what follows it."""
+    import io
+    import json
+    import zipfile
+
+    def npy(array):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        return buf.getvalue()
+
+    if theta_bytes is None:
+        theta_bytes = b""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, dict(descr="<f8", fortran_order=False,
+                                                      shape=theta_shape))
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", mode) as z:
+        z.writestr("theta.npy", header.getvalue() + theta_bytes)
+        z.writestr("config.npy", npy(np.array(json.dumps(config))))
+        z.writestr("format.npy", npy(np.array(fmt)))
+        z.writestr("version.npy", npy(np.array(1)))
+
+
+def _failed_load(path, **kw):
+    """(peak bytes traced while loading, the ValueError raised): loading must fail."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as info:
+            mt.MoE.load(path, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, str(info.value)
+
+
+LINEAR_CONFIG = dict(d_in=1, n_experts=1, expert="linear", hidden=1, depth=1,
+                     activation="relu", gate="softmax", top_k=None, temperature=1.0,
+                     gate_activation=None, groups=None, d_out=1, bias=False, normalize=False)
+
+
+def test_load_round_trips_what_the_writer_writes(tmp_path):
+    # the hand-made files below are only meaningful if a correct one loads
+    P = 2 * 7  # router (1, 7) + experts.W (1, 1, 7)
+    theta = np.arange(P, dtype="<f8")
+    path = tmp_path / "ok.npz"
+    _write_model_file(path, dict(LINEAR_CONFIG, d_in=7), theta.tobytes(), (P,))
+    np.testing.assert_array_equal(mt.MoE.load(path).theta, theta)
+
+
+def test_load_compares_config_and_theta_before_allocating(tmp_path):
+    # a 2 KB file whose config says 2e7 parameters (160 MB) and whose theta holds 3: it cost
+    # the config's allocation and initialisation before the ValueError
+    path = tmp_path / "big-config.npz"
+    _write_model_file(path, dict(LINEAR_CONFIG, d_in=10**7), np.zeros(3).tobytes(), (3,))
+    assert path.stat().st_size < 4000
+    peak, message = _failed_load(path)
+    assert "shape (20000000,)" in message
+    assert peak < 5_000_000, f"loading a 2 KB file peaked at {peak} bytes"
+
+
+def test_load_refuses_a_member_that_lies_about_its_data(tmp_path):
+    # a consistent header of 1.5e8 parameters (1.2 GB) over 64 bytes of compressed data: the
+    # zip entry's size tells before anything is read or allocated
+    P = 150_000_000
+    path = tmp_path / "bomb.npz"
+    _write_model_file(path, dict(LINEAR_CONFIG, d_in=P // 2), b"\0" * 64, (P,), compress=True)
+    for kw in ({}, {"max_params": P}):
+        peak, message = _failed_load(path, **kw)
+        assert "theta" in message and peak < 5_000_000, (message, peak)
+
+
+def test_load_refuses_more_parameters_than_max_params(tmp_path):
+    m = mt.MoE(D_IN, E, hidden=H)
+    path = tmp_path / "m.npz"
+    m.save(path)
+    peak, message = _failed_load(path, max_params=m.n_params - 1)
+    assert "max_params" in message
+    np.testing.assert_array_equal(mt.MoE.load(path, max_params=m.n_params).theta, m.theta)
+    assert mt.model.MAX_LOAD_PARAMS == 10**8  # the documented default
+
+
+@pytest.mark.parametrize("config, name", [
+    (dict(LINEAR_CONFIG, d_in=2**63 - 1), "d_in"),
+    (dict(LINEAR_CONFIG, d_in=10**12), "d_in"),                    # ~1e12 parameters
+    (dict(LINEAR_CONFIG, expert="ffn", d_in=3, hidden=2**62), "hidden"),
+    (dict(LINEAR_CONFIG, d_in="3"), "d_in"),
+    (dict(LINEAR_CONFIG, seed=3), "seed"),
+    (dict(LINEAR_CONFIG, colour="red"), "colour"),
+    ([1, 2], "JSON object"),
+])
+def test_load_refuses_bad_configs_with_value_error(tmp_path, config, name):
+    path = tmp_path / "bad.npz"
+    _write_model_file(path, config, np.zeros(2).tobytes(), (2,))
+    with pytest.raises(ValueError, match=name):
+        mt.MoE.load(path)
+
+
+@pytest.mark.parametrize("damage", ["short-data", "long-data", "nan", "dtype", "2d", "format"])
+def test_load_refuses_damaged_theta(tmp_path, damage):
+    P = 2 * 7
+    theta = np.arange(P, dtype="<f8")
+    kw = dict(theta_bytes=theta.tobytes(), theta_shape=(P,))
+    if damage == "short-data":
+        kw["theta_bytes"] = theta.tobytes()[:-8]
+    elif damage == "long-data":
+        kw["theta_bytes"] = theta.tobytes() + b"\0" * 8
+    elif damage == "nan":
+        kw["theta_bytes"] = np.where(theta == 3, np.nan, theta).tobytes()
+    elif damage == "dtype":
+        kw["theta_bytes"] = theta.astype("<f4").tobytes()
+        kw["theta_shape"] = (2 * P,)  # the right byte count, the wrong parameter count
+    elif damage == "2d":
+        kw["theta_shape"] = (2, 7)
+    path = tmp_path / "damaged.npz"
+    _write_model_file(path, dict(LINEAR_CONFIG, d_in=7),
+                      fmt="moetheory.DeepMoE" if damage == "format" else "moetheory.MoE", **kw)
+    with pytest.raises(ValueError):
+        mt.MoE.load(path)
+
+
+def test_load_refuses_a_corrupted_compressed_member(tmp_path):
+    m = mt.MoE(D_IN, E, hidden=H)
+    path = tmp_path / "m.npz"
+    m.save(path)
+    data = bytearray(path.read_bytes())
+    i = data.find(b"theta.npy") + 200  # inside theta's data: a CRC error on reading
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        mt.MoE.load(path)

@@ -167,7 +167,7 @@ def _bad_cases():
     args = samplers.core_arguments(good)
     return [
         (ValueError, "n", lambda: samplers.draw(good, 0)),
-        (ValueError, "n", lambda: samplers.draw(good, 2.5)),
+        (TypeError, "n", lambda: samplers.draw(good, 2.5)),  # a count is an integer
         (ValueError, "seed", lambda: samplers.draw(good, 5, seed=-1)),
         (ValueError, "seed", lambda: samplers.draw(good, 5, seed=2 ** 64)),
         (TypeError, "sampler", lambda: samplers.draw("uniform", 5)),
@@ -196,13 +196,16 @@ def _bad_cases():
          lambda: _core.draw(5, **{**args, "teacher_theta": np.full_like(t3.theta, np.nan)})),
         (TypeError, "teacher_theta", lambda: _core.draw(5, **{**args, "teacher_theta": None})),
         (TypeError, "teacher", lambda: _core.draw(5, **{**args, "teacher": t3})),
-        (ValueError, "input", lambda: _core.draw(5, **{**args, "input": 7})),
+        (ValueError, "input", lambda: _core.draw(5, **{**args, "input": "sobol"})),
+        (TypeError, "input", lambda: _core.draw(5, **{**args, "input": 2})),  # names, not enums
         (ValueError, "noise_sd", lambda: _core.draw(5, **{**args, "noise_sd": -0.5})),
         (ValueError, "low", lambda: _core.draw(5, **{**args, "low": 2.0})),
-        (ValueError, "scale", lambda: _core.draw(5, **{**args, "input": 0, "scale": np.nan})),
-        (ValueError, "centres", lambda: _core.draw(5, **{**args, "input": 1})),
+        (ValueError, "scale", lambda: _core.draw(5, **{**args, "input": "gaussian",
+                                                       "scale": np.nan})),
+        (ValueError, "centres", lambda: _core.draw(5, **{**args, "input": "mixture"})),
         (ValueError, "weights", lambda: _core.draw(
-            5, **{**args, "input": 1, "centres": np.zeros((2, 3)), "weights": [0.0, 0.0]})),
+            5, **{**args, "input": "mixture", "centres": np.zeros((2, 3)),
+                  "weights": [0.0, 0.0]})),
         (ValueError, "teacher", lambda: _core.draw(5)),
         (ValueError, "source", lambda: _core.draw(
             5, source=ClusteredSingleIndex(7, 2, 1.0).core_source, **args)),

@@ -174,23 +174,23 @@ def test_divergence_raises_and_keeps_finite_parameters():
     assert np.all(np.isfinite(model.theta))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(optimizer="lbfgs"), "optimizer"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(batch_size=1000), "batch_size"),
-    (dict(steps=-1), "steps"),
-    (dict(steps=2.5), "steps"),
-    (dict(schedule="warmup"), "schedule"),
-    (dict(project="ball"), "project"),
-    (dict(lr=-1.0), "optimizer settings"),
-    (dict(record=["nope"], record_every=1), "record"),
+@pytest.mark.parametrize("kwargs, match, error", [
+    (dict(optimizer="lbfgs"), "optimizer", ValueError),
+    (dict(batch_size=0), "batch_size", ValueError),
+    (dict(batch_size=1000), "batch_size", ValueError),
+    (dict(steps=-1), "steps", ValueError),
+    (dict(steps=2.5), "steps", TypeError),  # a float is not a step count, integral or not
+    (dict(schedule="warmup"), "schedule", ValueError),
+    (dict(project="ball"), "project", ValueError),
+    (dict(lr=-1.0), r"\blr\b", ValueError),  # the message names the setting
+    (dict(record=["nope"], record_every=1), "record", ValueError),
 ])
-def test_bad_arguments_leave_the_model_unchanged(kwargs, match):
+def test_bad_arguments_leave_the_model_unchanged(kwargs, match, error):
     X, y = _problem()
     model = mt.MoE(3, 3, hidden=4, seed=1)
     before = model.theta.copy()
     kwargs = {"steps": 5, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         mt.train(model, X, y, progress=False, **kwargs)
     np.testing.assert_array_equal(model.theta, before)
 
