@@ -66,6 +66,8 @@ __all__ = ["Experiment", "ExperimentResult", "near_truth_theta", "default_free",
            "default_assignment"]
 
 _ESTIMATORS = ("least_squares", "em", "sgd")
+# What ``fit_config`` may change: settings that keep the truth's parameter layout.
+_FIT_CHANGES = ("top_k", "temperature")
 _STARTS = ("near_truth", "random")
 _LOSSES = ("D1", "D2")
 
@@ -363,6 +365,7 @@ class _Spec:
     init_sd_gate: float
     init_sd_expert: float
     options: dict
+    fit_changes: dict
 
     def truth(self):
         model = MoE(**self.truth_config)
@@ -370,7 +373,7 @@ class _Spec:
         return model
 
     def fit_config(self):
-        return dict(self.truth_config, n_experts=self.fit_experts)
+        return dict(self.truth_config, n_experts=self.fit_experts, **self.fit_changes)
 
 
 def _loss_columns(spec, fitted, truth, hier):
@@ -589,7 +592,8 @@ class Experiment:
         gate, linear or one-neuron sigmoid/tanh experts with b2 = 0, d_out = 1).
     fit_experts : int
         Experts of the fitted model (>= the truth's; a multiple of the groups for a
-        hierarchical gate). The fitted model has the truth's configuration otherwise.
+        hierarchical gate). The fitted model has the truth's configuration otherwise, but for
+        ``fit_config``.
     estimator : {"least_squares", "em", "sgd"}
     loss : {"D1", "D2"} or callable
         The loss column: a Voronoi loss (:func:`moetheory.metrics.voronoi_loss`), or
@@ -624,6 +628,11 @@ class Experiment:
         True atom of each fitted atom at the start (default :func:`default_assignment`).
     init_sd_gate, init_sd_expert : float, default 0.005 and 0.05
         c of the start noise c n^-0.083.
+    fit_config : dict, optional
+        Changes to the fitted model's configuration that keep the parameter layout:
+        ``top_k`` or ``temperature``. An over-specified top-k fit needs more selected experts
+        than the truth (the split atoms of a cell take slots): e.g. ``{"top_k": 3}`` for a
+        top-2 truth fitted with one extra expert.
     seed_rule : callable, optional
         ``seed_rule(seed, n, rep) -> int`` (:class:`moetheory.scaling.Study`).
     name : str, optional
@@ -644,7 +653,7 @@ class Experiment:
     def __init__(self, truth, *, fit_experts, estimator="least_squares", loss="D1", n, reps,
                  noise_sd, inputs="uniform", free=None, start="near_truth", n_init=1,
                  params=None, seed=0, assignment=None, init_sd_gate=0.005, init_sd_expert=0.05,
-                 seed_rule=None, name=None, **estimator_options):
+                 fit_config=None, seed_rule=None, name=None, **estimator_options):
         if not isinstance(truth, MoE):
             raise TypeError(f"truth must be a moetheory.MoE, got {type(truth).__name__}")
         if estimator not in _ESTIMATORS:
@@ -659,7 +668,11 @@ class Experiment:
                 fit_experts < k_true:
             raise ValueError(f"fit_experts must be an integer >= the truth's {k_true} experts "
                              f"(every true atom covered), got {fit_experts!r}")
-        fit_config = dict(config, n_experts=int(fit_experts))
+        changes = dict(fit_config or {})
+        if set(changes) - set(_FIT_CHANGES):
+            raise ValueError(f"fit_config may change {_FIT_CHANGES} of the fitted model (the "
+                             f"parameter layout stays the truth's), got {sorted(changes)}")
+        fit_config = dict(config, n_experts=int(fit_experts), **changes)
         MoE(**fit_config)  # the fitted model must exist (groups divide it, top_k fits)
         if config["gate"] == "hierarchical" and fit_experts // config["groups"] < \
                 k_true // config["groups"]:
@@ -696,14 +709,14 @@ class Experiment:
             assignment=None if assignment is None else
             _assignment(config, fit_config, assignment).tolist(),
             init_sd_gate=float(init_sd_gate), init_sd_expert=float(init_sd_expert),
-            options=dict(estimator_options))
+            options=dict(estimator_options), fit_changes=changes)
         self.loss_name = loss if isinstance(loss, str) else "loss"
         name = name or f"{estimator} {config['gate']} k*={k_true} k={fit_experts}"
         self.study = Study(functools.partial(_experiment_cell, self._spec), n, reps, name=name,
                            grid_name="n", seed=seed, seed_rule=seed_rule, tag=_settings_hash(self._spec))
 
     @property
-    def fit_config(self):
+    def fitted_config(self):
         """The fitted model's configuration."""
         return self._spec.fit_config()
 

@@ -176,8 +176,8 @@ def test_sgd_random_starts_and_other_shapes():
     row = sgd.cell(200, 0, 5)
     assert np.isfinite(row["D1"]) and row["n_iter"] == 200 and row["converged"] is None
     # the fit moved from the start toward the data: its MSE is below the start's
-    start = mt.MoE(**sgd.fit_config)
-    start.theta = near_truth_theta(truth, sgd.fit_config, 200, np.random.default_rng(6))
+    start = mt.MoE(**sgd.fitted_config)
+    start.theta = near_truth_theta(truth, sgd.fitted_config, 200, np.random.default_rng(6))
     X, y = mt.samplers.draw(mt.samplers.Uniform(2, truth, noise=0.05, low=0.0, high=1.0), 200,
                             seed=5)
     assert row["mse"] < start.loss_and_grad(X, y[:, 0])[0]
