@@ -56,191 +56,47 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import samplers
-from .estimate import em, em_pack, em_sample, free_mask, least_squares
-from .metrics.atoms import atoms, expert_blocks, has_gauge
-from .metrics.voronoi import hierarchical_voronoi_loss, normalize_gate, voronoi_loss
+from .estimate import em, em_sample, free_mask, least_squares
+from .metrics.atoms import atoms, expert_blocks
+from .metrics.voronoi import hierarchical_voronoi_loss, voronoi_loss
 from .model import MoE
+from .rates_em import _em_atoms, _em_kind, _em_start, _em_truth
+from .rates_start import (_assignment, _blocks, _random_theta,
+                          default_assignment, default_free, near_truth_theta)
 from .scaling import Study
 
 __all__ = ["Experiment", "ExperimentResult", "near_truth_theta", "default_free",
            "default_assignment"]
 
 _ESTIMATORS = ("least_squares", "em", "sgd")
+# What ``fit_config`` may change: settings that keep the truth's parameter layout.
+_FIT_CHANGES = ("top_k", "temperature")
 _STARTS = ("near_truth", "random")
 _LOSSES = ("D1", "D2")
 
 
-# --------------------------------------------------------------------------- shapes
-
-def default_assignment(k_true, k_fit, groups=None):
-    """The true atom each fitted atom starts at: extra atoms join true atom 0 (within each
-    group for a hierarchical gate), the last fitted atom (of each group) at the last true one.
-
-    Returns
-    -------
-    ndarray of int, shape (k_fit,)
-    """
-    if groups is None:
-        return np.array([0] * (k_fit - k_true + 1) + list(range(1, k_true)))
-    m_true, m_fit = k_true // groups, k_fit // groups
-    within = [0] * (m_fit - m_true + 1) + list(range(1, m_true))
-    return np.array([g * m_true + j for g in range(groups) for j in within])
-
-
-def _references(config):
-    """Indices of the fitted experts whose inner gate row is a reference (hierarchical)."""
-    m = config["n_experts"] // config["groups"]
-    return np.arange(1, config["groups"] + 1) * m - 1
-
-
-def default_free(config, params, *, hold_reference=True):
-    """The default free patterns (module notes) for a fitted model of ``config``.
-
-    Parameters
-    ----------
-    config : dict
-        The fitted model's configuration.
-    params : tuple of str
-        The counted expert blocks.
-    hold_reference : bool, default True
-        Hold the gate's reference row(s) when the gate has a gauge (False for SGD, which
-        freezes whole blocks only).
-
-    Returns
-    -------
-    list of str
-        Patterns for :func:`moetheory.estimate.free_mask`.
-    """
-    free = ["router.*", *params]
-    if not hold_reference:
-        return free
-    if config["gate"] == "hierarchical":
-        free += ["!router.outer.*[-1]"] + [f"!router.inner.*[{r}]" for r in _references(config)]
-    elif has_gauge(config):
-        free += ["!router.*[-1]"]
-    return free
-
-
-# --------------------------------------------------------------------------- near-truth start
-
-def _noisy(value, rows, sd, rng):
-    """value with N(0, sd^2) noise added on ``rows`` (drawn as one (len(rows), ...) block)."""
-    value = np.array(value, dtype=np.float64)
-    value[rows] += sd * rng.standard_normal(value[rows].shape)
-    return value
-
-
-def near_truth_theta(truth, fit_config, n, rng, *, assignment=None, params=None,
-                     init_sd_gate=0.005, init_sd_expert=0.05, bounds=None):
-    """The near-truth start of a fit (module notes) as a flat parameter vector.
-
-    Parameters
-    ----------
-    truth : MoE
-    fit_config : dict
-        The fitted model's configuration (the truth's but for ``n_experts``).
-    n : int
-        Sample size (the noise is c n^-0.083).
-    rng : numpy.random.Generator
-    assignment : array_like of int, shape (k,), optional
-        True atom of each fitted atom (default :func:`default_assignment`).
-    params : sequence of str, optional
-        Counted expert blocks (default: all).
-    init_sd_gate, init_sd_expert : float
-        c of the noise on gate and expert parameters.
-    bounds : (low, high), optional
-        The start is clipped into this box.
-
-    Returns
-    -------
-    ndarray, shape (P,)
-        The fitted model's theta.
-    """
-    start = MoE(**fit_config)
-    tp, sp = truth.params, start.params
-    hier = fit_config["gate"] == "hierarchical"
-    asg = _assignment(truth.config, fit_config, assignment)
-    count = np.bincount(asg, minlength=truth.config["n_experts"])
-    sg, se = init_sd_gate * n ** -0.083, init_sd_expert * n ** -0.083
-    k = fit_config["n_experts"]
-    prefix = "router.inner" if hier else "router"
-    if hier:
-        free_rows = np.setdiff1d(np.arange(k), _references(fit_config))
-    else:
-        free_rows = np.arange(k - 1) if has_gauge(fit_config) else np.arange(k)
-    sp[f"{prefix}.weight"][...] = _noisy(tp[f"{prefix}.weight"][asg], free_rows, sg, rng)
-    if f"{prefix}.bias" in tp:
-        split = tp[f"{prefix}.bias"][asg] - np.log(count[asg])
-        sp[f"{prefix}.bias"][...] = _noisy(split, free_rows, sg, rng)
-    if hier:
-        outer = np.arange(fit_config["groups"] - 1)
-        sp["router.outer.weight"][...] = _noisy(tp["router.outer.weight"], outer, sg, rng)
-        if "router.outer.bias" in tp:
-            sp["router.outer.bias"][...] = _noisy(tp["router.outer.bias"], outer, sg, rng)
-    counted = _blocks(start, params)
-    for name in expert_blocks(start):
-        rows = np.arange(k) if name in counted else np.arange(0)
-        sp[name][...] = _noisy(tp[name][asg], rows, se, rng)
-    theta = start.theta
-    if bounds is not None:
-        theta = np.clip(theta, bounds[0], bounds[1])
-    return theta
-
-
-def _blocks(model, params):
-    blocks = expert_blocks(model)
-    if params is None:
-        return blocks
-    params = (params,) if isinstance(params, str) else tuple(params)
-    return tuple(b for b in blocks if b in params)
-
-
-def _assignment(true_config, fit_config, assignment):
-    k_true, k = true_config["n_experts"], fit_config["n_experts"]
-    groups = fit_config["groups"] if fit_config["gate"] == "hierarchical" else None
-    if assignment is None:
-        return default_assignment(k_true, k, groups)
-    asg = np.asarray(assignment)
-    if asg.dtype.kind not in "iu" or asg.shape != (k,) or asg.min() < 0 or asg.max() >= k_true:
-        raise ValueError(f"assignment must hold {k} true-atom indices in [0, {k_true}), got "
-                         f"{assignment!r}")
-    if np.unique(asg).size != k_true:
-        raise ValueError(f"assignment must cover every true atom (0..{k_true - 1}), got "
-                         f"{asg.tolist()}")
-    if has_gauge(fit_config) and not groups and asg[-1] != k_true - 1:
-        raise ValueError("assignment[-1] must be the last true atom (the gate's reference)")
-    if groups:
-        default = default_assignment(k_true, k, groups)
-        if not np.array_equal(asg // (k_true // groups), default // (k_true // groups)) or \
-                not np.array_equal(asg[_references(fit_config)], default[_references(fit_config)]):
-            raise ValueError("a hierarchical assignment must keep every fitted expert in its own "
-                             "group and each group's last expert at the true group's last")
-    return asg.astype(np.int64)
-
-
-def _random_theta(template, mask, rng, bounds):
-    """The core's default initialisation on the free coordinates, the template's elsewhere."""
-    theta = template.theta.copy()
-    fresh = MoE(**template.config, seed=int(rng.integers(2 ** 62))).theta
-    theta[mask] = fresh[mask]
-    return theta if bounds is None else np.clip(theta, bounds[0], bounds[1])
-
-
 # --------------------------------------------------------------------------- data
+
+def _noise_field(cls):
+    """The name of a sampler's noise field ("noise_sd"; "noise" before the API rename)."""
+    names = {f.name for f in fields(cls)}
+    return "noise_sd" if "noise_sd" in names else "noise"
+
 
 def _sampler(spec, truth):
     inputs, d = spec.inputs, truth.config["d_in"]
     noise = float(spec.noise_sd) if spec.estimator != "em" else 0.0
     if inputs == "uniform":
-        return samplers.Uniform(d, truth, noise_sd=noise, low=0.0, high=1.0)
-    if inputs == "normal":
-        return samplers.Gaussian(d, truth, noise_sd=noise)
-    if inputs == "linspace":
-        return samplers.Grid(truth, noise_sd=noise, low=0.0, high=1.0)
-    if isinstance(inputs, tuple) and inputs[0] == "box":
-        return samplers.Uniform(d, truth, noise_sd=noise, low=inputs[1], high=inputs[2])
-    cls, kwargs = inputs
-    return cls(teacher=truth, noise_sd=noise, **kwargs)
+        cls, kwargs = samplers.Uniform, dict(d=d, low=0.0, high=1.0)
+    elif inputs == "normal":
+        cls, kwargs = samplers.Gaussian, dict(d=d)
+    elif inputs == "linspace":
+        cls, kwargs = samplers.Grid, dict(low=0.0, high=1.0)
+    elif isinstance(inputs, tuple) and inputs[0] == "box":
+        cls, kwargs = samplers.Uniform, dict(d=d, low=inputs[1], high=inputs[2])
+    else:
+        cls, kwargs = inputs
+    return cls(teacher=truth, **{_noise_field(cls): noise}, **kwargs)
 
 
 def _y_seed(s):
@@ -259,86 +115,6 @@ def _draw(spec, truth, n, s):
         return X, em_sample(_em_truth(spec, truth), X, K, seed=s, **kind)
     X, _ = samplers.draw(_sampler(spec, truth), n, seed=s)
     return X, em_sample(_em_truth(spec, truth), X, K, seed=_y_seed(s), **kind)
-
-
-# --------------------------------------------------------------------------- EM glue
-
-def _em_kind(config, params):
-    """The em()/em_sample() options that express a model, or ValueError saying why not."""
-    why = []
-    if config["gate"] != "softmax":
-        why.append(f"gate={config['gate']!r} (EM has a softmax gate)")
-    if config["d_out"] != 1 or not config["bias"] or config["normalize"]:
-        why.append("d_out = 1, bias=True and normalize=False are needed")
-    if config["expert"] == "ffn":
-        if config["hidden"] != 1 or config["depth"] != 1 or \
-                config["activation"] not in ("sigmoid", "tanh"):
-            why.append("FFN experts must have one hidden neuron with sigmoid or tanh")
-        elif np.any(params["experts.b2"] != 0):
-            why.append("FFN experts must have experts.b2 = 0")
-    if why:
-        raise ValueError("the truth is not an EM model (estimator='em'): " + "; ".join(why))
-    if config["expert"] == "linear":
-        return dict(expert="linear")
-    outer = not np.all(params["experts.W2"] == 1.0)
-    return dict(expert="ffn", act=config["activation"], outer_scale=outer)
-
-
-def _em_parts(truth):
-    """(beta0, beta1, a, b, c) of a truth in the reference gauge (c None without outer scale)."""
-    p, cfg = truth.params, truth.config
-    beta0, beta1 = normalize_gate(p["router.bias"], p["router.weight"])
-    if cfg["expert"] == "linear":
-        a, b, c = p["experts.W"][:, 0, :], p["experts.b"][:, 0], None
-    else:
-        a, b = p["experts.W1"][:, 0, :], p["experts.b1"][:, 0]
-        c = p["experts.W2"][:, 0, 0] if _em_kind(cfg, p)["outer_scale"] else None
-    return beta0, beta1, np.array(a), np.array(b), c
-
-
-def _em_truth(spec, truth):
-    beta0, beta1, a, b, c = _em_parts(truth)
-    sd = np.broadcast_to(np.asarray(spec.noise_sd, dtype=np.float64), b.shape)
-    return em_pack(beta0, beta1, a, b, c=c, sigma2=sd ** 2)
-
-
-def _em_atoms(theta, d, K, outer):
-    """Voronoi atoms of an EM parameter vector: expert parameters (a, b, [c], sigma2)."""
-    from .estimate import em_unpack
-
-    p = em_unpack(theta, d, K, outer)
-    expert = [p["a"], p["b"][:, None]] + ([p["c"][:, None]] if outer else []) + \
-        [p["sigma2"][:, None]]
-    return dict(gate_bias=p["beta0"], gate_weight=p["beta1"], expert=np.concatenate(expert, 1))
-
-
-def _em_start(spec, truth, K, n, asg):
-    """init(rng) for em(): the near-truth rule on the EM's parameters (CRPE-SGaME's order)."""
-    beta0, beta1, a, b, c = _em_parts(truth)
-    sd = np.broadcast_to(np.asarray(spec.noise_sd, dtype=np.float64), b.shape)
-    count = np.bincount(asg, minlength=b.size)
-    sg, se = spec.init_sd_gate * n ** -0.083, spec.init_sd_expert * n ** -0.083
-    free = np.arange(K - 1)
-
-    def init(rng):
-        b0 = _noisy(beta0[asg] - np.log(count[asg]), free, sg, rng)
-        b1 = _noisy(beta1[asg], free, sg, rng)
-        b0[-1], b1[-1] = 0.0, 0.0
-        every = np.arange(K)
-        a_, b_ = _noisy(a[asg], every, se, rng), _noisy(b[asg], every, se, rng)
-        c_ = None if c is None else _noisy(c[asg], every, se, rng)
-        s_ = np.abs(_noisy(sd[asg], every, se, rng))
-        return em_pack(b0, b1, a_, b_, c=c_, sigma2=s_ ** 2)
-
-    def random_init(rng):
-        d = beta1.shape[1]
-        b0, b1 = rng.standard_normal(K), rng.standard_normal((K, d))
-        b0[-1], b1[-1] = 0.0, 0.0
-        c_ = None if c is None else np.ones(K)
-        return em_pack(b0, b1, rng.standard_normal((K, d)), rng.standard_normal(K),
-                       c=c_, sigma2=np.full(K, float(np.mean(sd ** 2))))
-
-    return init if spec.start == "near_truth" else random_init
 
 
 # --------------------------------------------------------------------------- one cell
@@ -363,6 +139,7 @@ class _Spec:
     init_sd_gate: float
     init_sd_expert: float
     options: dict
+    fit_changes: dict
 
     def truth(self):
         model = MoE(**self.truth_config)
@@ -370,7 +147,7 @@ class _Spec:
         return model
 
     def fit_config(self):
-        return dict(self.truth_config, n_experts=self.fit_experts)
+        return dict(self.truth_config, n_experts=self.fit_experts, **self.fit_changes)
 
 
 def _loss_columns(spec, fitted, truth, hier):
@@ -510,7 +287,7 @@ def _inputs_spec(inputs, truth_config):
     if isinstance(inputs, (samplers.Uniform, samplers.Gaussian, samplers.Grid,
                            samplers.GaussianMixture)):
         kwargs = {f.name: getattr(inputs, f.name) for f in fields(inputs)
-                  if f.name not in ("teacher", "noise")}
+                  if f.name not in ("teacher", "noise", "noise_sd")}
         if kwargs.get("d", truth_config["d_in"]) != truth_config["d_in"]:
             raise ValueError(f"inputs sampler has d = {kwargs['d']}, the truth d_in = "
                              f"{truth_config['d_in']}")
@@ -528,8 +305,8 @@ def _noise_spec(noise_sd, estimator, k_true):
         return tuple(float(v) for v in sd)
     if isinstance(noise_sd, bool) or not isinstance(noise_sd, numbers.Real) or \
             not math.isfinite(noise_sd) or noise_sd < 0 or (estimator == "em" and noise_sd == 0):
-        raise ValueError(f"noise_sd must be a finite number {'> 0' if estimator == 'em' else '>= 0'}"
-                         f", got {noise_sd!r}")
+        bound = "> 0" if estimator == "em" else ">= 0"
+        raise ValueError(f"noise_sd must be a finite number {bound}, got {noise_sd!r}")
     return float(noise_sd)
 
 
@@ -589,7 +366,8 @@ class Experiment:
         gate, linear or one-neuron sigmoid/tanh experts with b2 = 0, d_out = 1).
     fit_experts : int
         Experts of the fitted model (>= the truth's; a multiple of the groups for a
-        hierarchical gate). The fitted model has the truth's configuration otherwise.
+        hierarchical gate). The fitted model has the truth's configuration otherwise, but for
+        ``fit_config``.
     estimator : {"least_squares", "em", "sgd"}
     loss : {"D1", "D2"} or callable
         The loss column: a Voronoi loss (:func:`moetheory.metrics.voronoi_loss`), or
@@ -624,6 +402,11 @@ class Experiment:
         True atom of each fitted atom at the start (default :func:`default_assignment`).
     init_sd_gate, init_sd_expert : float, default 0.005 and 0.05
         c of the start noise c n^-0.083.
+    fit_config : dict, optional
+        Changes to the fitted model's configuration that keep the parameter layout:
+        ``top_k`` or ``temperature``. An over-specified top-k fit needs more selected experts
+        than the truth (the split atoms of a cell take slots): e.g. ``{"top_k": 3}`` for a
+        top-2 truth fitted with one extra expert.
     seed_rule : callable, optional
         ``seed_rule(seed, n, rep) -> int`` (:class:`moetheory.scaling.Study`).
     name : str, optional
@@ -644,7 +427,7 @@ class Experiment:
     def __init__(self, truth, *, fit_experts, estimator="least_squares", loss="D1", n, reps,
                  noise_sd, inputs="uniform", free=None, start="near_truth", n_init=1,
                  params=None, seed=0, assignment=None, init_sd_gate=0.005, init_sd_expert=0.05,
-                 seed_rule=None, name=None, **estimator_options):
+                 fit_config=None, seed_rule=None, name=None, **estimator_options):
         if not isinstance(truth, MoE):
             raise TypeError(f"truth must be a moetheory.MoE, got {type(truth).__name__}")
         if estimator not in _ESTIMATORS:
@@ -659,7 +442,11 @@ class Experiment:
                 fit_experts < k_true:
             raise ValueError(f"fit_experts must be an integer >= the truth's {k_true} experts "
                              f"(every true atom covered), got {fit_experts!r}")
-        fit_config = dict(config, n_experts=int(fit_experts))
+        changes = dict(fit_config or {})
+        if set(changes) - set(_FIT_CHANGES):
+            raise ValueError(f"fit_config may change {_FIT_CHANGES} of the fitted model (the "
+                             f"parameter layout stays the truth's), got {sorted(changes)}")
+        fit_config = dict(config, n_experts=int(fit_experts), **changes)
         MoE(**fit_config)  # the fitted model must exist (groups divide it, top_k fits)
         if config["gate"] == "hierarchical" and fit_experts // config["groups"] < \
                 k_true // config["groups"]:
@@ -696,14 +483,15 @@ class Experiment:
             assignment=None if assignment is None else
             _assignment(config, fit_config, assignment).tolist(),
             init_sd_gate=float(init_sd_gate), init_sd_expert=float(init_sd_expert),
-            options=dict(estimator_options))
+            options=dict(estimator_options), fit_changes=changes)
         self.loss_name = loss if isinstance(loss, str) else "loss"
         name = name or f"{estimator} {config['gate']} k*={k_true} k={fit_experts}"
         self.study = Study(functools.partial(_experiment_cell, self._spec), n, reps, name=name,
-                           grid_name="n", seed=seed, seed_rule=seed_rule, tag=_settings_hash(self._spec))
+                           grid_name="n", seed=seed, seed_rule=seed_rule,
+                           tag=_settings_hash(self._spec))
 
     @property
-    def fit_config(self):
+    def fitted_config(self):
         """The fitted model's configuration."""
         return self._spec.fit_config()
 

@@ -92,7 +92,8 @@ def test_near_truth_start_any_shape():
     n = 1000
     start = mt.MoE(**fit_config)
     start.theta = near_truth_theta(truth, fit_config, n, np.random.default_rng(2))
-    np.testing.assert_array_equal(start.params["router.weight"][-1], truth.params["router.weight"][-1])
+    np.testing.assert_array_equal(start.params["router.weight"][-1],
+                                  truth.params["router.weight"][-1])
     assert start.params["router.bias"][-1] == truth.params["router.bias"][-1]
     gate_dev = start.params["router.weight"][:-1] - truth.params["router.weight"][asg[:-1]]
     expert_dev = start.params["experts.W1"] - truth.params["experts.W1"][asg]
@@ -176,10 +177,10 @@ def test_sgd_random_starts_and_other_shapes():
     row = sgd.cell(200, 0, 5)
     assert np.isfinite(row["D1"]) and row["n_iter"] == 200 and row["converged"] is None
     # the fit moved from the start toward the data: its MSE is below the start's
-    start = mt.MoE(**sgd.fit_config)
-    start.theta = near_truth_theta(truth, sgd.fit_config, 200, np.random.default_rng(6))
-    X, y = mt.samplers.draw(mt.samplers.Uniform(2, truth, noise_sd=0.05, low=0.0, high=1.0), 200,
-                            seed=5)
+    start = mt.MoE(**sgd.fitted_config)
+    start.theta = near_truth_theta(truth, sgd.fitted_config, 200, np.random.default_rng(6))
+    # the noise sd positionally: the field is "noise" before the API rename, "noise_sd" after
+    X, y = mt.samplers.draw(mt.samplers.Uniform(2, truth, 0.05, low=0.0, high=1.0), 200, seed=5)
     assert row["mse"] < start.loss_and_grad(X, y[:, 0])[0]
     # random starts with restarts, a d_out = 3 linear truth, normal inputs
     lin = mt.MoE(2, 2, expert="linear", d_out=3, seed=2)
@@ -193,6 +194,16 @@ def test_sgd_random_starts_and_other_shapes():
     assert row["loss"] == pytest.approx(0.5 * Experiment(
         truth, fit_experts=3, n=[100, 200], reps=1, noise_sd=0.05, max_iter=100).cell(
         100, 0, 3)["D1"], rel=1e-12)
+
+
+def test_a_sampler_object_as_inputs_is_its_box():
+    truth = truth_d2()
+    kw = dict(fit_experts=3, n=[100, 200], reps=1, noise_sd=0.05, max_iter=50)
+    box = Experiment(truth, inputs=(-1.0, 1.0), **kw).cell(100, 0, 9)
+    # the sampler's own teacher and noise are replaced by the experiment's truth and noise_sd
+    sampler = mt.samplers.Uniform(2, mt.MoE(2, 1), 0.7, low=-1.0, high=1.0)
+    same = Experiment(truth, inputs=sampler, **kw).cell(100, 0, 9)
+    assert same["D1"] == box["D1"] and same["mse"] == box["mse"]
 
 
 def test_bad_settings():
