@@ -136,7 +136,8 @@ def core_arguments(sampler):
     if not (_finite("sampler.noise", sampler.noise) >= 0):
         raise ValueError(f"sampler.noise must be a finite number >= 0, got {sampler.noise!r}")
     args = dict(teacher=sampler.teacher._layer, teacher_theta=sampler.teacher.theta,
-                input=sampler.kind, noise_sd=float(sampler.noise))
+                teacher_temperature=sampler.teacher.temperature, input=sampler.kind,
+                noise_sd=float(sampler.noise))
     if sampler.kind in ("uniform", "grid"):
         low, high = _finite("sampler.low", sampler.low), _finite("sampler.high", sampler.high)
         if not (low < high and math.isfinite(high - low)):
