@@ -40,8 +40,10 @@ def blas_options():
 blas = blas_options()
 core = Extension(
     "moetheory._core",
-    sources=sorted(glob.glob("csrc/*.c")) + ["moetheory/_core.c", "moetheory/_bind_gmoe.c"],
-    include_dirs=["csrc", numpy.get_include()] + blas.pop("include_dirs"),
+    # the core, then the binding: _core.c (module init) and its concern files _bind_*.c
+    sources=sorted(glob.glob("csrc/*.c")) + ["moetheory/_core.c"]
+    + sorted(glob.glob("moetheory/_bind_*.c")),
+    include_dirs=["csrc", "moetheory", numpy.get_include()] + blas.pop("include_dirs"),
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + blas.pop("define_macros", []),
     extra_compile_args=CFLAGS,
     extra_link_args=blas.pop("extra_link_args", []) + ["-fopenmp"],

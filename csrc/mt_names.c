@@ -4,6 +4,7 @@
 
 #include "mt_act.h"
 #include "mt_em.h"
+#include "mt_gmoe.h"
 #include "mt_moe.h"
 #include "mt_optim.h"
 #include "mt_train.h"
@@ -16,6 +17,7 @@ _Static_assert(MT_OPT_ADAM + 1 == MT_OPT_COUNT, "mt_opt_names");
 _Static_assert(MT_LR_INVTIME + 1 == MT_SCHEDULE_COUNT, "mt_schedule_names");
 _Static_assert(MT_EM_FFN + 1 == MT_EM_EXPERT_COUNT, "mt_em_expert_names");
 _Static_assert(MT_EM_TANH + 1 == MT_EM_ACT_COUNT, "mt_em_act_names");
+_Static_assert(MT_GMOE_DIAG + 1 == MT_GMOE_COV_COUNT, "mt_gmoe_cov_names");
 
 const char *const mt_gate_names[MT_GATE_COUNT] = {"softmax", "topk", "temperature",
                                                   "hierarchical", "sigmoid"};
@@ -29,6 +31,7 @@ const char *const mt_schedule_names[MT_SCHEDULE_COUNT] = {"constant", "step", "c
                                                           "inverse_time"};
 const char *const mt_em_expert_names[MT_EM_EXPERT_COUNT] = {"linear", "ffn"};
 const char *const mt_em_act_names[MT_EM_ACT_COUNT] = {"sigmoid", "tanh"};
+const char *const mt_gmoe_cov_names[MT_GMOE_COV_COUNT] = {"full", "diag"};
 
 int mt_name_index(const char *const *names, size_t count, const char *name)
 {

@@ -13,6 +13,7 @@
 #define MT_SCHEDULE_COUNT 4  /* mt_lr_schedule (mt_optim.h) */
 #define MT_EM_EXPERT_COUNT 2 /* mt_em_expert (mt_em.h) */
 #define MT_EM_ACT_COUNT 2    /* mt_em_act (mt_em.h) */
+#define MT_GMOE_COV_COUNT 2  /* mt_gmoe_cov (mt_gmoe.h) */
 
 extern const char *const mt_gate_names[MT_GATE_COUNT];
 extern const char *const mt_expert_names[MT_EXPERT_COUNT];
@@ -22,6 +23,7 @@ extern const char *const mt_opt_names[MT_OPT_COUNT];
 extern const char *const mt_schedule_names[MT_SCHEDULE_COUNT];
 extern const char *const mt_em_expert_names[MT_EM_EXPERT_COUNT];
 extern const char *const mt_em_act_names[MT_EM_ACT_COUNT];
+extern const char *const mt_gmoe_cov_names[MT_GMOE_COV_COUNT];
 
 /* Index of name in names[0 .. count), or -1. */
 int mt_name_index(const char *const *names, size_t count, const char *name);

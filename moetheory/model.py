@@ -4,6 +4,8 @@ import os
 import tempfile
 import zipfile
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from . import _config
@@ -15,15 +17,53 @@ MAX_LOAD_PARAMS = 10**8
 declaring more is refused before anything is allocated (``load(path, max_params=...)``)."""
 
 
+class Params(Mapping):
+    """The named parameters of a model: a read-only mapping of name to a writable view into
+    ``theta``. The views are the model's parameters (writing into one writes theta); the
+    mapping itself cannot be changed, so a view cannot be replaced by a detached array (which
+    training, snapshots and masks would then ignore)."""
+
+    __slots__ = ("_views",)
+
+    def __init__(self, views):
+        self._views = views
+
+    def __getitem__(self, name):
+        return self._views[name]
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self):
+        return len(self._views)
+
+    def __setitem__(self, name, value):
+        raise TypeError(f"model.params is read-only: write into the view instead, "
+                        f"model.params[{name!r}][...] = value")
+
+    def __delitem__(self, name):
+        raise TypeError("model.params is read-only: its parameters cannot be removed")
+
+    def __repr__(self):
+        return f"Params({', '.join(f'{k}: {v.shape}' for k, v in self._views.items())})"
+
+
 class FlatModel:
     """What every moetheory model shares: one contiguous float64 parameter vector `theta` over
-    a C-core object (`_layer`), named views into it, the MSE loss and gradient, and saving.
+    a C-core model handle (`_layer`, a ``moetheory._core.Layer`` or ``Stack``), named views
+    into it, the MSE loss and gradient, and saving.
 
-    Subclasses set ``_layer`` (an object with ``n_params``, ``layout()``, ``init_params``,
-    ``forward`` and ``loss_and_grad``), ``_config`` and ``_FORMAT``, then call
-    ``_setup_parameters(seed)``."""
+    Subclasses set ``_layer``, ``_config`` and ``_FORMAT``, then call
+    ``_setup_parameters(seed)``.
+
+    Concurrency: reading a model (calling it, its gradient, drawing data from it as a teacher)
+    is safe from any number of threads at once. Writing it (training, assigning ``theta``) is
+    exclusive and refused with RuntimeError while another thread reads or writes it. Writes
+    through the views (``model.params[name][...] = v``, ``model.theta[i] = v``) are plain NumPy
+    writes that no check sees: make them while no other thread uses the model."""
 
     _FORMAT = None
+    _temperature = None  # the temperature gate's temperature of every call (None: the core's)
 
     @classmethod
     def _from_config(cls, config, stored):
@@ -40,11 +80,12 @@ class FlatModel:
         else:
             self._theta = np.empty(self._layer.n_params)
             self._layer.init_params(self._theta, seed)
-        self._params, self._slices = {}, {}
+        views, self._slices = {}, {}
         for name, offset, shape in self._layer.layout():
             size = int(np.prod(shape))
             self._slices[name] = slice(offset, offset + size)
-            self._params[name] = self._theta[offset:offset + size].reshape(shape)
+            views[name] = self._theta[offset:offset + size].reshape(shape)
+        self._params = Params(views)
 
     def param_slice(self, name):
         """Where parameter `name` sits in `theta` (and in a gradient): a slice of the flat
@@ -61,17 +102,13 @@ class FlatModel:
 
     @theta.setter
     def theta(self, value):
-        value = np.asarray(value)
-        if value.shape != self._theta.shape:
-            raise ValueError(f"theta must have shape {self._theta.shape}, got {value.shape}")
-        if value.dtype.kind not in "iuf":
-            raise TypeError(f"theta must be real numbers, got dtype {value.dtype}")
-        if not np.all(np.isfinite(value)):
-            raise ValueError("theta must be finite (no NaN or infinity)")
-        self._theta[...] = value
+        # checked (shape, real dtype, finite) and copied by the core, exclusively: refused while
+        # another thread reads or trains the model
+        self._layer.assign(self._theta, value)
 
     @property
     def params(self):
+        """Read-only mapping of name to a writable view into theta (see `Params`)."""
         return self._params
 
     @property
@@ -99,7 +136,7 @@ class FlatModel:
 
     def __call__(self, X):
         """Model output for inputs X of shape (n, d_in); returns (n, d_out)."""
-        return self._layer.forward(self._theta, X)[0]
+        return self._layer.forward(self._theta, X, self._temperature)[0]
 
     def loss_and_grad(self, X, y, loss="mse"):
         """Loss and its gradient with respect to theta.
@@ -118,7 +155,7 @@ class FlatModel:
         """
         if loss != "mse":
             raise ValueError(f"loss must be 'mse', got {loss!r}")
-        return self._layer.loss_and_grad(self._theta, X, y)
+        return self._layer.loss_and_grad(self._theta, X, y, self._temperature)
 
     # ---- persistence ----
     def save(self, path):
@@ -329,7 +366,8 @@ class MoE(FlatModel):
         ``"temperature"``. Top-1 uses the Switch convention (the chosen expert's full-softmax
         probability), so the router receives a gradient.
     temperature : float
-        The temperature gate's temperature, > 0 (settable later: ``model.temperature = t``).
+        The temperature gate's temperature, finite and >= 2.2e-308 (the smallest normal float:
+        a subnormal one overflows the scores); settable later, ``model.temperature = t``.
     gate_activation : str, optional
         Temperature gate only: an activation applied to the scores before the temperature.
     groups : int, optional
@@ -351,15 +389,17 @@ class MoE(FlatModel):
     ----------
     theta : ndarray, shape (P,)
         All parameters, one contiguous float64 vector. Assigning to ``model.theta`` copies into it.
-    params : dict of str to ndarray
-        Named writable views into `theta` (``"router.weight"``, ``"experts.W1"``, ...).
+    params : Params
+        Read-only mapping of name to a writable view into `theta` (``"router.weight"``,
+        ``"experts.W1"``, ...): write with ``model.params[name][...] = value``.
     config : dict
         The configuration, as accepted by the constructor (without the seed).
 
     Notes
     -----
-    A model is not meant to be used by two threads at once (its workspace is shared); doing so
-    raises RuntimeError rather than corrupting results. Give each thread its own model.
+    Any number of threads may read a model at once (call it, take its gradient, draw from it
+    as a teacher); training it or assigning ``theta`` is exclusive and raises RuntimeError
+    while another thread reads or trains it (see `FlatModel`).
     """
 
     def __init__(self, d_in, n_experts, *, expert="ffn", hidden=8, activation="relu",
@@ -368,22 +408,26 @@ class MoE(FlatModel):
         self._config, self._layer = _config.moe_config(
             d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
             gate_activation, groups, d_out, bias, normalize, depth)
+        self._temperature = self._config["temperature"]
         self._setup_parameters(seed)
 
     _FORMAT = "moetheory.MoE"
 
     @property
     def temperature(self):
-        return self._config["temperature"]
+        """The temperature gate's temperature, passed to every call (the C layer's
+        configuration never changes after construction)."""
+        return self._temperature
 
     @temperature.setter
     def temperature(self, value):
-        self._layer.set_temperature(value)
-        self._config["temperature"] = float(value)
+        self._layer.check_options(value)
+        self._temperature = float(value)
+        self._config["temperature"] = self._temperature
 
     def gates(self, X):
         """Gate weights g(x) for inputs X of shape (n, d_in); returns (n, E)."""
-        return self._layer.forward(self._theta, X)[1]
+        return self._layer.forward(self._theta, X, self._temperature)[1]
 
     def loss_and_grad(self, X, y, loss="mse", *, aux_switch=0.0, aux_z=0.0):
         """Loss and its gradient with respect to theta, optionally with the auxiliary router
@@ -409,7 +453,8 @@ class MoE(FlatModel):
         """
         if loss != "mse":
             raise ValueError(f"loss must be 'mse', got {loss!r}")
-        return self._layer.loss_and_grad(self._theta, X, y, aux_switch, aux_z)
+        return self._layer.loss_and_grad(self._theta, X, y, self._temperature, aux_switch,
+                                         aux_z)
 
     def __repr__(self):
         c = self._config

@@ -160,7 +160,8 @@ def core_arguments(sampler):
         raise ValueError(f"sampler.noise_sd must be a finite number >= 0, got "
                          f"{sampler.noise_sd!r}")
     args = dict(teacher=sampler.teacher._layer, teacher_theta=sampler.teacher.theta,
-                input=sampler.kind, noise_sd=float(sampler.noise_sd))
+                teacher_temperature=sampler.teacher.temperature, input=sampler.kind,
+                noise_sd=float(sampler.noise_sd))
     if sampler.kind in ("uniform", "grid"):
         low, high = _finite("sampler.low", sampler.low), _finite("sampler.high", sampler.high)
         if not (low < high and math.isfinite(high - low)):

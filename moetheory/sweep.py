@@ -28,6 +28,8 @@ import numpy as np
 from . import progress as _progress
 from ._atomic import atomic_write
 
+from . import _config
+
 __all__ = ["run_sweep", "load_results", "cell_key"]
 
 _KEY_DIGITS = 16
@@ -284,7 +286,7 @@ def _run_threads(fn, pending, workers, write):
                 key, cell = item
                 running[ex.submit(fn, copy.deepcopy(cell))] = item
 
-        for _ in range(in_flight):
+        for _ in range(min(in_flight, len(pending))):  # workers may be huge
             submit_next()
         try:
             while running:
@@ -400,11 +402,10 @@ def run_sweep(fn, cells, *, out, workers=None, client=None, progress=True, blas_
         first[key] = i
         keys.append(key)
         canon.append(json.loads(_canonical_text(cell)))
-    if workers is not None and int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    workers = int(workers) if workers is not None else min(32, os.cpu_count() or 1)
-    if blas_threads is not None and int(blas_threads) < 1:
-        raise ValueError(f"blas_threads must be >= 1 or None, got {blas_threads}")
+    workers = (_config.integer("workers", workers, low=1) if workers is not None
+               else min(32, os.cpu_count() or 1))
+    if blas_threads is not None:
+        blas_threads = _config.integer("blas_threads", blas_threads, low=1)
 
     out = os.fspath(out)
     parent = os.path.dirname(os.path.abspath(out))

@@ -325,5 +325,6 @@ def _common(model, loss, steps, optimizer, lr, momentum, betas, eps, weight_deca
         raise ValueError(f"project must be None or 'sphere', got {project!r}")
     return dict(lr_scale=_lr_scale(model, lr_groups, frozen), seed=seed,
                 project=project == "sphere", aux_switch=aux_switch, aux_z=aux_z,
+                temperature=model._temperature,
                 **_optimizer_args(optimizer, lr, momentum, betas, eps, weight_decay, schedule,
                                   steps, schedule_options))

@@ -59,13 +59,26 @@ def expert_alignment(student, teacher, signed=False):
         Models with ``hidden=1`` FFN experts on the same input dimension.
     signed : bool
     """
-    return alignment_matrix(student.params["experts.W1"], teacher.params["experts.W1"], signed)
+    return alignment_matrix(_param(student, "experts.W1", "student"),
+                            _param(teacher, "experts.W1", "teacher"), signed)
 
 
 def router_alignment(student, teacher, signed=False):
     """Alignment of router rows, |<v_i, v*_j>| / norms, shape (m, m_star)."""
-    return alignment_matrix(student.params["router.weight"], teacher.params["router.weight"],
-                            signed)
+    return alignment_matrix(_param(student, "router.weight", "student"),
+                            _param(teacher, "router.weight", "teacher"), signed)
+
+
+def _param(model, name, role):
+    """model.params[name], or ValueError naming the model that has no such block (linear
+    experts have no experts.W1, a hierarchical gate no router.weight)."""
+    params = getattr(model, "params", None)
+    if params is None:
+        raise TypeError(f"{role} must be a moetheory model, got {type(model).__name__}")
+    if name not in params:
+        raise ValueError(f"{role} has no parameter {name!r} (its parameters: "
+                         f"{', '.join(params)})")
+    return params[name]
 
 
 def alignment_series(snapshots, teacher_rows, signed=False):
