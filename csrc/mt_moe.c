@@ -877,8 +877,9 @@ static void fused_rows(double *loss, double *grad, const double *theta, const do
 {
     const size_t d = c->d_in, P = ws->n_params;
     const double scale = 2.0 / (double)n;
-    const mt_fused_offsets off = {ws->off.rw, ws->off.rb, ws->off.W1, ws->off.b1, ws->off.W2,
-                                  ws->off.b2};
+    const mt_fused_offsets off = {.rw = ws->off.rw, .rb = ws->off.rb, .ow = ws->off.ow,
+                                  .ob = ws->off.ob, .W1 = ws->off.W1, .b1 = ws->off.b1,
+                                  .W2 = ws->off.W2, .b2 = ws->off.b2};
     const int T = team_size(ws, n);
     double sq[T];
     if (T == 1) {

@@ -1,0 +1,535 @@
+/* The fused kernel's body (mt_fused.h), compiled once per instruction-set variant (mt_isa.h):
+ * mt_fused_baseline.c, mt_fused_avx2.c and mt_fused_avx512.c set the target, then define
+ *   MT_FUSED_KERNEL  the function's name,
+ *   MT_VL            doubles per vector: 4 (one AVX2 register, two SSE2 ones), 8 for AVX-512,
+ *   MT_FMA           1 to fuse the products with the input and the output layer's sums into
+ *                    FMAs (one rounding where a * b + c has two), 0 for plain arithmetic,
+ * and include this file. Nothing else is contracted (-std=c11 keeps GCC from fusing on its own),
+ * so exp, the gates and every elementwise step give the same bits in every variant; the
+ * variants differ by the FMAs and by the lane count of the sums over rows. */
+#include <math.h>
+#include <string.h>
+
+#include "mt_act.h"
+#include "mt_exp.h"
+#include "mt_fused_impl.h"
+#include "mt_gate.h"
+
+#if MT_FMA
+#include <immintrin.h>
+#endif
+
+#define B MT_FUSED_B
+
+/* MT_VL doubles: GNU C's vector extension, which GCC lowers to whatever the target has. vdu is
+ * the same vector at any double's address (aligned 8, allowed to alias doubles) for loads and
+ * stores. The helpers are macros: a function taking or returning a vector wider than the
+ * baseline's registers draws GCC's ABI warning (-Wpsabi) even when it is inlined. */
+typedef double vd __attribute__((vector_size(8 * MT_VL)));
+typedef double vdu __attribute__((vector_size(8 * MT_VL), aligned(8), may_alias));
+typedef long long vdi __attribute__((vector_size(8 * MT_VL)));
+#define LOADV(p) (*(const vdu *)(p))
+#define STOREV(p, v) (*(vdu *)(p) = (v))
+/* x in every lane (x - 0 is x for every x, -0 and NaN included) */
+#define SPLAT(x) ((x) - (vd){0})
+/* v where mask (a vector comparison's result: all ones or zeros per lane) is set, else +0.0 */
+#define SELECTV(mask, v) ((vd)((vdi)(v) & (mask)))
+#if MT_VL == 8
+#define SUMV(v) ((((v)[0] + (v)[1]) + ((v)[2] + (v)[3])) + (((v)[4] + (v)[5]) + ((v)[6] + (v)[7])))
+#else
+#define SUMV(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+#endif
+/* acc + a * b, fused or not (see MT_FMA) */
+#if MT_FMA && MT_VL == 8
+#define MADD(acc, a, b) ((vd)_mm512_fmadd_pd((a), (b), (acc)))
+#elif MT_FMA
+#define MADD(acc, a, b) ((vd)_mm256_fmadd_pd((a), (b), (acc)))
+#else
+#define MADD(acc, a, b) ((acc) + (a) * (b))
+#endif
+
+/* Four doubles, for the 4 x 4 transposes in every variant. */
+typedef double v4 __attribute__((vector_size(32)));
+typedef double v4u __attribute__((vector_size(32), aligned(8), may_alias));
+#define LOAD4(p) (*(const v4u *)(p))
+#define STORE4(p, v) (*(v4u *)(p) = (v))
+
+/* Every helper is inlined into MT_FUSED_KERNEL, so it is built for the variant's target: a
+ * helper left out of line would be built once, for whichever variant comes first. */
+#define MT_INLINE static inline __attribute__((always_inline))
+
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define MT_HAVE_SHUFFLE 1
+#define SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#endif
+
+/* xT (d, B) = the transpose of the m rows of X (m, d); lanes m .. B-1 zero. Whole 4 x 4 tiles are
+ * transposed in registers (the element-wise loop stores one double at a time with a stride). */
+MT_INLINE void transpose_block(double *restrict xT, const double *restrict X, size_t m, size_t d)
+{
+    size_t l = 0;
+#ifdef MT_HAVE_SHUFFLE
+    for (; l + 4 <= m; l += 4) {
+        const double *x0 = X + l * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+        size_t k = 0;
+        for (; k + 4 <= d; k += 4) {
+            v4 r0 = LOAD4(x0 + k), r1 = LOAD4(x1 + k), r2 = LOAD4(x2 + k), r3 = LOAD4(x3 + k);
+            v4 t0 = SHUFFLE(r0, r1, 0, 4, 2, 6), t1 = SHUFFLE(r0, r1, 1, 5, 3, 7);
+            v4 t2 = SHUFFLE(r2, r3, 0, 4, 2, 6), t3 = SHUFFLE(r2, r3, 1, 5, 3, 7);
+            STORE4(xT + k * B + l, SHUFFLE(t0, t2, 0, 1, 4, 5));
+            STORE4(xT + (k + 1) * B + l, SHUFFLE(t1, t3, 0, 1, 4, 5));
+            STORE4(xT + (k + 2) * B + l, SHUFFLE(t0, t2, 2, 3, 6, 7));
+            STORE4(xT + (k + 3) * B + l, SHUFFLE(t1, t3, 2, 3, 6, 7));
+        }
+        for (; k < d; k++) {
+            xT[k * B + l] = x0[k];
+            xT[k * B + l + 1] = x1[k];
+            xT[k * B + l + 2] = x2[k];
+            xT[k * B + l + 3] = x3[k];
+        }
+    }
+#endif
+    for (; l < m; l++)
+        for (size_t k = 0; k < d; k++) xT[k * B + l] = X[l * d + k];
+    for (size_t k = 0; k < d; k++)
+        for (l = m; l < B; l++) xT[k * B + l] = 0.0;
+}
+
+/* S (r, B) = bp + Wp (r, d) xT (d, B): tiles of 4 rows of Wp by 2 vectors of lanes held in
+ * registers through the sum over d (each loaded x vector serves 4 rows, each broadcast weight 2
+ * vectors). */
+MT_INLINE void scores_forward(double *restrict S, const double *restrict Wp,
+                              const double *restrict bp, const double *restrict xT, size_t r,
+                              size_t d)
+{
+    for (size_t c = 0; c < B; c += 2 * MT_VL) {
+        double *s = S + c;
+        const double *x = xT + c;
+        size_t j = 0;
+        for (; j + 4 <= r; j += 4) {
+            const double *w0 = Wp + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;
+            vd a00 = SPLAT(bp[j]), a01 = a00, a10 = SPLAT(bp[j + 1]), a11 = a10;
+            vd a20 = SPLAT(bp[j + 2]), a21 = a20, a30 = SPLAT(bp[j + 3]), a31 = a30;
+            for (size_t k = 0; k < d; k++) {
+                vd x0 = LOADV(x + k * B), x1 = LOADV(x + k * B + MT_VL);
+                vd b0 = SPLAT(w0[k]), b1 = SPLAT(w1[k]), b2 = SPLAT(w2[k]), b3 = SPLAT(w3[k]);
+                a00 = MADD(a00, b0, x0); a01 = MADD(a01, b0, x1);
+                a10 = MADD(a10, b1, x0); a11 = MADD(a11, b1, x1);
+                a20 = MADD(a20, b2, x0); a21 = MADD(a21, b2, x1);
+                a30 = MADD(a30, b3, x0); a31 = MADD(a31, b3, x1);
+            }
+            STOREV(s + j * B, a00); STOREV(s + j * B + MT_VL, a01);
+            STOREV(s + (j + 1) * B, a10); STOREV(s + (j + 1) * B + MT_VL, a11);
+            STOREV(s + (j + 2) * B, a20); STOREV(s + (j + 2) * B + MT_VL, a21);
+            STOREV(s + (j + 3) * B, a30); STOREV(s + (j + 3) * B + MT_VL, a31);
+        }
+        for (; j < r; j++) {
+            const double *w = Wp + j * d;
+            vd a0 = SPLAT(bp[j]), a1 = a0;
+            for (size_t k = 0; k < d; k++) {
+                vd b = SPLAT(w[k]);
+                a0 = MADD(a0, b, LOADV(x + k * B));
+                a1 = MADD(a1, b, LOADV(x + k * B + MT_VL));
+            }
+            STOREV(s + j * B, a0);
+            STOREV(s + j * B + MT_VL, a1);
+        }
+    }
+}
+
+/* gW (r, d) += D (r, B) xT^T, gb (r,) += the row sums of D: tiles of 4 rows of D by 2 of xT,
+ * their 8 sums over the block's lanes in registers. */
+MT_INLINE void scores_backward(double *restrict gW, double *restrict gb, const double *restrict D,
+                               const double *restrict xT, size_t r, size_t d)
+{
+    size_t j = 0;
+    for (; j + 4 <= r; j += 4) {
+        const double *D0 = D + j * B, *D1 = D0 + B, *D2 = D1 + B, *D3 = D2 + B;
+        size_t k = 0;
+        for (; k + 2 <= d; k += 2) {
+            const double *x0p = xT + k * B, *x1p = x0p + B;
+            vd a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0},
+               a31 = {0};
+            for (size_t c = 0; c < B; c += MT_VL) {
+                vd x0 = LOADV(x0p + c), x1 = LOADV(x1p + c);
+                vd d0 = LOADV(D0 + c), d1 = LOADV(D1 + c), d2 = LOADV(D2 + c), d3 = LOADV(D3 + c);
+                a00 = MADD(a00, d0, x0); a01 = MADD(a01, d0, x1);
+                a10 = MADD(a10, d1, x0); a11 = MADD(a11, d1, x1);
+                a20 = MADD(a20, d2, x0); a21 = MADD(a21, d2, x1);
+                a30 = MADD(a30, d3, x0); a31 = MADD(a31, d3, x1);
+            }
+            gW[j * d + k] += SUMV(a00); gW[j * d + k + 1] += SUMV(a01);
+            gW[(j + 1) * d + k] += SUMV(a10); gW[(j + 1) * d + k + 1] += SUMV(a11);
+            gW[(j + 2) * d + k] += SUMV(a20); gW[(j + 2) * d + k + 1] += SUMV(a21);
+            gW[(j + 3) * d + k] += SUMV(a30); gW[(j + 3) * d + k + 1] += SUMV(a31);
+        }
+        for (; k < d; k++) {
+            vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (size_t c = 0; c < B; c += MT_VL) {
+                vd x = LOADV(xT + k * B + c);
+                a0 = MADD(a0, LOADV(D0 + c), x); a1 = MADD(a1, LOADV(D1 + c), x);
+                a2 = MADD(a2, LOADV(D2 + c), x); a3 = MADD(a3, LOADV(D3 + c), x);
+            }
+            gW[j * d + k] += SUMV(a0); gW[(j + 1) * d + k] += SUMV(a1);
+            gW[(j + 2) * d + k] += SUMV(a2); gW[(j + 3) * d + k] += SUMV(a3);
+        }
+    }
+    for (; j < r; j++) {
+        for (size_t k = 0; k < d; k++) {
+            vd a = {0};
+            for (size_t c = 0; c < B; c += MT_VL) a = MADD(a, LOADV(D + j * B + c), LOADV(xT + k * B + c));
+            gW[j * d + k] += SUMV(a);
+        }
+    }
+    for (j = 0; j < r; j++) {
+        vd a = {0};
+        for (size_t c = 0; c < B; c += MT_VL) a += LOADV(D + j * B + c);
+        gb[j] += SUMV(a);
+    }
+}
+
+/* G (E, B) = softmax over the E rows of S, lane by lane; the same operations in the same order
+ * as mt_gate_softmax_forward's rows, so the same bits. */
+MT_INLINE void softmax_lanes(double *restrict G, const double *restrict S, size_t E)
+{
+    double mx[B], sum[B];
+    for (size_t l = 0; l < B; l++) mx[l] = S[l];
+    for (size_t e = 1; e < E; e++)
+        for (size_t l = 0; l < B; l++) mx[l] = S[e * B + l] > mx[l] ? S[e * B + l] : mx[l];
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) G[e * B + l] = mt_exp(S[e * B + l] - mx[l]);
+    for (size_t l = 0; l < B; l++) sum[l] = 0.0;
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) sum[l] += G[e * B + l];
+    for (size_t l = 0; l < B; l++) sum[l] = 1.0 / sum[l];
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) G[e * B + l] *= sum[l];
+}
+
+/* dS (E, B) = the softmax's backward of dG: g (dg - <g, dg>) lane by lane; dS may alias dG. */
+MT_INLINE void softmax_lanes_backward(double *dS, const double *dG, const double *restrict G,
+                                      size_t E)
+{
+    double dot[B];
+    for (size_t l = 0; l < B; l++) dot[l] = 0.0;
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) dot[l] += G[e * B + l] * dG[e * B + l];
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) dS[e * B + l] = G[e * B + l] * (dG[e * B + l] - dot[l]);
+}
+
+/* The top-k gate of mt_gate_topk_forward, lane by lane, on scores S (E, B): M (E, B) = 1 on
+ * the k largest scores of each lane (ties to the lowest index), else 0; G (E, B) = for k >= 2
+ * the softmax over the chosen, for k == 1 the chosen expert's full softmax probability, which
+ * stays in P for the backward. A NaN score makes its lane's gates NaN (0 * NaN), so it cannot
+ * vanish unseen. */
+MT_INLINE void topk_lanes(mt_fused_scratch *s, const double *restrict S, size_t E, size_t k)
+{
+    double *restrict M = s->M, *restrict G = s->G;
+    double best[B], pick[B];
+    for (size_t i = 0; i < E * B; i++) M[i] = 0.0;
+    for (size_t j = 0; j < k; j++) { /* the j-th largest of the experts not yet chosen */
+        for (size_t l = 0; l < B; l++) best[l] = -INFINITY, pick[l] = -1.0;
+        for (size_t e = 0; e < E; e++)
+            for (size_t l = 0; l < B; l++) {
+                const double v = S[e * B + l];
+                /* strict >, experts in increasing order: a tie keeps the lower index */
+                const int take = (M[e * B + l] == 0.0) & ((pick[l] < 0.0) | (v > best[l]));
+                best[l] = take ? v : best[l];
+                pick[l] = take ? (double)e : pick[l];
+            }
+        for (size_t e = 0; e < E; e++)
+            for (size_t l = 0; l < B; l++) M[e * B + l] = pick[l] == (double)e ? 1.0 : M[e * B + l];
+    }
+    if (k == 1) {
+        softmax_lanes(s->P, S, E);
+        for (size_t i = 0; i < E * B; i++) G[i] = M[i] * s->P[i];
+        return;
+    }
+    /* The first chosen is the lane's largest score: the shift of the renormalised softmax. */
+    double mx[B], sum[B];
+    for (size_t l = 0; l < B; l++) mx[l] = S[l];
+    for (size_t e = 1; e < E; e++)
+        for (size_t l = 0; l < B; l++) mx[l] = S[e * B + l] > mx[l] ? S[e * B + l] : mx[l];
+    for (size_t l = 0; l < B; l++) sum[l] = 0.0;
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) {
+            G[e * B + l] = M[e * B + l] * mt_exp(S[e * B + l] - mx[l]);
+            sum[l] += G[e * B + l];
+        }
+    for (size_t l = 0; l < B; l++) sum[l] = 1.0 / sum[l];
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) G[e * B + l] *= sum[l];
+}
+
+/* dS (E, B) from dG (E, B) through topk_lanes (the chosen set held fixed); dS may alias dG.
+ * k >= 2: the softmax's backward, which is 0 off the chosen (their g is 0). k == 1:
+ * g_c = p_c, so d g_c / d s_e = p_c (delta_ce - p_e): dS_e = w (M_e - p_e), w = dg_c g_c. */
+MT_INLINE void topk_lanes_backward(double *dS, const double *dG, const mt_fused_scratch *s,
+                                   size_t E, size_t k)
+{
+    if (k >= 2) {
+        softmax_lanes_backward(dS, dG, s->G, E);
+        return;
+    }
+    double w[B];
+    for (size_t l = 0; l < B; l++) w[l] = 0.0;
+    for (size_t e = 0; e < E; e++) /* one non-zero term per lane: g is 0 off the chosen */
+        for (size_t l = 0; l < B; l++) w[l] += dG[e * B + l] * s->G[e * B + l];
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++)
+            dS[e * B + l] = w[l] * s->M[e * B + l] - w[l] * s->P[e * B + l];
+}
+
+/* The hierarchical gate of mt_gate_hierarchical_forward, lane by lane: S's router rows are the
+ * outer scores (Gg, B) then the inner scores (E, B); Q (Gg, B) = the softmax over groups,
+ * P (E, B) = the softmax within each group of E / Gg consecutive experts, G = Q_group * P. The
+ * same operations in the same order as the row-major gate, so the same bits. */
+MT_INLINE void hierarchical_lanes(mt_fused_scratch *s, size_t E, size_t Gg)
+{
+    const size_t per = E / Gg;
+    softmax_lanes(s->Q, s->S, Gg);
+    for (size_t grp = 0; grp < Gg; grp++) {
+        double *Pg = s->P + grp * per * B, *Gr = s->G + grp * per * B;
+        const double *q = s->Q + grp * B;
+        softmax_lanes(Pg, s->S + (Gg + grp * per) * B, per);
+        for (size_t j = 0; j < per; j++)
+            for (size_t l = 0; l < B; l++) Gr[j * B + l] = q[l] * Pg[j * B + l];
+    }
+}
+
+/* Its backward: dG (E, B) in the inner scores' rows of S becomes their gradient, and the outer
+ * scores' rows take theirs: d outer_grp = sum_j dg_j inner_j, d inner_j = dg_j outer_grp, then
+ * the two softmaxes' backward. */
+MT_INLINE void hierarchical_lanes_backward(mt_fused_scratch *s, size_t E, size_t Gg)
+{
+    const size_t per = E / Gg;
+    double *du = s->S, *dv = s->S + Gg * B;
+    for (size_t grp = 0; grp < Gg; grp++) {
+        double *dvg = dv + grp * per * B, *dug = du + grp * B;
+        const double *Pg = s->P + grp * per * B, *q = s->Q + grp * B;
+        for (size_t l = 0; l < B; l++) dug[l] = 0.0;
+        for (size_t j = 0; j < per; j++)
+            for (size_t l = 0; l < B; l++) {
+                dug[l] += dvg[j * B + l] * Pg[j * B + l];
+                dvg[j * B + l] = dvg[j * B + l] * q[l];
+            }
+        softmax_lanes_backward(dvg, dvg, Pg, per);
+    }
+    softmax_lanes_backward(du, du, s->Q, Gg);
+}
+
+MT_INLINE void gates_forward(mt_fused_scratch *s, const mt_moe_config *c)
+{
+    const size_t E = c->n_experts;
+    const double *scores = s->S; /* what the softmax or the top-k acts on */
+    switch (c->gate) {
+    case MT_GATE_SIGMOID: /* elementwise, so the row-major gate serves the transposed layout */
+        mt_gate_sigmoid_forward(s->G, s->S, B, E);
+        return;
+    case MT_GATE_HIERARCHICAL:
+        hierarchical_lanes(s, E, c->groups);
+        return;
+    case MT_GATE_TEMPERATURE:
+        mt_act_forward(s->Tt, s->S, E * B, c->gate_activation);
+        for (size_t i = 0; i < E * B; i++) s->Tt[i] /= c->temperature;
+        scores = s->Tt;
+        break;
+    default:
+        break;
+    }
+    if (c->top_k) topk_lanes(s, scores, E, c->top_k);
+    else softmax_lanes(s->G, scores, E);
+}
+
+/* Where the gates' gradient dG (E, B) is put for gates_backward: the router rows of S, whose
+ * scores only the temperature gate needs again (it takes Tt instead); the hierarchical gate's
+ * inner rows. */
+MT_INLINE double *gate_grad(mt_fused_scratch *s, const mt_moe_config *c)
+{
+    if (c->gate == MT_GATE_TEMPERATURE) return s->Tt;
+    if (c->gate == MT_GATE_HIERARCHICAL) return s->S + c->groups * B;
+    return s->S;
+}
+
+/* dG (gate_grad's rows) becomes d loss / d (router scores) in S's router rows. */
+MT_INLINE void gates_backward(mt_fused_scratch *s, const mt_moe_config *c)
+{
+    const size_t E = c->n_experts;
+    switch (c->gate) {
+    case MT_GATE_SIGMOID:
+        mt_gate_sigmoid_backward(s->S, s->S, s->G, B, E);
+        break;
+    case MT_GATE_HIERARCHICAL:
+        hierarchical_lanes_backward(s, E, c->groups);
+        break;
+    case MT_GATE_TEMPERATURE:
+        if (c->top_k) topk_lanes_backward(s->Tt, s->Tt, s, E, c->top_k);
+        else softmax_lanes_backward(s->Tt, s->Tt, s->G, E);
+        for (size_t i = 0; i < E * B; i++) s->Tt[i] /= c->temperature;
+        mt_act_backward(s->S, s->Tt, s->S, E * B, c->gate_activation);
+        break;
+    default:
+        if (c->top_k) topk_lanes_backward(s->S, s->S, s, E, c->top_k);
+        else softmax_lanes_backward(s->S, s->S, s->G, E);
+        break;
+    }
+}
+
+/* One block of m <= B rows. */
+MT_INLINE double block(mt_fused_scratch *s, const double *X, const double *y, size_t m,
+                       double scale, const mt_moe_config *c, const double *w2, const double *b2)
+{
+    const size_t E = c->n_experts, H = c->hidden, d = c->d_in;
+    const size_t R2 = mt_fused_expert_rows(c), r = mt_fused_router_rows(c) + R2;
+    const int ffn = c->expert == MT_EXPERT_FFN;
+    double *Z = s->S + mt_fused_router_rows(c) * B; /* the experts' rows of S */
+
+    transpose_block(s->xT, X, m, d);
+    scores_forward(s->S, s->Wp, s->bp, s->xT, r, d);
+    gates_forward(s, c);
+    /* relu, the theory's usual activation, is applied inside the output layer's loops (and its
+     * slope inside their backward) rather than by passes of its own; A stays unused. */
+    const int relu = ffn && c->activation == MT_ACT_RELU;
+    if (ffn) {
+        if (!relu) mt_act_forward(s->A, Z, R2 * B, c->activation);
+        for (size_t e = 0; e < E; e++) {
+            double *o = s->O + e * B;
+            for (size_t l = 0; l < B; l++) o[l] = b2 ? b2[e] : 0.0;
+            for (size_t h = 0; h < H; h++) {
+                const vd w = SPLAT(w2[e * H + h]);
+                const double *z = Z + (e * H + h) * B, *a = s->A + (e * H + h) * B;
+                if (relu) {
+                    for (size_t l = 0; l < B; l += MT_VL) {
+                        vd zl = LOADV(z + l);
+                        STOREV(o + l, MADD(LOADV(o + l), w, SELECTV(zl > 0, zl)));
+                    }
+                } else {
+                    for (size_t l = 0; l < B; l += MT_VL)
+                        STOREV(o + l, MADD(LOADV(o + l), w, LOADV(a + l)));
+                }
+            }
+        }
+    } else {
+        memcpy(s->O, Z, E * B * sizeof *s->O);
+    }
+    /* f = sum_e g_e o_e, skipping g_e == 0 (as mt_narrow: a zero gate ignores its expert) */
+    for (size_t l = 0; l < B; l++) s->f[l] = 0.0;
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++)
+            s->f[l] += s->G[e * B + l] != 0.0 ? s->G[e * B + l] * s->O[e * B + l] : 0.0;
+
+    double sq = 0.0;
+    for (size_t l = 0; l < m; l++) {
+        double res = s->f[l] - y[l];
+        sq += res * res;
+        s->df[l] = scale * res;
+    }
+    for (size_t l = m; l < B; l++) s->df[l] = 0.0; /* padding lanes add nothing to the gradient */
+
+    /* Backward. The gates take dg = df o (gates_backward turns them into the router scores'
+     * gradient); the experts' rows take their scores' gradient. O becomes dO = g df. */
+    double *dG = gate_grad(s, c);
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) {
+            dG[e * B + l] = s->df[l] * s->O[e * B + l];
+            s->O[e * B + l] = s->G[e * B + l] * s->df[l];
+        }
+    if (ffn) {
+        for (size_t e = 0; e < E; e++) {
+            const double *dO = s->O + e * B;
+            if (b2) {
+                vd acc = {0};
+                for (size_t l = 0; l < B; l += MT_VL) acc += LOADV(dO + l);
+                s->gb2[e] += SUMV(acc);
+            }
+            for (size_t h = 0; h < H; h++) {
+                const vd w = SPLAT(w2[e * H + h]);
+                double *a = s->A + (e * H + h) * B, *z = Z + (e * H + h) * B;
+                vd acc = {0};
+                if (relu) { /* z becomes d loss / d z = dO w where z > 0 */
+                    for (size_t l = 0; l < B; l += MT_VL) {
+                        vd dOl = LOADV(dO + l), zl = LOADV(z + l);
+                        vdi on = zl > 0;
+                        acc = MADD(acc, dOl, SELECTV(on, zl));
+                        STOREV(z + l, SELECTV(on, dOl * w));
+                    }
+                } else { /* a becomes d loss / d a = dO w */
+                    for (size_t l = 0; l < B; l += MT_VL) {
+                        vd dOl = LOADV(dO + l);
+                        acc = MADD(acc, dOl, LOADV(a + l));
+                        STOREV(a + l, dOl * w);
+                    }
+                }
+                s->gw2[e * H + h] += SUMV(acc);
+            }
+        }
+        if (!relu) mt_act_backward(Z, s->A, Z, R2 * B, c->activation);
+    } else {
+        memcpy(Z, s->O, E * B * sizeof *Z);
+    }
+    gates_backward(s, c);
+    scores_backward(s->gW, s->gb, s->S, s->xT, r, d);
+    return sq;
+}
+
+/* grad[at + j] += part[j] for j < count; at == SIZE_MAX (an absent bias) adds nothing. */
+MT_INLINE void add_part(double *grad, size_t at, const double *part, size_t count)
+{
+    if (at == SIZE_MAX) return;
+    for (size_t j = 0; j < count; j++) grad[at + j] += part[j];
+}
+
+/* Rows [at, at + count) of theta into the packed weights (count rows of d) and biases (0 for an
+ * absent bias). */
+MT_INLINE void pack_rows(double *Wp, double *bp, const double *theta, size_t w, size_t b,
+                         size_t count, size_t d)
+{
+    memcpy(Wp, theta + w, count * d * sizeof *Wp);
+    for (size_t j = 0; j < count; j++) bp[j] = b == SIZE_MAX ? 0.0 : theta[b + j];
+}
+
+void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const double *X,
+                     const double *y, size_t n, double scale, const mt_moe_config *c,
+                     const mt_fused_offsets *off, double *scratch)
+{
+    const size_t E = c->n_experts, d = c->d_in, Gg = mt_fused_groups(c);
+    const size_t nr = mt_fused_router_rows(c), R2 = mt_fused_expert_rows(c), r = nr + R2;
+    const int ffn = c->expert == MT_EXPERT_FFN;
+    mt_fused_scratch s = mt_fused_carve(scratch, c);
+    /* Pack the router's rows (the outer ones first for the hierarchical gate) and the experts'
+     * rows into one (r, d) matrix; absent biases are 0. */
+    if (Gg) pack_rows(s.Wp, s.bp, theta, off->ow, off->ob, Gg, d);
+    pack_rows(s.Wp + Gg * d, s.bp + Gg, theta, off->rw, off->rb, E, d);
+    pack_rows(s.Wp + nr * d, s.bp + nr, theta, off->W1, off->b1, R2, d);
+    memset(s.gW, 0, r * d * sizeof *s.gW);
+    memset(s.gb, 0, r * sizeof *s.gb);
+    if (ffn) {
+        memset(s.gw2, 0, R2 * sizeof *s.gw2);
+        memset(s.gb2, 0, E * sizeof *s.gb2);
+    }
+    const double *w2 = ffn ? theta + off->W2 : NULL;
+    const double *b2 = ffn && off->b2 != SIZE_MAX ? theta + off->b2 : NULL;
+
+    double sq = 0.0;
+    for (size_t i = 0; i < n; i += B) {
+        size_t m = n - i < B ? n - i : B;
+        sq += block(&s, X + i * d, y + i, m, scale, c, w2, b2);
+    }
+    *sq_sum = sq;
+
+    if (Gg) {
+        add_part(grad, off->ow, s.gW, Gg * d);
+        add_part(grad, off->ob, s.gb, Gg);
+    }
+    add_part(grad, off->rw, s.gW + Gg * d, E * d);
+    add_part(grad, off->rb, s.gb + Gg, E);
+    add_part(grad, off->W1, s.gW + nr * d, R2 * d);
+    add_part(grad, off->b1, s.gb + nr, R2);
+    if (ffn) {
+        add_part(grad, off->W2, s.gw2, R2);
+        if (b2) add_part(grad, off->b2, s.gb2, E);
+    }
+}
+
+#undef B
