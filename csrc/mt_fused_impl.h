@@ -12,6 +12,10 @@
 
 static inline size_t mt_fused_round8(size_t x) { return (x + 7) / 8 * 8; }
 
+/* The input width padded to a whole number of vectors of every variant (8 doubles, AVX-512's),
+ * the row stride of the block's row-major copy of X and of the weight gradient. */
+#define MT_FUSED_PAD(d) mt_fused_round8(d)
+
 /* Rows of the packed matrix that act on x: the router's (the hierarchical gate's outer then
  * inner rows), then the experts' first-layer rows. */
 static inline size_t mt_fused_groups(const mt_moe_config *c)
@@ -30,9 +34,10 @@ static inline size_t mt_fused_expert_rows(const mt_moe_config *c)
 /* The scratch of one thread, carved from one block of doubles. */
 typedef struct {
     double *Wp, *bp;  /* (r, d), (r,): router rows, then expert (first-layer) rows */
-    double *gW, *gb;  /* their gradients */
+    double *gW, *gb;  /* their gradients, gW (r, dp) with rows padded to dp = MT_FUSED_PAD(d) */
     double *gw2, *gb2;/* (E*H,), (E,): FFN output layer's gradients */
     double *xT;       /* (d, B): the block's inputs, transposed */
+    double *Xp;       /* (B, dp): the block's inputs, rows padded to dp */
     double *S;        /* (r, B): scores; overwritten by their gradients in backward */
     double *A;        /* (E*H, B): FFN activations; overwritten by their gradients */
     double *G, *Tt;   /* (E, B): gates; temperature gate's act(s) / T, then its gradient */
@@ -46,7 +51,8 @@ typedef struct {
 /* Each buffer of mt_fused_scratch and its size in doubles: one list for the size and the
  * carving. */
 #define MT_FUSED_BUFFERS(X)                                                                 \
-    X(Wp, r * d) X(bp, r) X(gW, r * d) X(gb, r) X(gw2, EH) X(gb2, E) X(xT, d * B)          \
+    X(Wp, r * d) X(bp, r) X(gW, r * MT_FUSED_PAD(d)) X(gb, r) X(gw2, EH) X(gb2, E)         \
+    X(xT, d * B) X(Xp, B * MT_FUSED_PAD(d))                                                \
     X(S, r * B) X(A, EH * B) X(G, E * B) X(Tt, E * B) X(M, E * B) X(P, E * B)              \
     X(Q, Gg * B) X(O, E * B) X(f, B) X(df, B)
 

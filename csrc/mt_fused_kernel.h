@@ -1,7 +1,11 @@
 /* The fused kernel's body (mt_fused.h), compiled once per instruction-set variant (mt_isa.h):
  * mt_fused_baseline.c, mt_fused_avx2.c and mt_fused_avx512.c set the target, then define
  *   MT_FUSED_KERNEL  the function's name,
- *   MT_VL            doubles per vector: 4 (one AVX2 register, two SSE2 ones), 8 for AVX-512,
+ *   MT_VL            doubles per vector: the target's register, 2 (SSE2), 4 (AVX2) or 8
+ *                    (AVX-512). A wider vector than the target's is lowered by GCC through the
+ *                    stack: each broadcast weight is stored as a double and reloaded as a vector,
+ *                    a store-forwarding stall; the baseline build of this kernel with 4 doubles
+ *                    a vector ran 10x slower than the AVX2 one for that,
  *   MT_FMA           1 to fuse the products with the input and the output layer's sums into
  *                    FMAs (one rounding where a * b + c has two), 0 for plain arithmetic,
  * and include this file. Nothing else is contracted (-std=c11 keeps GCC from fusing on its own),
@@ -36,8 +40,10 @@ typedef long long vdi __attribute__((vector_size(8 * MT_VL)));
 #define SELECTV(mask, v) ((vd)((vdi)(v) & (mask)))
 #if MT_VL == 8
 #define SUMV(v) ((((v)[0] + (v)[1]) + ((v)[2] + (v)[3])) + (((v)[4] + (v)[5]) + ((v)[6] + (v)[7])))
-#else
+#elif MT_VL == 4
 #define SUMV(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+#else
+#define SUMV(v) ((v)[0] + (v)[1])
 #endif
 /* acc + a * b, fused or not (see MT_FMA) */
 #if MT_FMA && MT_VL == 8
@@ -48,11 +54,16 @@ typedef long long vdi __attribute__((vector_size(8 * MT_VL)));
 #define MADD(acc, a, b) ((acc) + (a) * (b))
 #endif
 
-/* Four doubles, for the 4 x 4 transposes in every variant. */
-typedef double v4 __attribute__((vector_size(32)));
-typedef double v4u __attribute__((vector_size(32), aligned(8), may_alias));
-#define LOAD4(p) (*(const v4u *)(p))
-#define STORE4(p, v) (*(v4u *)(p) = (v))
+/* Tiles of the transpose: 4 x 4 with AVX2 and AVX-512 (in 4-double registers), 2 x 2 with SSE2. */
+#if MT_VL >= 4
+#define TT 4
+#else
+#define TT 2
+#endif
+typedef double vt __attribute__((vector_size(8 * TT)));
+typedef double vtu __attribute__((vector_size(8 * TT), aligned(8), may_alias));
+#define LOADT(p) (*(const vtu *)(p))
+#define STORET(p, v) (*(vtu *)(p) = (v))
 
 /* Every helper is inlined into MT_FUSED_KERNEL, so it is built for the variant's target: a
  * helper left out of line would be built once, for whichever variant comes first. */
@@ -60,33 +71,40 @@ typedef double v4u __attribute__((vector_size(32), aligned(8), may_alias));
 
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
 #define MT_HAVE_SHUFFLE 1
-#define SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
 #endif
 
-/* xT (d, B) = the transpose of the m rows of X (m, d); lanes m .. B-1 zero. Whole 4 x 4 tiles are
- * transposed in registers (the element-wise loop stores one double at a time with a stride). */
+/* xT (d, B) = the transpose of the m rows of X (m, d); lanes m .. B-1 zero. Whole TT x TT tiles
+ * are transposed in registers (the element-wise loop stores one double at a time with a
+ * stride). */
 MT_INLINE void transpose_block(double *restrict xT, const double *restrict X, size_t m, size_t d)
 {
     size_t l = 0;
 #ifdef MT_HAVE_SHUFFLE
-    for (; l + 4 <= m; l += 4) {
-        const double *x0 = X + l * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+    for (; l + TT <= m; l += TT) {
+        const double *x0 = X + l * d, *x1 = x0 + d;
         size_t k = 0;
+#if TT == 4
+        const double *x2 = x1 + d, *x3 = x2 + d;
         for (; k + 4 <= d; k += 4) {
-            v4 r0 = LOAD4(x0 + k), r1 = LOAD4(x1 + k), r2 = LOAD4(x2 + k), r3 = LOAD4(x3 + k);
-            v4 t0 = SHUFFLE(r0, r1, 0, 4, 2, 6), t1 = SHUFFLE(r0, r1, 1, 5, 3, 7);
-            v4 t2 = SHUFFLE(r2, r3, 0, 4, 2, 6), t3 = SHUFFLE(r2, r3, 1, 5, 3, 7);
-            STORE4(xT + k * B + l, SHUFFLE(t0, t2, 0, 1, 4, 5));
-            STORE4(xT + (k + 1) * B + l, SHUFFLE(t1, t3, 0, 1, 4, 5));
-            STORE4(xT + (k + 2) * B + l, SHUFFLE(t0, t2, 2, 3, 6, 7));
-            STORE4(xT + (k + 3) * B + l, SHUFFLE(t1, t3, 2, 3, 6, 7));
+            vt r0 = LOADT(x0 + k), r1 = LOADT(x1 + k), r2 = LOADT(x2 + k), r3 = LOADT(x3 + k);
+            vt t0 = __builtin_shufflevector(r0, r1, 0, 4, 2, 6);
+            vt t1 = __builtin_shufflevector(r0, r1, 1, 5, 3, 7);
+            vt t2 = __builtin_shufflevector(r2, r3, 0, 4, 2, 6);
+            vt t3 = __builtin_shufflevector(r2, r3, 1, 5, 3, 7);
+            STORET(xT + k * B + l, __builtin_shufflevector(t0, t2, 0, 1, 4, 5));
+            STORET(xT + (k + 1) * B + l, __builtin_shufflevector(t1, t3, 0, 1, 4, 5));
+            STORET(xT + (k + 2) * B + l, __builtin_shufflevector(t0, t2, 2, 3, 6, 7));
+            STORET(xT + (k + 3) * B + l, __builtin_shufflevector(t1, t3, 2, 3, 6, 7));
         }
-        for (; k < d; k++) {
-            xT[k * B + l] = x0[k];
-            xT[k * B + l + 1] = x1[k];
-            xT[k * B + l + 2] = x2[k];
-            xT[k * B + l + 3] = x3[k];
+#else
+        for (; k + 2 <= d; k += 2) {
+            vt r0 = LOADT(x0 + k), r1 = LOADT(x1 + k);
+            STORET(xT + k * B + l, __builtin_shufflevector(r0, r1, 0, 2));
+            STORET(xT + (k + 1) * B + l, __builtin_shufflevector(r0, r1, 1, 3));
         }
+#endif
+        for (; k < d; k++)
+            for (size_t t = 0; t < TT; t++) xT[k * B + l + t] = X[(l + t) * d + k];
     }
 #endif
     for (; l < m; l++)
@@ -137,48 +155,64 @@ MT_INLINE void scores_forward(double *restrict S, const double *restrict Wp,
     }
 }
 
-/* gW (r, d) += D (r, B) xT^T, gb (r,) += the row sums of D: tiles of 4 rows of D by 2 of xT,
- * their 8 sums over the block's lanes in registers. */
+/* Xp (B, dp) = the m rows of X (m, d), each padded with zeros to dp = MT_FUSED_PAD(d)
+ * columns (rows m .. B-1 are not read). */
+MT_INLINE void pad_rows(double *restrict Xp, const double *restrict X, size_t m, size_t d,
+                        size_t dp)
+{
+    for (size_t l = 0; l < m; l++) {
+        memcpy(Xp + l * dp, X + l * d, d * sizeof *Xp);
+        for (size_t k = d; k < dp; k++) Xp[l * dp + k] = 0.0;
+    }
+}
+
+/* gW (r, dp) += D (r, B) Xp (m, dp) over the block's m rows, gb (r,) += the row sums of D
+ * (whose lanes m .. B-1 are 0). Vectors run along the input's columns, so every product adds
+ * into its own lane and no sum across lanes is needed (the lanes of a row of D would need one
+ * per weight: 40% of W2's time with AVX-512): tiles of 4 rows of gW by 2 vectors of columns,
+ * each loaded x vector serving 4 rows, each broadcast d_jl 2 vectors. */
 MT_INLINE void scores_backward(double *restrict gW, double *restrict gb, const double *restrict D,
-                               const double *restrict xT, size_t r, size_t d)
+                               const double *restrict Xp, size_t r, size_t dp, size_t m)
 {
     size_t j = 0;
     for (; j + 4 <= r; j += 4) {
         const double *D0 = D + j * B, *D1 = D0 + B, *D2 = D1 + B, *D3 = D2 + B;
+        double *g0 = gW + j * dp, *g1 = g0 + dp, *g2 = g1 + dp, *g3 = g2 + dp;
         size_t k = 0;
-        for (; k + 2 <= d; k += 2) {
-            const double *x0p = xT + k * B, *x1p = x0p + B;
+        for (; k + 2 * MT_VL <= dp; k += 2 * MT_VL) {
             vd a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0},
                a31 = {0};
-            for (size_t c = 0; c < B; c += MT_VL) {
-                vd x0 = LOADV(x0p + c), x1 = LOADV(x1p + c);
-                vd d0 = LOADV(D0 + c), d1 = LOADV(D1 + c), d2 = LOADV(D2 + c), d3 = LOADV(D3 + c);
-                a00 = MADD(a00, d0, x0); a01 = MADD(a01, d0, x1);
-                a10 = MADD(a10, d1, x0); a11 = MADD(a11, d1, x1);
-                a20 = MADD(a20, d2, x0); a21 = MADD(a21, d2, x1);
-                a30 = MADD(a30, d3, x0); a31 = MADD(a31, d3, x1);
+            for (size_t l = 0; l < m; l++) {
+                vd x0 = LOADV(Xp + l * dp + k), x1 = LOADV(Xp + l * dp + k + MT_VL);
+                vd b0 = SPLAT(D0[l]), b1 = SPLAT(D1[l]), b2 = SPLAT(D2[l]), b3 = SPLAT(D3[l]);
+                a00 = MADD(a00, b0, x0); a01 = MADD(a01, b0, x1);
+                a10 = MADD(a10, b1, x0); a11 = MADD(a11, b1, x1);
+                a20 = MADD(a20, b2, x0); a21 = MADD(a21, b2, x1);
+                a30 = MADD(a30, b3, x0); a31 = MADD(a31, b3, x1);
             }
-            gW[j * d + k] += SUMV(a00); gW[j * d + k + 1] += SUMV(a01);
-            gW[(j + 1) * d + k] += SUMV(a10); gW[(j + 1) * d + k + 1] += SUMV(a11);
-            gW[(j + 2) * d + k] += SUMV(a20); gW[(j + 2) * d + k + 1] += SUMV(a21);
-            gW[(j + 3) * d + k] += SUMV(a30); gW[(j + 3) * d + k + 1] += SUMV(a31);
+            STOREV(g0 + k, LOADV(g0 + k) + a00); STOREV(g0 + k + MT_VL, LOADV(g0 + k + MT_VL) + a01);
+            STOREV(g1 + k, LOADV(g1 + k) + a10); STOREV(g1 + k + MT_VL, LOADV(g1 + k + MT_VL) + a11);
+            STOREV(g2 + k, LOADV(g2 + k) + a20); STOREV(g2 + k + MT_VL, LOADV(g2 + k + MT_VL) + a21);
+            STOREV(g3 + k, LOADV(g3 + k) + a30); STOREV(g3 + k + MT_VL, LOADV(g3 + k + MT_VL) + a31);
         }
-        for (; k < d; k++) {
+        for (; k < dp; k += MT_VL) {
             vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (size_t c = 0; c < B; c += MT_VL) {
-                vd x = LOADV(xT + k * B + c);
-                a0 = MADD(a0, LOADV(D0 + c), x); a1 = MADD(a1, LOADV(D1 + c), x);
-                a2 = MADD(a2, LOADV(D2 + c), x); a3 = MADD(a3, LOADV(D3 + c), x);
+            for (size_t l = 0; l < m; l++) {
+                vd x = LOADV(Xp + l * dp + k);
+                a0 = MADD(a0, SPLAT(D0[l]), x); a1 = MADD(a1, SPLAT(D1[l]), x);
+                a2 = MADD(a2, SPLAT(D2[l]), x); a3 = MADD(a3, SPLAT(D3[l]), x);
             }
-            gW[j * d + k] += SUMV(a0); gW[(j + 1) * d + k] += SUMV(a1);
-            gW[(j + 2) * d + k] += SUMV(a2); gW[(j + 3) * d + k] += SUMV(a3);
+            STOREV(g0 + k, LOADV(g0 + k) + a0); STOREV(g1 + k, LOADV(g1 + k) + a1);
+            STOREV(g2 + k, LOADV(g2 + k) + a2); STOREV(g3 + k, LOADV(g3 + k) + a3);
         }
     }
     for (; j < r; j++) {
-        for (size_t k = 0; k < d; k++) {
+        const double *Dj = D + j * B;
+        double *gj = gW + j * dp;
+        for (size_t k = 0; k < dp; k += MT_VL) {
             vd a = {0};
-            for (size_t c = 0; c < B; c += MT_VL) a = MADD(a, LOADV(D + j * B + c), LOADV(xT + k * B + c));
-            gW[j * d + k] += SUMV(a);
+            for (size_t l = 0; l < m; l++) a = MADD(a, SPLAT(Dj[l]), LOADV(Xp + l * dp + k));
+            STOREV(gj + k, LOADV(gj + k) + a);
         }
     }
     for (j = 0; j < r; j++) {
@@ -386,6 +420,7 @@ MT_INLINE double block(mt_fused_scratch *s, const double *X, const double *y, si
     double *Z = s->S + mt_fused_router_rows(c) * B; /* the experts' rows of S */
 
     transpose_block(s->xT, X, m, d);
+    pad_rows(s->Xp, X, m, d, MT_FUSED_PAD(d));
     scores_forward(s->S, s->Wp, s->bp, s->xT, r, d);
     gates_forward(s, c);
     /* relu, the theory's usual activation, is applied inside the output layer's loops (and its
@@ -469,7 +504,7 @@ MT_INLINE double block(mt_fused_scratch *s, const double *X, const double *y, si
         memcpy(Z, s->O, E * B * sizeof *Z);
     }
     gates_backward(s, c);
-    scores_backward(s->gW, s->gb, s->S, s->xT, r, d);
+    scores_backward(s->gW, s->gb, s->S, s->Xp, r, MT_FUSED_PAD(d), m);
     return sq;
 }
 
@@ -478,6 +513,13 @@ MT_INLINE void add_part(double *grad, size_t at, const double *part, size_t coun
 {
     if (at == SIZE_MAX) return;
     for (size_t j = 0; j < count; j++) grad[at + j] += part[j];
+}
+
+/* The same for rows rows of d weights, part's rows dp apart (their padding dropped). */
+MT_INLINE void add_rows(double *grad, size_t at, const double *part, size_t rows, size_t d,
+                        size_t dp)
+{
+    for (size_t j = 0; j < rows; j++) add_part(grad, at + j * d, part + j * dp, d);
 }
 
 /* Rows [at, at + count) of theta into the packed weights (count rows of d) and biases (0 for an
@@ -502,7 +544,8 @@ void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const do
     if (Gg) pack_rows(s.Wp, s.bp, theta, off->ow, off->ob, Gg, d);
     pack_rows(s.Wp + Gg * d, s.bp + Gg, theta, off->rw, off->rb, E, d);
     pack_rows(s.Wp + nr * d, s.bp + nr, theta, off->W1, off->b1, R2, d);
-    memset(s.gW, 0, r * d * sizeof *s.gW);
+    const size_t dp = MT_FUSED_PAD(d);
+    memset(s.gW, 0, r * dp * sizeof *s.gW);
     memset(s.gb, 0, r * sizeof *s.gb);
     if (ffn) {
         memset(s.gw2, 0, R2 * sizeof *s.gw2);
@@ -519,12 +562,12 @@ void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const do
     *sq_sum = sq;
 
     if (Gg) {
-        add_part(grad, off->ow, s.gW, Gg * d);
+        add_rows(grad, off->ow, s.gW, Gg, d, dp);
         add_part(grad, off->ob, s.gb, Gg);
     }
-    add_part(grad, off->rw, s.gW + Gg * d, E * d);
+    add_rows(grad, off->rw, s.gW + Gg * dp, E, d, dp);
     add_part(grad, off->rb, s.gb + Gg, E);
-    add_part(grad, off->W1, s.gW + nr * d, R2 * d);
+    add_rows(grad, off->W1, s.gW + nr * dp, R2, d, dp);
     add_part(grad, off->b1, s.gb + nr, R2);
     if (ffn) {
         add_part(grad, off->W2, s.gw2, R2);
@@ -533,3 +576,4 @@ void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const do
 }
 
 #undef B
+#undef TT
