@@ -5,6 +5,8 @@
  *
  *   bash benchmarks/kernels.sh [threads] [repeats]
  *
+ * MT_BENCH_CPU=1 times CPU time instead of wall time (for one thread on a loaded machine);
+ * MOETHEORY_ISA caps the automatic variant (mt_isa.h).
  * A benchmark, not a test: it prints a table and checks nothing. */
 #define _POSIX_C_SOURCE 199309L
 #include <math.h>
@@ -17,11 +19,17 @@
 #include "mt_moe.h"
 #include "mt_parallel.h"
 #include "mt_rng.h"
+#include "mt_sample.h"
+#include "mt_train.h"
 
+/* Wall time, or with MT_BENCH_CPU=1 the process's CPU time (on a loaded machine a
+ * one-thread run's CPU time excludes the time it waited for a core). */
 static double now(void)
 {
+    static int cpu = -1;
+    if (cpu < 0) cpu = getenv("MT_BENCH_CPU") && atoi(getenv("MT_BENCH_CPU"));
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -127,6 +135,59 @@ int main(int argc, char **argv)
         free(s.theta), free(s.grad), free(s.X), free(s.y), free(s.f), free(s.df);
     }
     mt_isa_select(automatic);
+
+    /* W4's online step and its parts: the draw (256 x 50 normals), the teacher's forward (the
+     * layer-at-a-time path), the student's loss and gradient, and the whole trainer step. */
+    {
+        mt_moe_config c = base;
+        c.d_in = 50, c.hidden = 8;
+        const size_t nb = 256;
+        mt_moe_layout L;
+        mt_moe_layout_of(&L, &c);
+        double *th = malloc(L.n_params * sizeof(double)), *te = malloc(L.n_params * sizeof(double));
+        double *g = malloc(L.n_params * sizeof(double)), *X = malloc(nb * 50 * sizeof(double));
+        double *y = malloc(nb * sizeof(double)), *losses = malloc(1000 * sizeof(double));
+        mt_moe_init(th, &c, 1, 0);
+        mt_moe_init(te, &c, 2, 0);
+        mt_moe_model_ctx sctx = {.cfg = c}, tctx = {.cfg = c};
+        mt_moe_workspace_alloc(&sctx.ws, &c, nb);
+        mt_moe_workspace_alloc(&tctx.ws, &c, nb);
+        mt_model student, teacher;
+        mt_moe_as_model(&student, &sctx);
+        mt_moe_as_model(&teacher, &tctx);
+        mt_train_data data = {.online = 1, .input = MT_INPUT_GAUSSIAN, .scale = 1.0,
+                              .teacher = &teacher, .teacher_theta = te};
+        mt_opt_config opt = {.kind = MT_OPT_SGD, .lr = 0.01};
+        mt_trainer *tr = NULL;
+        mt_trainer_alloc(&tr, &student, &opt, &data, nb, NULL, 5);
+        mt_rng r;
+        mt_rng_init(&r, 3, 0);
+        double t4[4][64];
+        const char *names[4] = {"draw X", "teacher forward", "student loss and grad",
+                                "whole step"};
+        for (int rep = 0; rep < repeats && rep < 64; rep++) {
+            double loss, t0 = now();
+            for (int i = 0; i < 1000; i++) mt_sample_gaussian(X, &r, nb, 50, 1.0);
+            t4[0][rep] = (now() - t0) / 1000, t0 = now();
+            for (int i = 0; i < 1000; i++) mt_moe_forward(y, NULL, te, X, nb, &c, tctx.ws);
+            t4[1][rep] = (now() - t0) / 1000, t0 = now();
+            for (int i = 0; i < 1000; i++) mt_moe_mse_loss_and_grad(&loss, g, th, X, y, nb, &c, sctx.ws);
+            t4[2][rep] = (now() - t0) / 1000, t0 = now();
+            size_t done;
+            mt_trainer_run(tr, th, losses, 1000, &done, NULL, NULL);
+            t4[3][rep] = (now() - t0) / 1000;
+        }
+        printf("\nW4 online step (batch 256, d 50, 4 experts of 8), median us:");
+        for (int p = 0; p < 4; p++) {
+            qsort(t4[p], (size_t)repeats, sizeof(double), cmp_double);
+            printf(" %s %.1f;", names[p], t4[p][repeats / 2] * 1e6);
+        }
+        printf("\n");
+        mt_trainer_free(tr);
+        mt_moe_workspace_free(sctx.ws);
+        mt_moe_workspace_free(tctx.ws);
+        free(th), free(te), free(g), free(X), free(y), free(losses);
+    }
 
     /* W4's draw: 256 x 50 normals a step */
     enum { NN = 256 * 50 };
