@@ -50,3 +50,15 @@ void mt_fused_mse_rows(double *sq_sum, double *grad, const double *theta, const 
         return;
     }
 }
+
+void mt_fused_forward_rows(double *out, const double *theta, const double *X, size_t n,
+                           const mt_moe_config *c, const mt_fused_offsets *off, double *scratch)
+{
+    switch (mt_isa_selected()) {
+#if MT_HAVE_ISA_VARIANTS
+    case MT_ISA_AVX512: mt_fused_forward_avx512(out, theta, X, n, c, off, scratch); return;
+    case MT_ISA_AVX2: mt_fused_forward_avx2(out, theta, X, n, c, off, scratch); return;
+#endif
+    default: mt_fused_forward_baseline(out, theta, X, n, c, off, scratch); return;
+    }
+}

@@ -54,4 +54,11 @@ void mt_fused_mse_rows(double *sq_sum, double *grad, const double *theta, const 
                        const double *y, size_t n, double scale, const mt_moe_config *cfg,
                        const mt_fused_offsets *off, double *scratch);
 
+/* out (n,) = the layer's output on rows [0, n) of X (n, d), nothing kept for a backward; every
+ * row is computed alone, so the values do not depend on how rows are split among calls.
+ * scratch as mt_fused_mse_rows's. */
+void mt_fused_forward_rows(double *out, const double *theta, const double *X, size_t n,
+                           const mt_moe_config *cfg, const mt_fused_offsets *off,
+                           double *scratch);
+
 #endif

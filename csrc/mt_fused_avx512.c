@@ -5,6 +5,7 @@
 #if MT_HAVE_ISA_VARIANTS
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
 #define MT_FUSED_KERNEL mt_fused_rows_avx512
+#define MT_FUSED_FORWARD mt_fused_forward_avx512
 #define MT_VL 8
 #define MT_FMA 1
 #include "mt_fused_kernel.h"

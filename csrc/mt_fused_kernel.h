@@ -1,6 +1,6 @@
 /* The fused kernel's body (mt_fused.h), compiled once per instruction-set variant (mt_isa.h):
  * mt_fused_baseline.c, mt_fused_avx2.c and mt_fused_avx512.c set the target, then define
- *   MT_FUSED_KERNEL  the function's name,
+ *   MT_FUSED_KERNEL  the loss and gradient's name, MT_FUSED_FORWARD the forward's,
  *   MT_VL            doubles per vector: the target's register, 2 (SSE2), 4 (AVX2) or 8
  *                    (AVX-512). A wider vector than the target's is lowered by GCC through the
  *                    stack: each broadcast weight is stored as a double and reloaded as a vector,
@@ -416,15 +416,16 @@ MT_INLINE void gates_backward(mt_fused_scratch *s, const mt_moe_config *c)
 }
 
 /* One block of m <= B rows. */
-MT_INLINE double block(mt_fused_scratch *s, const double *X, const double *y, size_t m,
-                       double scale, const mt_moe_config *c, const double *w2, const double *b2)
+/* The forward of one block whose inputs spread_block has laid out: scores, gates, expert
+ * outputs O and the layer's output f (B,). */
+MT_INLINE void block_forward(mt_fused_scratch *s, const mt_moe_config *c, const double *w2,
+                             const double *b2)
 {
     const size_t E = c->n_experts, H = c->hidden, d = c->d_in;
     const size_t R2 = mt_fused_expert_rows(c), r = mt_fused_router_rows(c) + R2;
     const int ffn = c->expert == MT_EXPERT_FFN;
     double *Z = s->S + mt_fused_router_rows(c) * B; /* the experts' rows of S */
 
-    spread_block(s->xT, s->Xp, X, m, d, MT_FUSED_PAD(d));
     scores_forward(s->S, s->Wp, s->bp, s->xT, r, d);
     gates_forward(s, c);
     /* relu, the theory's usual activation, is applied inside the output layer's loops (and its
@@ -457,7 +458,19 @@ MT_INLINE double block(mt_fused_scratch *s, const double *X, const double *y, si
     for (size_t e = 0; e < E; e++)
         for (size_t l = 0; l < B; l++)
             s->f[l] += s->G[e * B + l] != 0.0 ? s->G[e * B + l] * s->O[e * B + l] : 0.0;
+}
 
+/* One block of m <= B rows: forward, loss and backward. */
+MT_INLINE double block(mt_fused_scratch *s, const double *X, const double *y, size_t m,
+                       double scale, const mt_moe_config *c, const double *w2, const double *b2)
+{
+    const size_t E = c->n_experts, H = c->hidden, d = c->d_in;
+    const size_t R2 = mt_fused_expert_rows(c), r = mt_fused_router_rows(c) + R2;
+    const int ffn = c->expert == MT_EXPERT_FFN, relu = ffn && c->activation == MT_ACT_RELU;
+    double *Z = s->S + mt_fused_router_rows(c) * B; /* the experts' rows of S */
+
+    spread_block(s->xT, s->Xp, X, m, d, MT_FUSED_PAD(d));
+    block_forward(s, c, w2, b2);
     double sq = 0.0;
     for (size_t l = 0; l < m; l++) {
         double res = s->f[l] - y[l];
@@ -535,6 +548,22 @@ MT_INLINE void pack_rows(double *Wp, double *bp, const double *theta, size_t w, 
     for (size_t j = 0; j < count; j++) bp[j] = b == SIZE_MAX ? 0.0 : theta[b + j];
 }
 
+/* The packed weights (router rows, the hierarchical gate's outer ones first, then the experts'
+ * rows; absent biases 0) of theta into s; returns the output layer's weights and bias through
+ * w2, b2 (NULL for linear experts or no bias). */
+MT_INLINE void pack(mt_fused_scratch *s, const double **w2, const double **b2,
+                    const double *theta, const mt_moe_config *c, const mt_fused_offsets *off)
+{
+    const size_t E = c->n_experts, d = c->d_in, Gg = mt_fused_groups(c);
+    const size_t nr = mt_fused_router_rows(c), R2 = mt_fused_expert_rows(c);
+    const int ffn = c->expert == MT_EXPERT_FFN;
+    if (Gg) pack_rows(s->Wp, s->bp, theta, off->ow, off->ob, Gg, d);
+    pack_rows(s->Wp + Gg * d, s->bp + Gg, theta, off->rw, off->rb, E, d);
+    pack_rows(s->Wp + nr * d, s->bp + nr, theta, off->W1, off->b1, R2, d);
+    *w2 = ffn ? theta + off->W2 : NULL;
+    *b2 = ffn && off->b2 != SIZE_MAX ? theta + off->b2 : NULL;
+}
+
 void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const double *X,
                      const double *y, size_t n, double scale, const mt_moe_config *c,
                      const mt_fused_offsets *off, double *scratch)
@@ -543,11 +572,8 @@ void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const do
     const size_t nr = mt_fused_router_rows(c), R2 = mt_fused_expert_rows(c), r = nr + R2;
     const int ffn = c->expert == MT_EXPERT_FFN;
     mt_fused_scratch s = mt_fused_carve(scratch, c);
-    /* Pack the router's rows (the outer ones first for the hierarchical gate) and the experts'
-     * rows into one (r, d) matrix; absent biases are 0. */
-    if (Gg) pack_rows(s.Wp, s.bp, theta, off->ow, off->ob, Gg, d);
-    pack_rows(s.Wp + Gg * d, s.bp + Gg, theta, off->rw, off->rb, E, d);
-    pack_rows(s.Wp + nr * d, s.bp + nr, theta, off->W1, off->b1, R2, d);
+    const double *w2, *b2;
+    pack(&s, &w2, &b2, theta, c, off);
     const size_t dp = MT_FUSED_PAD(d);
     memset(s.gW, 0, r * dp * sizeof *s.gW);
     memset(s.Xp, 0, B * dp * sizeof *s.Xp); /* spread_block writes the first d columns */
@@ -556,8 +582,6 @@ void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const do
         memset(s.gw2, 0, R2 * sizeof *s.gw2);
         memset(s.gb2, 0, E * sizeof *s.gb2);
     }
-    const double *w2 = ffn ? theta + off->W2 : NULL;
-    const double *b2 = ffn && off->b2 != SIZE_MAX ? theta + off->b2 : NULL;
 
     double sq = 0.0;
     for (size_t i = 0; i < n; i += B) {
@@ -577,6 +601,21 @@ void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const do
     if (ffn) {
         add_part(grad, off->W2, s.gw2, R2);
         if (b2) add_part(grad, off->b2, s.gb2, E);
+    }
+}
+
+void MT_FUSED_FORWARD(double *out, const double *theta, const double *X, size_t n,
+                      const mt_moe_config *c, const mt_fused_offsets *off, double *scratch)
+{
+    const size_t d = c->d_in, dp = MT_FUSED_PAD(d);
+    mt_fused_scratch s = mt_fused_carve(scratch, c);
+    const double *w2, *b2;
+    pack(&s, &w2, &b2, theta, c, off);
+    for (size_t i = 0; i < n; i += B) {
+        size_t m = n - i < B ? n - i : B;
+        spread_block(s.xT, s.Xp, X + i * d, m, d, dp);
+        block_forward(&s, c, w2, b2);
+        memcpy(out + i, s.f, m * sizeof *out);
     }
 }
 

@@ -871,15 +871,21 @@ gates:
     return MT_OK;
 }
 
+/* Where mt_fused finds its blocks in theta. */
+static mt_fused_offsets fused_offsets(const mt_moe_workspace *ws)
+{
+    return (mt_fused_offsets){.rw = ws->off.rw, .rb = ws->off.rb, .ow = ws->off.ow,
+                              .ob = ws->off.ob, .W1 = ws->off.W1, .b1 = ws->off.b1,
+                              .W2 = ws->off.W2, .b2 = ws->off.b2};
+}
+
 /* The mean squared error and grad += its gradient, by mt_fused over the threads' row blocks. */
 static void fused_rows(double *loss, double *grad, const double *theta, const double *X,
                        const double *y, size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
 {
     const size_t d = c->d_in, P = ws->n_params;
     const double scale = 2.0 / (double)n;
-    const mt_fused_offsets off = {.rw = ws->off.rw, .rb = ws->off.rb, .ow = ws->off.ow,
-                                  .ob = ws->off.ob, .W1 = ws->off.W1, .b1 = ws->off.b1,
-                                  .W2 = ws->off.W2, .b2 = ws->off.b2};
+    const mt_fused_offsets off = fused_offsets(ws);
     const int T = team_size(ws, n);
     double sq[T];
     if (T == 1) {
@@ -923,6 +929,36 @@ static mt_status fused_loss_and_grad(double *loss, double *grad, const double *t
     memset(ws->grad_eff, 0, ws->n_params * sizeof *grad);
     fused_rows(loss, ws->grad_eff, ws->theta_eff, X, y, n, c, ws);
     fold_normalized_gradient(grad, ws->grad_eff, theta, ws->theta_eff, c);
+    return MT_OK;
+}
+
+mt_status mt_moe_predict(double *out, const double *theta, const double *X, size_t n,
+                         const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    if (!(ws && ws->fused && mt_fused_supports(c)))
+        return mt_moe_forward(out, NULL, theta, X, n, c, ws);
+    mt_status st = check_call(c, ws, n);
+    if (st != MT_OK) return st;
+    if (c->normalize) {
+        st = normalize_directions(ws->theta_eff, theta, c);
+        if (st != MT_OK) return st;
+        theta = ws->theta_eff;
+    }
+    const mt_fused_offsets off = fused_offsets(ws);
+    const size_t d = c->d_in;
+    const int T = team_size(ws, n);
+    if (T == 1) {
+        mt_fused_forward_rows(out, theta, X, n, c, &off, ws->fused);
+        return MT_OK;
+    }
+    MT_OMP(parallel num_threads(T))
+    {
+        const int team = omp_get_num_threads(), t = omp_get_thread_num();
+        size_t r, m;
+        mt_rows_of(n, team, t, &r, &m);
+        mt_fused_forward_rows(out + r, theta, X + r * d, m, c, &off,
+                              ws->fused + (size_t)t * ws->fused_stride);
+    }
     return MT_OK;
 }
 
