@@ -62,3 +62,15 @@ void mt_fused_forward_rows(double *out, const double *theta, const double *X, si
     default: mt_fused_forward_baseline(out, theta, X, n, c, off, scratch); return;
     }
 }
+
+void mt_fused_jacobian_rows(double *J, size_t P, const double *theta, const double *X, size_t n,
+                            const mt_moe_config *c, const mt_fused_offsets *off, double *scratch)
+{
+    switch (mt_isa_selected()) {
+#if MT_HAVE_ISA_VARIANTS
+    case MT_ISA_AVX512: mt_fused_jacobian_avx512(J, P, theta, X, n, c, off, scratch); return;
+    case MT_ISA_AVX2: mt_fused_jacobian_avx2(J, P, theta, X, n, c, off, scratch); return;
+#endif
+    default: mt_fused_jacobian_baseline(J, P, theta, X, n, c, off, scratch); return;
+    }
+}

@@ -61,4 +61,11 @@ void mt_fused_forward_rows(double *out, const double *theta, const double *X, si
                            const mt_moe_config *cfg, const mt_fused_offsets *off,
                            double *scratch);
 
+/* J (n, P) row i = d f(x_i) / d theta (P = the layout's n_params, theta's layout) on rows
+ * [0, n) of X (n, d): the residual Jacobian of a least-squares fit. scratch as
+ * mt_fused_mse_rows's. */
+void mt_fused_jacobian_rows(double *J, size_t P, const double *theta, const double *X, size_t n,
+                            const mt_moe_config *cfg, const mt_fused_offsets *off,
+                            double *scratch);
+
 #endif

@@ -5,6 +5,7 @@
 #pragma GCC target("avx2,fma")
 #define MT_FUSED_KERNEL mt_fused_rows_avx2
 #define MT_FUSED_FORWARD mt_fused_forward_avx2
+#define MT_FUSED_JACOBIAN mt_fused_jacobian_avx2
 #define MT_VL 4
 #define MT_FMA 1
 #include "mt_fused_kernel.h"

@@ -6,6 +6,7 @@
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
 #define MT_FUSED_KERNEL mt_fused_rows_avx512
 #define MT_FUSED_FORWARD mt_fused_forward_avx512
+#define MT_FUSED_JACOBIAN mt_fused_jacobian_avx512
 #define MT_VL 8
 #define MT_FMA 1
 #include "mt_fused_kernel.h"

@@ -71,7 +71,8 @@ static inline mt_fused_scratch mt_fused_carve(double *p, const mt_moe_config *c)
     return s;
 }
 
-/* The variants of mt_fused_mse_rows and mt_fused_forward_rows (same arguments); each exists only where mt_isa_supported
+/* The variants of mt_fused_mse_rows, mt_fused_forward_rows and mt_fused_jacobian_rows (same
+ * arguments); each exists only where mt_isa_supported
  * says the build has it. */
 #define MT_FUSED_KERNEL_ARGS                                                                \
     double *sq_sum, double *grad, const double *theta, const double *X, const double *y,     \
@@ -86,5 +87,11 @@ void mt_fused_rows_avx512(MT_FUSED_KERNEL_ARGS);
 void mt_fused_forward_baseline(MT_FUSED_FORWARD_ARGS);
 void mt_fused_forward_avx2(MT_FUSED_FORWARD_ARGS);
 void mt_fused_forward_avx512(MT_FUSED_FORWARD_ARGS);
+#define MT_FUSED_JACOBIAN_ARGS                                                              \
+    double *J, size_t P, const double *theta, const double *X, size_t n,                     \
+        const mt_moe_config *c, const mt_fused_offsets *off, double *scratch
+void mt_fused_jacobian_baseline(MT_FUSED_JACOBIAN_ARGS);
+void mt_fused_jacobian_avx2(MT_FUSED_JACOBIAN_ARGS);
+void mt_fused_jacobian_avx512(MT_FUSED_JACOBIAN_ARGS);
 
 #endif

@@ -1,6 +1,7 @@
 /* The fused kernel's body (mt_fused.h), compiled once per instruction-set variant (mt_isa.h):
  * mt_fused_baseline.c, mt_fused_avx2.c and mt_fused_avx512.c set the target, then define
  *   MT_FUSED_KERNEL  the loss and gradient's name, MT_FUSED_FORWARD the forward's,
+ *                    MT_FUSED_JACOBIAN the Jacobian's,
  *   MT_VL            doubles per vector: the target's register, 2 (SSE2), 4 (AVX2) or 8
  *                    (AVX-512). A wider vector than the target's is lowered by GCC through the
  *                    stack: each broadcast weight is stored as a double and reloaded as a vector,
@@ -34,6 +35,7 @@ typedef double vdu __attribute__((vector_size(8 * MT_VL), aligned(8), may_alias)
 typedef long long vdi __attribute__((vector_size(8 * MT_VL)));
 #define LOADV(p) (*(const vdu *)(p))
 #define STOREV(p, v) (*(vdu *)(p) = (v))
+#define ADDV(p, v) STOREV((p), LOADV(p) + (v))
 /* x in every lane (x - 0 is x for every x, -0 and NaN included) */
 #define SPLAT(x) ((x) - (vd){0})
 /* v where mask (a vector comparison's result: all ones or zeros per lane) is set, else +0.0 */
@@ -195,10 +197,10 @@ MT_INLINE void scores_backward(double *restrict gW, double *restrict gb, const d
                 a20 = MADD(a20, b2, x0); a21 = MADD(a21, b2, x1);
                 a30 = MADD(a30, b3, x0); a31 = MADD(a31, b3, x1);
             }
-            STOREV(g0 + k, LOADV(g0 + k) + a00); STOREV(g0 + k + MT_VL, LOADV(g0 + k + MT_VL) + a01);
-            STOREV(g1 + k, LOADV(g1 + k) + a10); STOREV(g1 + k + MT_VL, LOADV(g1 + k + MT_VL) + a11);
-            STOREV(g2 + k, LOADV(g2 + k) + a20); STOREV(g2 + k + MT_VL, LOADV(g2 + k + MT_VL) + a21);
-            STOREV(g3 + k, LOADV(g3 + k) + a30); STOREV(g3 + k + MT_VL, LOADV(g3 + k + MT_VL) + a31);
+            ADDV(g0 + k, a00); ADDV(g0 + k + MT_VL, a01);
+            ADDV(g1 + k, a10); ADDV(g1 + k + MT_VL, a11);
+            ADDV(g2 + k, a20); ADDV(g2 + k + MT_VL, a21);
+            ADDV(g3 + k, a30); ADDV(g3 + k + MT_VL, a31);
         }
         for (; k < dp; k += MT_VL) {
             vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
@@ -207,8 +209,7 @@ MT_INLINE void scores_backward(double *restrict gW, double *restrict gb, const d
                 a0 = MADD(a0, SPLAT(D0[l]), x); a1 = MADD(a1, SPLAT(D1[l]), x);
                 a2 = MADD(a2, SPLAT(D2[l]), x); a3 = MADD(a3, SPLAT(D3[l]), x);
             }
-            STOREV(g0 + k, LOADV(g0 + k) + a0); STOREV(g1 + k, LOADV(g1 + k) + a1);
-            STOREV(g2 + k, LOADV(g2 + k) + a2); STOREV(g3 + k, LOADV(g3 + k) + a3);
+            ADDV(g0 + k, a0); ADDV(g1 + k, a1); ADDV(g2 + k, a2); ADDV(g3 + k, a3);
         }
     }
     for (; j < r; j++) {
@@ -217,7 +218,7 @@ MT_INLINE void scores_backward(double *restrict gW, double *restrict gb, const d
         for (size_t k = 0; k < dp; k += MT_VL) {
             vd a = {0};
             for (size_t l = 0; l < m; l++) a = MADD(a, SPLAT(Dj[l]), LOADV(Xp + l * dp + k));
-            STOREV(gj + k, LOADV(gj + k) + a);
+            ADDV(gj + k, a);
         }
     }
     for (j = 0; j < r; j++) {
@@ -616,6 +617,90 @@ void MT_FUSED_FORWARD(double *out, const double *theta, const double *X, size_t 
         spread_block(s.xT, s.Xp, X + i * d, m, d, dp);
         block_forward(&s, c, w2, b2);
         memcpy(out + i, s.f, m * sizeof *out);
+    }
+}
+
+/* Where packed row j's weights (d of them) and bias sit in theta: the hierarchical gate's outer
+ * rows, the router's rows, the experts' rows (pack's order); bias SIZE_MAX when absent. */
+MT_INLINE void packed_row_offsets(size_t *w, size_t *b, size_t j, const mt_moe_config *c,
+                                  const mt_fused_offsets *off)
+{
+    const size_t d = c->d_in, Gg = mt_fused_groups(c), nr = mt_fused_router_rows(c);
+    size_t base_w = off->W1, base_b = off->b1, t = j - nr;
+    if (j < Gg) base_w = off->ow, base_b = off->ob, t = j;
+    else if (j < nr) base_w = off->rw, base_b = off->rb, t = j - Gg;
+    *w = base_w + t * d;
+    *b = base_b == SIZE_MAX ? SIZE_MAX : base_b + t;
+}
+
+/* J rows [0, m) (row stride P) = d f / d theta on one block of m <= B rows: the backward of
+ * f itself (df = 1 on every row) without the sums over rows, each row's products with its own
+ * inputs written out instead. */
+MT_INLINE void block_jacobian(double *J, size_t P, mt_fused_scratch *s, const double *X,
+                              size_t m, const mt_moe_config *c, const mt_fused_offsets *off,
+                              const double *w2, const double *b2)
+{
+    const size_t E = c->n_experts, H = c->hidden, d = c->d_in;
+    const size_t R2 = mt_fused_expert_rows(c), r = mt_fused_router_rows(c) + R2;
+    const int ffn = c->expert == MT_EXPERT_FFN, relu = ffn && c->activation == MT_ACT_RELU;
+    double *Z = s->S + mt_fused_router_rows(c) * B;
+
+    spread_block(s->xT, s->Xp, X, m, d, MT_FUSED_PAD(d));
+    block_forward(s, c, w2, b2);
+    for (size_t l = 0; l < B; l++) s->df[l] = l < m ? 1.0 : 0.0;
+    double *dG = gate_grad(s, c);
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) {
+            dG[e * B + l] = s->df[l] * s->O[e * B + l];
+            s->O[e * B + l] = s->G[e * B + l] * s->df[l];
+        }
+    if (ffn) {
+        for (size_t e = 0; e < E; e++) {
+            const double *dO = s->O + e * B;
+            if (b2)
+                for (size_t l = 0; l < m; l++) J[l * P + off->b2 + e] = dO[l];
+            for (size_t h = 0; h < H; h++) {
+                const double w = w2[e * H + h];
+                double *a = s->A + (e * H + h) * B, *z = Z + (e * H + h) * B;
+                double *Jw2 = J + off->W2 + e * H + h;
+                for (size_t l = 0; l < m; l++) /* d f / d w2 = g act(z) */
+                    Jw2[l * P] = dO[l] * (relu ? (z[l] > 0 ? z[l] : 0.0) : a[l]);
+                if (relu)
+                    for (size_t l = 0; l < B; l++) z[l] = z[l] > 0 ? dO[l] * w : 0.0;
+                else
+                    for (size_t l = 0; l < B; l++) a[l] = dO[l] * w;
+            }
+        }
+        if (!relu) mt_act_backward(Z, s->A, Z, R2 * B, c->activation);
+    } else {
+        memcpy(Z, s->O, E * B * sizeof *Z);
+    }
+    gates_backward(s, c);
+    /* every packed row's weights and bias: d f / d w_j = (d f / d s_j) x, d f / d b_j = it */
+    for (size_t j = 0; j < r; j++) {
+        size_t wj, bj;
+        packed_row_offsets(&wj, &bj, j, c, off);
+        const double *D = s->S + j * B;
+        for (size_t l = 0; l < m; l++) {
+            double *Jl = J + l * P + wj;
+            const double *x = X + l * d;
+            for (size_t k = 0; k < d; k++) Jl[k] = D[l] * x[k];
+            if (bj != SIZE_MAX) J[l * P + bj] = D[l];
+        }
+    }
+}
+
+void MT_FUSED_JACOBIAN(double *J, size_t P, const double *theta, const double *X, size_t n,
+                       const mt_moe_config *c, const mt_fused_offsets *off, double *scratch)
+{
+    const size_t d = c->d_in, dp = MT_FUSED_PAD(d);
+    mt_fused_scratch s = mt_fused_carve(scratch, c);
+    const double *w2, *b2;
+    pack(&s, &w2, &b2, theta, c, off);
+    memset(s.Xp, 0, B * dp * sizeof *s.Xp);
+    for (size_t i = 0; i < n; i += B) {
+        size_t m = n - i < B ? n - i : B;
+        block_jacobian(J + i * P, P, &s, X + i * d, m, c, off, w2, b2);
     }
 }
 
