@@ -11,15 +11,19 @@
  * register-tiled loops over the block's rows.
  *
  * The router's rows and the experts' first-layer rows act on the same x, so they are packed into
- * one matrix of r = E + E*H rows (E + E for linear experts) and multiplied together.
+ * one matrix of r = E + E*H rows (E + E for linear experts; G more for the hierarchical gate's
+ * outer rows) and multiplied together.
  *
- * Computes: the gates softmax, sigmoid and temperature without top-k; FFN experts of depth 1 and
- * linear experts, one output; no auxiliary losses (mt_fused_supports says which). */
+ * Computes: every gate (softmax, top-k, temperature with or without top-k, hierarchical,
+ * sigmoid); FFN experts of depth 1 and linear experts, one output; no auxiliary losses
+ * (mt_fused_supports says which). Built for the x86-64 baseline, AVX2 and AVX-512, the variant
+ * chosen at run time (mt_isa.h). */
 #ifndef MT_FUSED_H
 #define MT_FUSED_H
 
 #include <stddef.h>
 
+#include "mt_isa.h"
 #include "mt_moe.h"
 
 /* Rows per block, a multiple of 8 (two vectors of lanes). At W1 a block's buffers take about
@@ -31,9 +35,11 @@
 int mt_fused_supports(const mt_moe_config *cfg);
 
 /* Where the blocks the kernel reads sit in theta (and in the gradient); SIZE_MAX for an absent
- * bias. For linear experts W1 / b1 are experts.W / experts.b and W2 / b2 are unused. */
+ * bias. rw / rb are the router's (the hierarchical gate's inner rows), ow / ob the hierarchical
+ * gate's outer rows (unused by the other gates). For linear experts W1 / b1 are experts.W /
+ * experts.b and W2 / b2 are unused. */
 typedef struct {
-    size_t rw, rb, W1, b1, W2, b2;
+    size_t rw, rb, ow, ob, W1, b1, W2, b2;
 } mt_fused_offsets;
 
 /* Doubles of scratch one thread needs (a multiple of 8, so consecutive threads' scratch stays
@@ -47,5 +53,19 @@ size_t mt_fused_scratch_doubles(const mt_moe_config *cfg);
 void mt_fused_mse_rows(double *sq_sum, double *grad, const double *theta, const double *X,
                        const double *y, size_t n, double scale, const mt_moe_config *cfg,
                        const mt_fused_offsets *off, double *scratch);
+
+/* out (n,) = the layer's output on rows [0, n) of X (n, d), nothing kept for a backward; every
+ * row is computed alone, so the values do not depend on how rows are split among calls.
+ * scratch as mt_fused_mse_rows's. */
+void mt_fused_forward_rows(double *out, const double *theta, const double *X, size_t n,
+                           const mt_moe_config *cfg, const mt_fused_offsets *off,
+                           double *scratch);
+
+/* J (n, P) row i = d f(x_i) / d theta (P = the layout's n_params, theta's layout) on rows
+ * [0, n) of X (n, d): the residual Jacobian of a least-squares fit. scratch as
+ * mt_fused_mse_rows's. */
+void mt_fused_jacobian_rows(double *J, size_t P, const double *theta, const double *X, size_t n,
+                            const mt_moe_config *cfg, const mt_fused_offsets *off,
+                            double *scratch);
 
 #endif

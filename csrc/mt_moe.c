@@ -949,14 +949,21 @@ gates:
     return MT_OK;
 }
 
+/* Where mt_fused finds its blocks in theta. */
+static mt_fused_offsets fused_offsets(const mt_moe_workspace *ws)
+{
+    return (mt_fused_offsets){.rw = ws->off.rw, .rb = ws->off.rb, .ow = ws->off.ow,
+                              .ob = ws->off.ob, .W1 = ws->off.W1, .b1 = ws->off.b1,
+                              .W2 = ws->off.W2, .b2 = ws->off.b2};
+}
+
 /* The mean squared error and grad += its gradient, by mt_fused over the threads' row blocks. */
 static void fused_rows(double *loss, double *grad, const double *theta, const double *X,
                        const double *y, size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
 {
     const size_t d = c->d_in, P = ws->n_params;
     const double scale = 2.0 / (double)n;
-    const mt_fused_offsets off = {ws->off.rw, ws->off.rb, ws->off.W1, ws->off.b1, ws->off.W2,
-                                  ws->off.b2};
+    const mt_fused_offsets off = fused_offsets(ws);
     const int T = team_size(ws, n);
     double sq[T];
     if (T == 1) {
@@ -1003,6 +1010,36 @@ static mt_status fused_loss_and_grad(double *loss, double *grad, const double *t
     return MT_OK;
 }
 
+mt_status mt_moe_predict(double *out, const double *theta, const double *X, size_t n,
+                         const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    if (!(ws && ws->fused && mt_fused_supports(c)))
+        return mt_moe_forward(out, NULL, theta, X, n, c, ws);
+    mt_status st = check_call(c, ws, n);
+    if (st != MT_OK) return st;
+    if (c->normalize) {
+        st = normalize_directions(ws->theta_eff, theta, c);
+        if (st != MT_OK) return st;
+        theta = ws->theta_eff;
+    }
+    const mt_fused_offsets off = fused_offsets(ws);
+    const size_t d = c->d_in;
+    const int T = team_size(ws, n);
+    if (T == 1) {
+        mt_fused_forward_rows(out, theta, X, n, c, &off, ws->fused);
+        return MT_OK;
+    }
+    MT_OMP(parallel num_threads(T))
+    {
+        const int team = omp_get_num_threads(), t = omp_get_thread_num();
+        size_t r, m;
+        mt_rows_of(n, team, t, &r, &m);
+        mt_fused_forward_rows(out + r, theta, X + r * d, m, c, &off,
+                              ws->fused + (size_t)t * ws->fused_stride);
+    }
+    return MT_OK;
+}
+
 mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *theta,
                                    const double *X, const double *y, size_t n,
                                    const mt_moe_config *c, mt_moe_workspace *ws)
@@ -1016,4 +1053,63 @@ mt_status mt_moe_mse_loss_and_grad(double *loss, double *grad, const double *the
     mt_loss_mse_backward(ws->df, ws->f, y, len);
     memset(grad, 0, ws->n_params * sizeof *grad);
     return mt_moe_backward(grad, NULL, ws->df, theta, X, n, c, ws);
+}
+
+/* The Jacobian on the fused path: J_eff = d f / d theta_eff over the threads' rows, then, with
+ * normalised directions, each row folded back to theta as mt_moe_backward folds a gradient. */
+static void fused_jacobian(double *J, const double *theta, const double *X, size_t n,
+                           const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    const mt_fused_offsets off = fused_offsets(ws);
+    const size_t d = c->d_in, P = ws->n_params;
+    const double *th = c->normalize ? ws->theta_eff : theta;
+    const int T = team_size(ws, n);
+    if (T == 1) {
+        mt_fused_jacobian_rows(J, P, th, X, n, c, &off, ws->fused);
+    } else {
+        MT_OMP(parallel num_threads(T))
+        {
+            const int team = omp_get_num_threads(), t = omp_get_thread_num();
+            size_t r, m;
+            mt_rows_of(n, team, t, &r, &m);
+            mt_fused_jacobian_rows(J + r * P, P, th, X + r * d, m, c, &off,
+                                   ws->fused + (size_t)t * ws->fused_stride);
+        }
+    }
+    if (!c->normalize) return;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(ws->grad_eff, J + i * P, P * sizeof *J);
+        memset(J + i * P, 0, P * sizeof *J);
+        fold_normalized_gradient(J + i * P, ws->grad_eff, theta, ws->theta_eff, c);
+    }
+}
+
+mt_status mt_moe_jacobian(double *J, const double *theta, const double *X, size_t n,
+                          const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = check_call(c, ws, n);
+    if (st != MT_OK) return st;
+    if (c->d_out != 1 || !J) return MT_EINVAL;
+    /* the layer's output alone: no auxiliary loss */
+    mt_moe_config plain = *c;
+    plain.aux_switch = plain.aux_z = 0.0;
+    if (ws->fused && mt_fused_supports(&plain)) {
+        if (c->normalize) {
+            st = normalize_directions(ws->theta_eff, theta, c);
+            if (st != MT_OK) return st;
+        }
+        fused_jacobian(J, theta, X, n, &plain, ws);
+        return MT_OK;
+    }
+    /* Elsewhere row by row: a forward and the backward of f itself (df = 1). */
+    const size_t d = c->d_in, P = ws->n_params;
+    const double one = 1.0;
+    for (size_t i = 0; i < n; i++) {
+        st = mt_moe_forward(NULL, NULL, theta, X + i * d, 1, &plain, ws);
+        if (st != MT_OK) return st;
+        memset(J + i * P, 0, P * sizeof *J);
+        st = mt_moe_backward(J + i * P, NULL, &one, theta, X + i * d, 1, &plain, ws);
+        if (st != MT_OK) return st;
+    }
+    return MT_OK;
 }

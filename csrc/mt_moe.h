@@ -86,6 +86,24 @@ size_t mt_moe_workspace_capacity(const mt_moe_workspace *ws);
 mt_status mt_moe_forward(double *out, double *gates, const double *theta, const double *X,
                          size_t n, const mt_moe_config *cfg, mt_moe_workspace *ws);
 
+/* out: (n, d_out) the forward's output alone: nothing is kept for a backward (use
+ * mt_moe_forward before mt_moe_backward). Computed by the fused path (mt_fused.h) where it
+ * applies, whose rows do not depend on each other (the same bits for any thread count); there
+ * it agrees with mt_moe_forward to rounding, not bitwise. Same requirements as mt_moe_forward;
+ * a teacher's forward is its use (csrc/mt_train.c). */
+mt_status mt_moe_predict(double *out, const double *theta, const double *X, size_t n,
+                         const mt_moe_config *cfg, mt_moe_workspace *ws);
+
+/* J: (n, P) row-major, row i = d f(x_i) / d theta for a layer with d_out == 1 (P the layout's
+ * n_params): the residual Jacobian of a least-squares fit of f to targets (a Gauss-Newton or
+ * Levenberg-Marquardt step solves with J^T J). The auxiliary losses are not part of f and are
+ * ignored. On the fused path (mt_fused.h) all rows at once on the threads; elsewhere
+ * (d_in > 128, wide layers, depth > 1) a forward and backward per row. d_out != 1 or J NULL:
+ * MT_EINVAL; otherwise the requirements of mt_moe_forward. Overwrites what mt_moe_forward
+ * keeps for a backward. */
+mt_status mt_moe_jacobian(double *J, const double *theta, const double *X, size_t n,
+                          const mt_moe_config *cfg, mt_moe_workspace *ws);
+
 /* Backward of the last forward (same theta and X; may be called once per forward because it
  * reuses the cached activations as scratch). grad: (P,) accumulated (+=); dX: (n, d_in)
  * written, or NULL when not needed; dout: (n, d_out) = d loss / d out. */

@@ -5,93 +5,10 @@
 
 #include "mt_log.h"
 #include "mt_parallel.h"
+#include "mt_philox.h"
 #include "mt_simd.h"
 #include "mt_sincos.h"
 
-/* Multipliers and Weyl key increments from Random123 philox.h (Salmon et al. 2011, table 2). */
-#define PHILOX_M0 UINT32_C(0xD2511F53)
-#define PHILOX_M1 UINT32_C(0xCD9E8D57)
-#define PHILOX_W0 UINT32_C(0x9E3779B9)
-#define PHILOX_W1 UINT32_C(0xBB67AE85)
-
-void mt_philox4x32_10(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2])
-{
-    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; round++) {
-        uint64_t p0 = (uint64_t)PHILOX_M0 * c0;
-        uint64_t p1 = (uint64_t)PHILOX_M1 * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-        k0 += PHILOX_W0;  /* the bump after the last round is unused, harmless */
-        k1 += PHILOX_W1;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
-
-static void rng_block(uint32_t out[4], const uint32_t key[2], uint64_t stream, uint64_t block)
-{
-    uint32_t ctr[4] = {(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)stream,
-                       (uint32_t)(stream >> 32)};
-    mt_philox4x32_10(out, ctr, key);
-}
-
-/* Counters per call of philox_lanes. GCC -O3 fully unrolls lane loops of 16 or fewer into scalar
- * code before its vectoriser sees them; from 32 on it vectorises them (SSE2 pmuludq for the
- * 32x32->64 products), 2.5x the speed of one block at a time; the AVX2 clone has twice the
- * lanes. */
-#define PHILOX_LANES 32
-
-/* out: (PHILOX_LANES, 4) blocks b0, b0 + 1, ... of (key, stream): mt_philox4x32_10 on
- * PHILOX_LANES counters at once, the lanes stored apart (structure of arrays) so each step of a
- * round is one loop over them. */
-MT_VECTOR_CLONES
-static void philox_lanes(uint32_t *out, const uint32_t key[2], uint64_t stream, uint64_t b0)
-{
-    uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
-    for (int l = 0; l < PHILOX_LANES; l++) {
-        uint64_t block = b0 + (uint64_t)l;
-        c0[l] = (uint32_t)block;
-        c1[l] = (uint32_t)(block >> 32);
-        c2[l] = (uint32_t)stream;
-        c3[l] = (uint32_t)(stream >> 32);
-    }
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; round++) {
-        for (int l = 0; l < PHILOX_LANES; l++) {
-            uint64_t p0 = (uint64_t)PHILOX_M0 * c0[l];
-            uint64_t p1 = (uint64_t)PHILOX_M1 * c2[l];
-            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[l] ^ k0;
-            uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[l] ^ k1;
-            c1[l] = (uint32_t)p1;
-            c3[l] = (uint32_t)p0;
-            c0[l] = n0;
-            c2[l] = n2;
-        }
-        k0 += PHILOX_W0;
-        k1 += PHILOX_W1;
-    }
-    for (int l = 0; l < PHILOX_LANES; l++) {
-        out[4 * l] = c0[l];
-        out[4 * l + 1] = c1[l];
-        out[4 * l + 2] = c2[l];
-        out[4 * l + 3] = c3[l];
-    }
-}
-
-/* out: (nb, 4) blocks [b0, b0 + nb) of (key, stream). */
-static void philox_blocks(uint32_t *out, const uint32_t key[2], uint64_t stream, uint64_t b0,
-                          size_t nb)
-{
-    size_t b = 0;
-    for (; b + PHILOX_LANES <= nb; b += PHILOX_LANES)
-        philox_lanes(out + 4 * b, key, stream, b0 + b);
-    for (; b < nb; b++) rng_block(out + 4 * b, key, stream, b0 + b);
-}
 
 /* The block holding r's next word, and that word's index in it. */
 static uint64_t next_word_block(const mt_rng *r)
@@ -110,7 +27,8 @@ static void advance_words(mt_rng *r, uint64_t n)
     const unsigned off = next_word_offset(r) + (unsigned)(k % 4);
     const uint64_t last = next_word_block(r) + k / 4 + off / 4;
     /* buf already holds the last block only when the words end in the current one */
-    if (r->pos == 4 || last != r->next_block - 1) rng_block(r->buf, r->key, r->stream, last);
+    if (r->pos == 4 || last != r->next_block - 1)
+        mt_philox_block(r->buf, r->key, r->stream, last);
     r->next_block = last + 1;
     r->pos = off % 4 + 1;
 }
@@ -123,7 +41,7 @@ static const uint32_t *words_ahead(uint32_t *words, const mt_rng *r, uint64_t fr
 {
     const uint64_t first = next_word_offset(r) + from;
     const unsigned off = (unsigned)(first % 4);
-    philox_blocks(words, r->key, r->stream, next_word_block(r) + first / 4,
+    mt_philox_blocks(words, r->key, r->stream, next_word_block(r) + first / 4,
                   (off + n_words + 3) / 4);
     return words + off;
 }
@@ -146,7 +64,7 @@ void mt_rng_derive(mt_rng *child, const mt_rng *r, uint64_t index)
      * seed, which all use the plain key. */
     uint32_t key[2] = {~r->key[0], ~r->key[1]};
     uint32_t w[4];
-    rng_block(w, key, r->stream, index);
+    mt_philox_block(w, key, r->stream, index);
     uint64_t seed = (uint64_t)r->key[0] | ((uint64_t)r->key[1] << 32);
     mt_rng_init(child, seed, (uint64_t)w[0] | ((uint64_t)w[1] << 32));
 }
@@ -160,7 +78,7 @@ void mt_rng_skip(mt_rng *r, uint64_t n)
 uint32_t mt_rng_next_u32(mt_rng *r)
 {
     if (r->pos == 4) {
-        rng_block(r->buf, r->key, r->stream, r->next_block);
+        mt_philox_block(r->buf, r->key, r->stream, r->next_block);
         r->next_block++;
         r->pos = 0;
     }

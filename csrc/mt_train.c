@@ -19,7 +19,7 @@ static mt_status moe_loss_and_grad(void *ctx, double *loss, double *grad, const 
 static mt_status moe_forward(void *ctx, double *out, const double *theta, const double *X, size_t n)
 {
     mt_moe_model_ctx *c = ctx;
-    return mt_moe_forward(out, NULL, theta, X, n, &c->cfg, c->ws);
+    return mt_moe_predict(out, theta, X, n, &c->cfg, c->ws); /* a teacher: no backward follows */
 }
 
 static mt_status moe_project(void *ctx, double *theta)
