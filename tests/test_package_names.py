@@ -3,12 +3,10 @@
 Checked in a fresh interpreter: in the test process other tests have imported the submodules
 already, which sets the package attributes whether or not the package provides them.
 """
-import subprocess
-import sys
-
 import pytest
 
 import moetheory as mt
+from fresh_python import run_python
 
 MODULES = ("metrics", "stats", "sweep", "estimate", "scaling", "rates", "prune",
            "identifiability", "plot", "samplers", "diagnostics", "tasks", "models", "deep",
@@ -16,8 +14,7 @@ MODULES = ("metrics", "stats", "sweep", "estimate", "scaling", "rates", "prune",
 
 
 def fresh(code):
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    out = run_python(code, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 

@@ -2,10 +2,9 @@
 command line picks Agg only when nothing was. Each case runs in a fresh interpreter (a backend,
 once pyplot is imported, stays for the process)."""
 import os
-import subprocess
-import sys
-
 import pytest
+
+from fresh_python import run_python
 
 pytest.importorskip("matplotlib")
 
@@ -13,9 +12,8 @@ pytest.importorskip("matplotlib")
 def _backend_after(code, **env):
     environ = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     environ.update(env)
-    out = subprocess.run([sys.executable, "-c", code + "\nimport matplotlib\n"
-                          "print(matplotlib.get_backend())"],
-                         capture_output=True, text=True, env=environ, check=True)
+    out = run_python(code + "\nimport matplotlib\nprint(matplotlib.get_backend())",
+                     capture_output=True, text=True, env=environ, check=True)
     return out.stdout.strip().splitlines()[-1].lower()
 
 

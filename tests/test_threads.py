@@ -223,10 +223,9 @@ def test_shared_teacher_sweep_on_four_threads(tmp_path):
 
 def _default_thread_count():
     """The thread count a fresh process starts with (fixed at import)."""
-    import subprocess
-    import sys
+    from fresh_python import run_python
     code = "import moetheory; print(moetheory.get_num_threads())"
-    return int(subprocess.check_output([sys.executable, "-c", code], text=True))
+    return int(run_python(code, capture_output=True, text=True, check=True).stdout)
 
 
 def test_concurrent_calls_on_separate_models_give_a_lone_calls_bits(threads, rng):
