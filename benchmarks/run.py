@@ -485,6 +485,16 @@ def _header(args, dg):
             dg.get("blas", "?"), args.threads, cmd),
         "versions: " + ", ".join(vers),
     ]
+    try:
+        import moetheory
+        with open("/proc/cpuinfo") as f:
+            flags = f.read().split("flags", 1)[-1].split("\n", 1)[0].split()
+        width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE2"
+        lines.append("vector width: the machine has %s%s; moetheory's kernels run the %r "
+                     "variant (chosen at run time)" % (width, " + FMA" if "fma" in flags else "",
+                                                       moetheory.kernel_isa()))
+    except Exception as exc:  # an old build without kernel_isa, or no /proc
+        lines.append("vector width: n/a (%s)" % exc)
     la = _loadavg()
     if la is not None:
         lines.append("load average at start: %.2f (1 min)%s" % (la, "" if la < 0.5 else

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mt_columns.h"
 #include "mt_exp.h"
 #include "mt_log.h"
 #include "mt_parallel.h"
@@ -304,21 +305,6 @@ static int chol_factor(double *L, const double *A, size_t p, double ridge)
     return 0;
 }
 
-/* x (p,) = (L L^T)^{-1} b (p,); x may alias b. */
-static void chol_solve(double *x, const double *L, const double *b, size_t p)
-{
-    for (size_t i = 0; i < p; i++) {
-        double s = b[i];
-        for (size_t k = 0; k < i; k++) s -= L[i * p + k] * x[k];
-        x[i] = s / L[i * p + i];
-    }
-    for (size_t i = p; i-- > 0;) {
-        double s = x[i];
-        for (size_t k = i + 1; k < p; k++) s -= L[k * p + i] * x[k];
-        x[i] = s / L[i * p + i];
-    }
-}
-
 /* x (p,) = A^{-1} b for A (p, p) symmetric positive (semi)definite; L (p, p) scratch.
  * Plain Cholesky first; only if that fails a ridge 1e-12 max(1, max_i A_ii), times 100 up to
  * 8 times. Returns -1 if every attempt fails. */
@@ -328,7 +314,7 @@ static int solve_spd(double *x, double *L, const double *A, const double *b, siz
     for (size_t i = 0; i < p; i++) if (fabs(A[i * p + i]) > dmax) dmax = fabs(A[i * p + i]);
     double ridge = 0.0;
     for (int t = 0; t <= 8; t++) {
-        if (chol_factor(L, A, p, ridge) == 0) { chol_solve(x, L, b, p); return 0; }
+        if (chol_factor(L, A, p, ridge) == 0) { mt_chol_solve(x, L, b, p); return 0; }
         ridge = t == 0 ? 1e-12 * dmax : ridge * 100.0;
     }
     return -1;
@@ -341,12 +327,6 @@ static void mirror_upper(double *A, size_t p)
         for (size_t j = 0; j < i; j++) A[i * p + j] = A[j * p + i];
 }
 
-static inline double dot(const double *u, const double *v, size_t m)
-{
-    double s = 0.0;
-    for (size_t j = 0; j < m; j++) s += u[j] * v[j];
-    return s;
-}
 /* ---------------------------------------------------------------- model pieces */
 
 static inline double sigmoid(double u)
@@ -363,22 +343,10 @@ static inline double act_value(double u, mt_em_act act)
 static inline double expert_mean(const mt_em_params *p, size_t k, const double *x, size_t d,
                                  const mt_em_options *opt)
 {
-    double u = p->b[k] + dot(p->a + k * d, x, d);
+    double u = p->b[k] + mt_dot(p->a + k * d, x, d);
     if (opt->expert == MT_EM_LINEAR) return u;
     double h = act_value(u, opt->act);
     return opt->outer_scale ? p->c[k] * h : h;
-}
-
-/* exp(v - vmax) for v <= vmax, exactly 0 below exp(MT_EM_EXP_CUTOFF) (about 1e-100), and
- * exactly 1 at the row maximum (mt_exp(0) is 1). Mixture components hundreds of log-units away
- * are common (a point many sds from an expert); without the cutoff their weights, and the
- * products of those weights with the data in the M-step sums, reach subnormal numbers, which
- * cost tens of times an ordinary flop and made a pass 3x slower. A weight below 1e-100 next to
- * the 1 of the row maximum is far below rounding; tests/reference_em.py applies the same rule. */
-static inline double exp_shifted(double v, double vmax)
-{
-    double t = v - vmax;
-    return t < MT_EM_EXP_CUTOFF ? 0.0 : mt_exp(t);
 }
 
 /* ---------------------------------------------------------------- columns of a block */
@@ -405,53 +373,13 @@ static inline size_t expert_design_index(size_t j, size_t d)
     return j < d ? j + 1 : 0;
 }
 
-/* Sums over a block in eight interleaved partial sums, added in a fixed tree at the end. GCC
- * vectorises this (a single running sum, in order, stays a chain of dependent adds unless
- * -ffast-math), eight lanes keep two AVX2 adds in flight, and the order does not depend on
- * the vector width, so both clones give the same bits. */
-static inline double sum_lanes(const double s[8])
-{
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
-static inline double sum_cols(const double *restrict u, size_t m)
-{
-    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 8 <= m; i += 8)
-        for (size_t l = 0; l < 8; l++) s[l] += u[i + l];
-    for (; i < m; i++) s[0] += u[i];
-    return sum_lanes(s);
-}
-
-static inline double dot_cols(const double *restrict u, const double *restrict v, size_t m)
-{
-    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 8 <= m; i += 8)
-        for (size_t l = 0; l < 8; l++) s[l] += u[i + l] * v[i + l];
-    for (; i < m; i++) s[0] += u[i] * v[i];
-    return sum_lanes(s);
-}
-
-static inline double dot3_cols(const double *restrict u, const double *restrict v,
-                               const double *restrict w, size_t m)
-{
-    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 8 <= m; i += 8)
-        for (size_t l = 0; l < 8; l++) s[l] += u[i + l] * v[i + l] * w[i + l];
-    for (; i < m; i++) s[0] += u[i] * v[i] * w[i];
-    return sum_lanes(s);
-}
-
 /* sum_i w_i z_ij z_ic for the design z = (1, x): products with the ones column are skipped. */
 static inline double moment_cols(const double *w, const double *Z, size_t ld, size_t j, size_t c,
                                  size_t m)
 {
-    if (j == 0) return c == 0 ? sum_cols(w, m) : dot_cols(w, Z + c * ld, m);
-    if (c == 0) return dot_cols(w, Z + j * ld, m);
-    return dot3_cols(w, Z + j * ld, Z + c * ld, m);
+    if (j == 0) return c == 0 ? mt_sum_cols(w, m) : mt_dot_cols(w, Z + c * ld, m);
+    if (c == 0) return mt_dot_cols(w, Z + j * ld, m);
+    return mt_dot3_cols(w, Z + j * ld, Z + c * ld, m);
 }
 
 /* out (m,) = u * v */
@@ -495,7 +423,7 @@ static void expert_residual_cols(double *restrict e, double *restrict hp, const 
     }
 }
 
-/* w (K, ldw) = exp_shifted(v_k, vmax) and sum (m,) = sum_k w_k, for v (K, BLOCK) whose row
+/* w (K, ldw) = mt_exp_shifted(v_k, vmax) and sum (m,) = sum_k w_k, for v (K, BLOCK) whose row
  * maxima vmax (m,) are at index top (m,) (as doubles). The weight at the maximum is exactly 1
  * (mt_exp(0)), so only the K - 1 others are exponentiated: a row's other values are gathered
  * into K - 1 columns by selects, written to w_1 .. w_{K-1}, and put back in order. Half the
@@ -509,7 +437,7 @@ static void exp_shifted_cols(double *restrict w, size_t ldw, double *restrict su
         const double *vc = v + c * BLOCK, *vn = vc + BLOCK;
         double *wn = w + (c + 1) * ldw;
         const double cd = (double)c;
-        for (size_t i = 0; i < m; i++) wn[i] = exp_shifted(cd < top[i] ? vc[i] : vn[i], vmax[i]);
+        for (size_t i = 0; i < m; i++) wn[i] = mt_exp_shifted(cd < top[i] ? vc[i] : vn[i], vmax[i]);
     }
     /* w_k = 1 at the top, the gathered E_k (in w_{k+1}) below it, E_{k-1} (in w_k) above; the
      * sum in order of k (0 + w_0 is w_0) */
@@ -576,7 +504,7 @@ static double gate_objective_cols(const double *r, size_t ldr, const double *s,
         }
     }
     for (size_t i = 0; i < m; i++) u[i] -= v[i] * lse[i];
-    return sum_cols(u, m);
+    return mt_sum_cols(u, m);
 }
 
 /* The gate's Newton pieces over the K-1 free experts, z = (1, x): g (P,) += sum_i (r_i - p_i)
@@ -622,10 +550,10 @@ static void linear_sums_cols(double *sse, double *ne, double *rhs, const double 
     for (size_t k = 0; k < K; k++) {
         const double *rk = r + k * ldr, *ek = e + k * BLOCK;
         double *A = ne + k * p1 * p1, *b = rhs + k * p1;
-        sse[k] += dot3_cols(rk, ek, ek, m);
+        sse[k] += mt_dot3_cols(rk, ek, ek, m);
         for (size_t j = 0; j < p1; j++) {
             const size_t zj = expert_design_index(j, d);
-            b[j] += zj ? dot3_cols(rk, Z + zj * ld, y, m) : dot_cols(rk, y, m);
+            b[j] += zj ? mt_dot3_cols(rk, Z + zj * ld, y, m) : mt_dot_cols(rk, y, m);
             for (size_t c = j; c < p1; c++)
                 A[j * p1 + c] += moment_cols(rk, Z, ld, zj, expert_design_index(c, d), m);
         }
@@ -680,7 +608,7 @@ static void estep_block(double *sums, const void *ctx, size_t i0, size_t m, doub
         lmax[i] = lmax[i] + mt_log(t[i]) - lse[i];  /* log p(y_i | x_i) */
         t[i] = 1.0 / t[i];
     }
-    sums[0] += sum_cols(lmax, m);
+    sums[0] += mt_sum_cols(lmax, m);
     for (size_t k = 0; k < K; k++) {
         double *rk = r + k * ldr;
         for (size_t i = 0; i < m; i++) rk[i] *= t[i];
@@ -689,7 +617,7 @@ static void estep_block(double *sums, const void *ctx, size_t i0, size_t m, doub
     }
     if (!c->fit) return;
     estep_sums S = estep_sums_of(sums, d, K);
-    for (size_t k = 0; k < K; k++) S.W[k] += sum_cols(r + k * ldr, m);
+    for (size_t k = 0; k < K; k++) S.W[k] += mt_sum_cols(r + k * ldr, m);
     if (c->gate) {
         const size_t Pg = (K - 1) * (d + 1);
         S.gate[0] += gate_objective_cols(r, ldr, s, lse, u, v, K, m);
@@ -784,7 +712,7 @@ static void gate_mstep(mt_em_params *p, size_t n, size_t d, size_t K, int steps,
     mirror_upper(state_matrix(cur, P), P);
     for (int s = 0; s < steps; s++) {
         if (solve_spd(ws->delta, ws->Lc, state_matrix(cur, P), state_grad(cur), P) != 0) break;
-        double dec = dot(state_grad(cur), ws->delta, P);
+        double dec = mt_dot(state_grad(cur), ws->delta, P);
         if (!(dec > DECREMENT_RTOL * (fabs(cur[0]) + 1.0))) break;
         double t = 1.0;
         int accepted = 0;
@@ -834,7 +762,7 @@ static void sse_block(double *sums, const void *ctx, size_t i0, size_t m, double
         const double *cf = c->coef + k * (d + 1);
         affine_cols(e, cf, cf[d], Z, ld, d, m);
         for (size_t i = 0; i < m; i++) e[i] = y[i] - e[i];
-        sums[k] += dot3_cols(c->R + k * ld + i0, e, e, m);
+        sums[k] += mt_dot3_cols(c->R + k * ld + i0, e, e, m);
     }
 }
 
@@ -893,14 +821,14 @@ static void ffn_block(double *sums, const void *ctx, size_t i0, size_t m, double
     affine_cols(h, th, th[d], Z, ld, d, m);
     act_cols(h, hp, h, m, c->act);
     for (size_t i = 0; i < m; i++) e[i] = y[i] - cc * h[i];
-    sums[0] += dot3_cols(w, e, e, m);
+    sums[0] += mt_dot3_cols(w, e, e, m);
     double *g = state_grad(sums), *M = state_matrix(sums, P);
     for (size_t i = 0; i < m; i++) ch[i] = cc * hp[i];
     for (size_t l = 0; l < d; l++) mul_cols(J + l * BLOCK, ch, Z + (1 + l) * ld, m);
     for (size_t j = 0; j < P; j++) {
         const double *Jj = J + j * BLOCK;
-        g[j] += dot3_cols(w, Jj, e, m);
-        for (size_t l = j; l < P; l++) M[j * P + l] += dot3_cols(w, Jj, J + l * BLOCK, m);
+        g[j] += mt_dot3_cols(w, Jj, e, m);
+        for (size_t l = j; l < P; l++) M[j * P + l] += mt_dot3_cols(w, Jj, J + l * BLOCK, m);
     }
 }
 
@@ -933,7 +861,7 @@ static void ffn_mstep(mt_em_params *p, const double *y, size_t n, size_t d, size
         for (int s = 0; s < opt->expert_steps; s++) {
             if (solve_spd(ws->delta, ws->Lc, state_matrix(cur, P), state_grad(cur), P) != 0)
                 break;
-            double dec = dot(state_grad(cur), ws->delta, P);
+            double dec = mt_dot(state_grad(cur), ws->delta, P);
             if (!(dec > DECREMENT_RTOL * cur[0])) break;
             double t = 1.0;
             int accepted = 0;
@@ -959,12 +887,6 @@ static void ffn_mstep(mt_em_params *p, const double *y, size_t n, size_t d, size
 
 /* ---------------------------------------------------------------- argument checks */
 
-static int all_finite(const double *v, size_t m)
-{
-    for (size_t i = 0; i < m; i++) if (!isfinite(v[i])) return 0;
-    return 1;
-}
-
 /* The model alone: options, parameter pointers, finite parameters, sigma2 > 0 (or >= 0 with
  * sigma2_zero_ok), the reference gate row zero. */
 static mt_status check_model(const mt_em_params *p, size_t d, size_t K, const mt_em_options *opt,
@@ -978,8 +900,9 @@ static mt_status check_model(const mt_em_params *p, size_t d, size_t K, const mt
     if (opt->outer_scale && opt->expert != MT_EM_FFN) return MT_EINVAL;
     if (!p->beta0 || !p->beta1 || !p->a || !p->b || !p->sigma2) return MT_EINVAL;
     if ((p->c != NULL) != (opt->outer_scale != 0)) return MT_EINVAL;
-    if (!all_finite(p->beta0, K) || !all_finite(p->beta1, K * d) || !all_finite(p->a, K * d)
-        || !all_finite(p->b, K) || !all_finite(p->sigma2, K) || (p->c && !all_finite(p->c, K)))
+    if (!mt_all_finite(p->beta0, K) || !mt_all_finite(p->beta1, K * d)
+        || !mt_all_finite(p->a, K * d) || !mt_all_finite(p->b, K)
+        || !mt_all_finite(p->sigma2, K) || (p->c && !mt_all_finite(p->c, K)))
         return MT_EINVAL;
     for (size_t k = 0; k < K; k++)
         if (!(p->sigma2[k] > 0.0 || (sigma2_zero_ok && p->sigma2[k] == 0.0))) return MT_EINVAL;
@@ -997,7 +920,7 @@ static mt_status check_common(const mt_em_params *p, const double *X, const doub
     if (ws->d != d || ws->K != K || n > ws->n_max) return MT_EINVAL;
     mt_status st = check_model(p, d, K, opt, 0);
     if (st != MT_OK) return st;
-    if (!all_finite(X, n * d) || !all_finite(y, n)) return MT_EINVAL;
+    if (!mt_all_finite(X, n * d) || !mt_all_finite(y, n)) return MT_EINVAL;
     return MT_OK;
 }
 
@@ -1072,7 +995,7 @@ int mt_em_degeneracy(int *flags, const mt_em_params *params, size_t d, size_t K,
 static inline double gate_score(const mt_em_params *p, size_t k, const double *x, size_t d,
                                 size_t K)
 {
-    return k + 1 < K ? p->beta0[k] + dot(p->beta1 + k * d, x, d) : 0.0;
+    return k + 1 < K ? p->beta0[k] + mt_dot(p->beta1 + k * d, x, d) : 0.0;
 }
 
 mt_status mt_em_sample(double *y, mt_rng *r, const mt_em_params *params,
@@ -1081,7 +1004,7 @@ mt_status mt_em_sample(double *y, mt_rng *r, const mt_em_params *params,
     if (!y || !r || !X || n == 0) return MT_EINVAL;
     mt_status st = check_model(params, d, K, opt, 1);
     if (st != MT_OK) return st;
-    if (!all_finite(X, n * d)) return MT_EINVAL;
+    if (!mt_all_finite(X, n * d)) return MT_EINVAL;
     const mt_em_params *p = params;
     for (size_t i = 0; i < n; i++) {
         const double *x = X + i * d;
@@ -1097,14 +1020,14 @@ mt_status mt_em_sample(double *y, mt_rng *r, const mt_em_params *params,
         double S = 0.0;
         size_t last_positive = 0;
         for (size_t k = 0; k < K; k++) {
-            double e = exp_shifted(gate_score(p, k, x, d, K), smax);
+            double e = mt_exp_shifted(gate_score(p, k, x, d, K), smax);
             S += e;
             if (e > 0.0) last_positive = k;
         }
         double target = mt_rng_uniform(r) * S, acc = 0.0;
         size_t label = last_positive;
         for (size_t k = 0; k < K; k++) {
-            acc += exp_shifted(gate_score(p, k, x, d, K), smax);
+            acc += mt_exp_shifted(gate_score(p, k, x, d, K), smax);
             if (target < acc) {  /* strict: an expert of weight 0 is never chosen */
                 label = k;
                 break;

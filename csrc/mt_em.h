@@ -35,7 +35,7 @@
  * - A Newton/Gauss-Newton loop stops early when the predicted gain g^T delta is below
  *   1e-13 * (|objective| + 1) (gate) or 1e-13 * objective (experts): the block is at its
  *   optimum to rounding.
- * - Softmax and responsibility weights below exp(MT_EM_EXP_CUTOFF) (about 1e-100 of the row's
+ * - Softmax and responsibility weights below exp(MT_EXP_CUTOFF) (about 1e-100 of the row's
  *   largest) are set to exactly 0: this keeps subnormal numbers, which are tens of times
  *   slower, out of every sum, and changes nothing above rounding.
  * - Hitting max_iter is not an error: the call returns MT_OK with *converged = 0.
@@ -67,7 +67,6 @@
 #define MT_EM_WEIGHT_MIN 1e-8     /* a component with less total responsibility is left as is */
 #define MT_EM_MAX_HALVINGS 20     /* step halvings before a Newton/Gauss-Newton step is dropped */
 #define MT_EM_POLL_EVERY 4        /* iterations between two calls of the interrupt callback */
-#define MT_EM_EXP_CUTOFF (-230.0) /* exp(t) below this (about 1e-100) is taken as 0 */
 #define MT_EM_GATE_STEPS 5        /* default Newton steps on the gate per M-step */
 #define MT_EM_EXPERT_STEPS 5      /* default Gauss-Newton steps per ffn expert per M-step */
 
@@ -170,7 +169,7 @@ mt_status mt_em_loglik(double *loglik, double *resp, const mt_em_params *params,
  *   1. one mt_rng_uniform u, and the latent expert k is the first k with
  *      u * S < e_0 + ... + e_k, where e_k = exp(s_k - max_l s_l), S = e_0 + ... + e_{K-1} and
  *      s = beta0 + beta1 x_i (the gate of mt_em_loglik: u < cumulative softmax, weights below
- *      exp(MT_EM_EXP_CUTOFF) taken as 0, and rounding that runs off the end falls back to the
+ *      exp(MT_EXP_CUTOFF) taken as 0, and rounding that runs off the end falls back to the
  *      last expert of positive weight); a label is drawn even when K == 1;
  *   2. one mt_rng_normal z (a cached Box-Muller value first, so one pair serves two samples),
  *      drawn even when sigma2_k == 0, and y_i = m_k(x_i) + sqrt(sigma2_k) z.

@@ -19,6 +19,12 @@
 #include <stdint.h>
 
 /* fdlibm's split of ln 2: MT_LN2_HI has trailing zero bits, so n * MT_LN2_HI is exact */
+/* exp(t) below this (about 1e-100 of a row's largest) is taken as 0 by the EMs' weights:
+ * components hundreds of log-units away are common, and their weights would otherwise reach
+ * subnormal numbers, which cost tens of times an ordinary flop. tests/reference_em.py and
+ * reference_gmoe.py apply the same rule. */
+#define MT_EXP_CUTOFF (-230.0)
+
 #define MT_LN2_HI 6.93147180369123816490e-01
 #define MT_LN2_LO 1.90821492927058770002e-10
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mt_columns.h"
 #include "mt_exp.h"
 #include "mt_log.h"
 #include "mt_simd.h"
@@ -168,21 +169,6 @@ static int chol_lower(double *L, const double *A, size_t d, double floor, int *f
     return 0;
 }
 
-/* x (d,) = (L L^T)^{-1} b (d,); x may alias b. */
-static void chol_solve(double *x, const double *L, const double *b, size_t d)
-{
-    for (size_t i = 0; i < d; i++) {
-        double v = b[i];
-        for (size_t m = 0; m < i; m++) v -= L[i * d + m] * x[m];
-        x[i] = v / L[i * d + i];
-    }
-    for (size_t i = d; i-- > 0;) {
-        double v = x[i];
-        for (size_t m = i + 1; m < d; m++) v -= L[m * d + i] * x[m];
-        x[i] = v / L[i * d + i];
-    }
-}
-
 /* A (d, d) = L L^T for L (d, d) lower. */
 static void chol_rebuild(double *A, const double *L, size_t d)
 {
@@ -194,28 +180,7 @@ static void chol_rebuild(double *A, const double *L, size_t d)
         }
 }
 
-static inline double dot(const double *u, const double *v, size_t m)
-{
-    double s = 0.0;
-    for (size_t j = 0; j < m; j++) s += u[j] * v[j];
-    return s;
-}
-
-/* exp(v - vmax) for v <= vmax, exactly 0 below exp(MT_GMOE_EXP_CUTOFF), exactly 1 at the
- * maximum; v = -inf (pi_k = 0) gives 0. */
-static inline double exp_shifted(double v, double vmax)
-{
-    double t = v - vmax;
-    return t < MT_GMOE_EXP_CUTOFF ? 0.0 : mt_exp(t);
-}
-
 /* ---------------------------------------------------------------- argument checks */
-
-static int all_finite(const double *v, size_t m)
-{
-    for (size_t i = 0; i < m; i++) if (!isfinite(v[i])) return 0;
-    return 1;
-}
 
 /* The model alone, except positive definiteness (factor_gammas): pointers, finite values,
  * pi >= 0 summing to 1, a full Gamma symmetric, nu > 0 (>= 0 with nu_zero_ok). */
@@ -225,8 +190,8 @@ static mt_status check_model(const mt_gmoe_params *p, size_t d, size_t K, mt_gmo
     if (!p || d == 0 || K == 0 || !cov_valid(cov)) return MT_EINVAL;
     if (!p->pi || !p->c || !p->Gamma || !p->A || !p->b || !p->nu) return MT_EINVAL;
     size_t g = gamma_size(d, cov);
-    if (!all_finite(p->pi, K) || !all_finite(p->c, K * d) || !all_finite(p->Gamma, K * g)
-        || !all_finite(p->A, K * d) || !all_finite(p->b, K) || !all_finite(p->nu, K))
+    if (!mt_all_finite(p->pi, K) || !mt_all_finite(p->c, K * d) || !mt_all_finite(p->Gamma, K * g)
+        || !mt_all_finite(p->A, K * d) || !mt_all_finite(p->b, K) || !mt_all_finite(p->nu, K))
         return MT_EINVAL;
     double total = 0.0;
     for (size_t k = 0; k < K; k++) {
@@ -285,50 +250,12 @@ static mt_status check_data(const double *X, const double *y, size_t n, size_t d
 {
     if (!X || !y || !ws || n == 0) return MT_EINVAL;
     if (ws->d != d || ws->K != K || n > ws->n_max) return MT_EINVAL;
-    if (!all_finite(X, n * d) || !all_finite(y, n)) return MT_EINVAL;
+    if (!mt_all_finite(X, n * d) || !mt_all_finite(y, n)) return MT_EINVAL;
     return MT_OK;
 }
 
 /* ---------------------------------------------------------------- columns of a block */
 
-
-/* Sums in eight interleaved lanes added in a fixed tree (as csrc/mt_em.c): vectorised, and the
- * same bits for either vector width. */
-static inline double sum_lanes(const double s[8])
-{
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
-static inline double sum_cols(const double *restrict u, size_t m)
-{
-    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 8 <= m; i += 8)
-        for (size_t l = 0; l < 8; l++) s[l] += u[i + l];
-    for (; i < m; i++) s[0] += u[i];
-    return sum_lanes(s);
-}
-
-static inline double dot_cols(const double *restrict u, const double *restrict v, size_t m)
-{
-    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 8 <= m; i += 8)
-        for (size_t l = 0; l < 8; l++) s[l] += u[i + l] * v[i + l];
-    for (; i < m; i++) s[0] += u[i] * v[i];
-    return sum_lanes(s);
-}
-
-static inline double dot3_cols(const double *restrict u, const double *restrict v,
-                               const double *restrict w, size_t m)
-{
-    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 8 <= m; i += 8)
-        for (size_t l = 0; l < 8; l++) s[l] += u[i + l] * v[i + l] * w[i + l];
-    for (; i < m; i++) s[0] += u[i] * v[i] * w[i];
-    return sum_lanes(s);
-}
 
 /* e (m,) = y - (b + A . x) for the columns X (d, ld) of the block. */
 static inline void residual_cols(double *restrict e, const double *restrict y, const double *X,
@@ -367,7 +294,7 @@ static inline void input_density_cols(double *restrict lx, double *restrict V, c
     for (size_t i = 0; i < m; i++) lx[i] = cst - 0.5 * lx[i];
 }
 
-/* w (K, BLOCK) = exp_shifted(v, vmax) row by row, in place, and sum (m,) = sum_k w_k. */
+/* w (K, BLOCK) = mt_exp_shifted(v, vmax) row by row, in place, and sum (m,) = sum_k w_k. */
 static inline void exp_shifted_cols(double *restrict w, double *restrict sum,
                                     const double *restrict vmax, size_t K, size_t m)
 {
@@ -375,7 +302,7 @@ static inline void exp_shifted_cols(double *restrict w, double *restrict sum,
     for (size_t k = 0; k < K; k++) {
         double *restrict wk = w + k * BLOCK;
         for (size_t i = 0; i < m; i++) {
-            wk[i] = exp_shifted(wk[i], vmax[i]);
+            wk[i] = mt_exp_shifted(wk[i], vmax[i]);
             sum[i] += wk[i];
         }
     }
@@ -424,15 +351,15 @@ static void estep_block(estep_totals *tot, double *gate, int want_x, int fit,
         t[i] = lmax[i] + mt_log(sl[i]);  /* log p(x_i, y_i) */
         sl[i] = 1.0 / sl[i];
     }
-    tot->joint += sum_cols(t, m);
+    tot->joint += mt_sum_cols(t, m);
     for (size_t k = 0; k < K; k++) {
         double *restrict rk = ws->R + k * ld + i0;
         const double *restrict wk = lxy + k * BLOCK;
         for (size_t i = 0; i < m; i++) rk[i] = wk[i] * sl[i];
         if (fit) {
-            ws->W[k] += sum_cols(rk, m);
-            ws->my[k] += dot_cols(rk, yb, m);
-            for (size_t j = 0; j < d; j++) ws->mx[k * d + j] += dot_cols(rk, X + j * ld, m);
+            ws->W[k] += mt_sum_cols(rk, m);
+            ws->my[k] += mt_dot_cols(rk, yb, m);
+            for (size_t j = 0; j < d; j++) ws->mx[k * d + j] += mt_dot_cols(rk, X + j * ld, m);
         }
     }
     if (!want_x) return;
@@ -441,7 +368,7 @@ static void estep_block(estep_totals *tot, double *gate, int want_x, int fit,
         t[i] -= gmax[i] + mt_log(sg[i]);  /* log p(y_i | x_i) */
         sg[i] = 1.0 / sg[i];
     }
-    tot->cond += sum_cols(t, m);
+    tot->cond += mt_sum_cols(t, m);
     if (gate)
         for (size_t k = 0; k < K; k++)
             for (size_t i = 0; i < m; i++) gate[(i0 + i) * K + k] = lx[k * BLOCK + i] * sg[i];
@@ -491,8 +418,8 @@ static void moments_block(const mt_gmoe_params *p, const double *y, size_t i0, s
         for (size_t i = 0; i < m; i++) ey[i] = yb[i] - ybar;
         for (size_t j = 0; j < d; j++) {
             const double *vj = V + j * BLOCK;
-            for (size_t l = 0; l <= j; l++) S[j * d + l] += dot3_cols(rk, vj, V + l * BLOCK, m);
-            s[j] += dot3_cols(rk, vj, ey, m);
+            for (size_t l = 0; l <= j; l++) S[j * d + l] += mt_dot3_cols(rk, vj, V + l * BLOCK, m);
+            s[j] += mt_dot3_cols(rk, vj, ey, m);
         }
     }
 }
@@ -507,7 +434,7 @@ static void residuals_block(const mt_gmoe_params *p, const double *y, size_t i0,
     for (size_t k = 0; k < K; k++) {
         if (!ws->ok[k]) continue;
         residual_cols(e, y + i0, ws->Xc + i0, ld, p->A + k * d, p->b[k], d, m);
-        ws->acc[k] += dot3_cols(ws->R + k * ld + i0, e, e, m);
+        ws->acc[k] += mt_dot3_cols(ws->R + k * ld + i0, e, e, m);
     }
 }
 
@@ -546,8 +473,8 @@ static void mstep(mt_gmoe_params *p, const double *y, size_t n, size_t d, size_t
         else
             for (size_t j = 0; j < d; j++) p->Gamma[k * d + j] = S[j * d + j];
         double *A = p->A + k * d;
-        chol_solve(A, ws->Ls, s, d);
-        p->b[k] = ws->ybar[k] - dot(A, p->c + k * d, d);
+        mt_chol_solve(A, ws->Ls, s, d);
+        p->b[k] = ws->ybar[k] - mt_dot(A, p->c + k * d, d);
     }
     memset(ws->acc, 0, K * sizeof(double));
     for (size_t i0 = 0; i0 < n; i0 += BLOCK)
@@ -653,9 +580,9 @@ mt_status mt_gmoe_sample(double *X, double *y, int *z, mt_rng *r, const mt_gmoe_
         for (size_t j = 0; j < d; j++) e[j] = mt_rng_normal(r);
         const double *L = ws->L + k * d * d, *c = p->c + k * d;
         double *x = X + i * d;
-        for (size_t j = 0; j < d; j++) x[j] = c[j] + dot(L + j * d, e, j + 1);
+        for (size_t j = 0; j < d; j++) x[j] = c[j] + mt_dot(L + j * d, e, j + 1);
         double noise = mt_rng_normal(r);
-        y[i] = p->b[k] + dot(p->A + k * d, x, d) + sqrt(p->nu[k]) * noise;
+        y[i] = p->b[k] + mt_dot(p->A + k * d, x, d) + sqrt(p->nu[k]) * noise;
         if (z) z[i] = (int)k;
     }
     return MT_OK;

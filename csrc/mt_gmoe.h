@@ -40,7 +40,7 @@
  * - A component with W_k <= MT_GMOE_WEIGHT_MIN keeps c_k, Gamma_k, A_k, b_k and nu_k (pi_k =
  *   W_k / n still moves, and may reach 0), and sets *degenerate = 1. A component with pi_k = 0
  *   has log pi_k = -inf: it takes no responsibility and no mass.
- * - Weights exp(l - max l) below exp(MT_GMOE_EXP_CUTOFF) (about 1e-100 of the row's largest)
+ * - Weights exp(l - max l) below exp(MT_EXP_CUTOFF) (about 1e-100 of the row's largest)
  *   are exactly 0: subnormal numbers stay out of the sums (tests/reference_gmoe.py does the same).
  * - exp and log over the data are mt_exp.h's and mt_log.h's (within 2 and 1 ulp of libm's).
  * - Argument checks: pi_k >= 0 with |sum_k pi_k - 1| <= 1e-9; a full Gamma_k symmetric to
@@ -66,7 +66,6 @@
 #define MT_GMOE_VAR_FLOOR 1e-10    /* default floor of every variance and Cholesky pivot^2 */
 #define MT_GMOE_WEIGHT_MIN 1e-8    /* a component with less total responsibility is left as is */
 #define MT_GMOE_POLL_EVERY 8       /* iterations between two calls of the interrupt callback */
-#define MT_GMOE_EXP_CUTOFF (-230.0) /* exp(t) below this (about 1e-100) is taken as 0 */
 
 typedef enum { MT_GMOE_FULL = 0, MT_GMOE_DIAG = 1 } mt_gmoe_cov;
 

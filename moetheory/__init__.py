@@ -18,12 +18,13 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
-from ._core import get_num_threads, set_num_threads
+from ._core import get_num_threads, kernel_isa, set_num_threads
 from .deep import DeepMoE, count_paths
 from .model import MoE
 
 __version__ = "0.1.0"
-__all__ = ["MoE", "DeepMoE", "count_paths", "set_num_threads", "get_num_threads"]
+__all__ = ["MoE", "DeepMoE", "count_paths", "set_num_threads", "get_num_threads",
+           "kernel_isa"]
 
 from . import samplers  # noqa: E402
 from .train import History, train, train_online  # noqa: E402

@@ -9,9 +9,13 @@ tolerances), so a number means the same on both sides of the boundary:
 * :func:`integer` -- a Python or NumPy integer (not a bool, a float such as ``5.0`` or a string);
 * :func:`real` -- a Python or NumPy real number (not a bool or a string);
 * :func:`boolean` -- ``True``, ``False``, ``numpy.True_`` or ``numpy.False_`` (not ``1`` or ``"yes"``);
-* :func:`seed` -- an integer in [0, 2**64), the one seed rule.
+* :func:`seed` -- an integer in [0, 2**64), the one seed rule;
+* :func:`real_array` -- an array of real numbers of a given number of dimensions (not bools,
+  complex numbers, strings or objects), finite unless told otherwise.
 """
 import math
+
+import numpy as np
 
 from . import _core
 
@@ -52,6 +56,28 @@ def boolean(name, value):
 def seed(name, value):
     """`value` as an int in [0, 2**64); TypeError or ValueError naming it."""
     return _core.check_seed(value, name)
+
+
+def real_array(name, value, ndim, *, finite=True, nonempty=True):
+    """`value` as a float64 ndarray with `ndim` dimensions (an int or a tuple of allowed ones);
+    TypeError naming it for non-real entries, ValueError for the wrong shape, an empty array
+    (with `nonempty`) or, with `finite`, NaN and infinities."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular array of real numbers: {exc}") from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if array.ndim not in allowed:
+        want = " or ".join(str(k) for k in allowed)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {array.shape}")
+    if nonempty and array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}")
+    array = array.astype(np.float64, copy=False)
+    if finite and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite")
+    return array
 
 
 def one_of(name, value, choices):

@@ -3,6 +3,7 @@
 #define MT_BIND_MAIN /* this file calls import_array for every binding file */
 #include "_bind.h"
 
+#include "mt_isa.h"
 #include "mt_parallel.h"
 
 /* The hooks, in the order they run; a new binding file adds its own here. */
@@ -27,6 +28,11 @@ static PyObject *get_num_threads(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ign
     return PyLong_FromLong(mt_threads());
 }
 
+static PyObject *kernel_isa(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    return PyUnicode_FromString(mt_isa_name(mt_isa_selected()));
+}
+
 static PyMethodDef module_methods[] = {
     {"set_num_threads", set_num_threads, METH_O,
      "set_num_threads(n): the number of threads the core computes with (row blocks of a batch, "
@@ -34,6 +40,10 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", get_num_threads, METH_NOARGS,
      "The number of threads the core computes with: the cores BLAS found at import, or what "
      "set_num_threads set last (never read back from BLAS, which concurrent calls change)."},
+    {"kernel_isa", kernel_isa, METH_NOARGS,
+     "The instruction-set variant the core's own kernels run on this machine, chosen at run "
+     "time: 'baseline', 'avx2' (AVX2 + FMA) or 'avx512' (AVX-512F + FMA), capped by the "
+     "environment variable MOETHEORY_ISA."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "moetheory._core",

@@ -55,18 +55,29 @@ def switch_loss(gates):
     """Switch Transformer load-balancing loss of gate weights (n, E): E * sum_e f_e P_e, with f_e
     the top-1 share and P_e the mean gate (the f_e are piecewise constant: gradients flow
     through P_e only)."""
-    gates = np.asarray(gates, dtype=float)
+    gates = _config.real_array("gates", gates, 2)
     n, E = gates.shape
     f = np.bincount(np.argmax(gates, axis=1), minlength=E) / n
-    return float(E * np.dot(f, gates.mean(axis=0)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _finite_loss("switch_loss", "gates", E * np.dot(f, gates.mean(axis=0)))
 
 
 def z_loss(scores):
     """Router z-loss of raw scores (n, E): mean over rows of logsumexp(scores)^2."""
-    s = np.asarray(scores, dtype=float)
+    s = _config.real_array("scores", scores, 2)
     m = s.max(axis=1, keepdims=True)
     lse = (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
-    return float(np.mean(lse ** 2))
+    with np.errstate(over="ignore"):
+        return _finite_loss("z_loss", "scores", np.mean(lse ** 2))
+
+
+def _finite_loss(what, name, value):
+    """A loss of finite inputs that overflowed (entries near the largest double) is refused
+    rather than returned as inf."""
+    if not np.isfinite(value):
+        raise ValueError(f"{what} overflows for these {name}: their magnitudes are too large "
+                         f"for a finite loss")
+    return float(value)
 
 
 def routing(model, X, *, dead_threshold=1e-3):

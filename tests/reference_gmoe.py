@@ -15,7 +15,7 @@ way CRPE-GMoE's ``sample_GLLiM`` does (:func:`peers_data`), to replay their stor
 """
 import numpy as np
 
-EXP_CUTOFF = -230.0   # MT_GMOE_EXP_CUTOFF
+EXP_CUTOFF = -230.0   # MT_EXP_CUTOFF (csrc/mt_exp.h)
 WEIGHT_MIN = 1e-8     # MT_GMOE_WEIGHT_MIN
 LOG_2PI = np.log(2 * np.pi)
 

@@ -121,3 +121,15 @@ def test_model_alignments_with_unequal_expert_counts():
     np.testing.assert_allclose(A[[0, 3], [0, 1]], 1.0, rtol=1e-12)
     assert alignment.recovered(A).tolist() == [True, True]
     assert alignment.recovered(A.T).shape == (4,)
+
+
+def test_time_to_alignment_refuses_malformed_records():
+    # found by the slow fuzz run: A without its record axis raised IndexError
+    with pytest.raises(ValueError, match="A must have 3 dimensions"):
+        alignment.time_to_alignment(np.arange(2), np.zeros(2))
+    with pytest.raises(ValueError, match="steps must be increasing"):
+        alignment.time_to_alignment([0, 10, 10], np.zeros((3, 2, 2)))
+    with pytest.raises(ValueError, match="steps must be finite"):
+        alignment.time_to_alignment([0, np.nan], np.zeros((2, 2, 2)))
+    with pytest.raises(TypeError, match="persist"):
+        alignment.time_to_alignment([0, 1], np.zeros((2, 2, 2)), persist="yes")

@@ -79,3 +79,20 @@ def test_switch_loss_training_term_balances_the_router():
     assert loads[1] < loads[0]
     with pytest.raises(ValueError, match="aux_switch"):
         mt.MoE(3, 2).loss_and_grad(X, y, aux_switch=-1.0)
+
+
+@pytest.mark.parametrize("fn, name", [(diagnostics.switch_loss, "gates"),
+                                      (diagnostics.z_loss, "scores")])
+def test_auxiliary_losses_refuse_what_they_cannot_compute(fn, name):
+    # found by the slow fuzz run: scores near the largest double overflowed to inf, 1-D input
+    # raised an unpacking error, complex input lost its imaginary part
+    with pytest.raises(ValueError, match="overflows"):
+        fn(np.full((3, 2), 1e200 if name == "scores" else 1e308))
+    with pytest.raises(ValueError, match=name):
+        fn(np.ones(3))
+    with pytest.raises(ValueError, match=name):
+        fn([[1.0, np.nan]])
+    with pytest.raises(TypeError, match=name):
+        fn(np.ones((2, 2), dtype=complex))
+    with pytest.raises(ValueError, match=name):
+        fn(np.ones((0, 2)))

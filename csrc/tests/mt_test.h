@@ -41,6 +41,38 @@ static inline double mt_test_max_diff(const double *a, const double *b, size_t n
     return err;
 }
 
+/* An estimate within nse standard errors of the truth, else a failure naming it. */
+static inline void mt_test_within(const char *name, double est, double truth, double se,
+                                  double nse)
+{
+    double z = (est - truth) / se;
+    if (!(fabs(z) <= nse)) {
+        fprintf(stderr, "%s: estimate %.6g, truth %.6g, se %.3g: %.2f se away\n", name, est, truth,
+                se, z);
+        mt_test_failures++;
+    }
+}
+
+/* 1 if an EM's log-likelihood trace (n_iter values after the start's L0) never falls by more
+ * than rtol of its size, else 0 with the first fall printed. */
+static inline int mt_test_trace_nondecreasing(const double *trace, int n_iter, double L0,
+                                              double rtol)
+{
+    double prev = L0;
+    for (int t = 0; t < n_iter; t++) {
+        if (trace[t] < prev - rtol * fabs(prev)) {
+            fprintf(stderr, "trace decreases at %d: %.17g < %.17g\n", t, trace[t], prev);
+            return 0;
+        }
+        prev = trace[t];
+    }
+    return 1;
+}
+
+/* Interrupt polls for the EMs' callbacks: stop at once, or at the second poll. */
+static inline int mt_test_stop_now(void *ctx) { (void)ctx; return 1; }
+static inline int mt_test_stop_second(void *ctx) { int *calls = ctx; return ++*calls >= 2; }
+
 #define TEST_MAIN_END() do { \
     if (mt_test_failures) fprintf(stderr, "%d check(s) failed\n", mt_test_failures); \
     return mt_test_failures != 0; } while (0)

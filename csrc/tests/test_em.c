@@ -63,35 +63,12 @@ static void sample(double *X, double *y, size_t n, const truth2 *t)
     }
 }
 
-static int trace_nondecreasing(const double *trace, int n_iter, double L0)
-{
-    double prev = L0;
-    for (int t = 0; t < n_iter; t++) {
-        if (trace[t] < prev - 1e-10 * fabs(prev)) {
-            fprintf(stderr, "trace decreases at %d: %.17g < %.17g\n", t, trace[t], prev);
-            return 0;
-        }
-        prev = trace[t];
-    }
-    return 1;
-}
-
 /* 2x2 inverse of the symmetric [[s00, s01], [s01, s11]]: diagonal into v0, v1. */
 static void inv2_diag(double *v0, double *v1, double s00, double s01, double s11)
 {
     double det = s00 * s11 - s01 * s01;
     *v0 = s11 / det;
     *v1 = s00 / det;
-}
-
-static void check_within(const char *name, double est, double truth, double se, double nse)
-{
-    double z = (est - truth) / se;
-    if (!(fabs(z) <= nse)) {
-        fprintf(stderr, "%s: estimate %.6g, truth %.6g, se %.3g: %.2f se away\n", name, est, truth,
-                se, z);
-        mt_test_failures++;
-    }
 }
 
 static void test_crpe_sgame(void)
@@ -138,7 +115,7 @@ static void test_crpe_sgame(void)
     CHECK(mt_em_fit(&p, trace, &n_iter, &converged, X, y, n, d, K, &opt, ws) == MT_OK);
     CHECK(converged == 1);
     CHECK(n_iter >= 2 && n_iter < opt.max_iter);
-    CHECK(trace_nondecreasing(trace, n_iter, L0));
+    CHECK(mt_test_trace_nondecreasing(trace, n_iter, L0, 1e-10));
     CHECK(mt_em_loglik(&Lfinal, NULL, &p, X, y, n, d, K, &opt, ws) == MT_OK);
     CHECK_CLOSE(Lfinal, trace[n_iter - 1], 1e-14);
     CHECK(Lfinal >= Ltruth);  /* the MLE beats the truth on its own sample */
@@ -160,15 +137,15 @@ static void test_crpe_sgame(void)
     }
     double vb0, vb1;
     inv2_diag(&vb0, &vb1, g00, g01, g11);
-    check_within("beta0", p.beta0[0], t.beta0, sqrt(vb0), 5.0);
-    check_within("beta1", p.beta1[0], t.beta1, sqrt(vb1), 5.0);
+    mt_test_within("beta0", p.beta0[0], t.beta0, sqrt(vb0), 5.0);
+    mt_test_within("beta1", p.beta1[0], t.beta1, sqrt(vb1), 5.0);
     for (int k = 0; k < 2; k++) {
         double vb, va;  /* z = (1, x): intercept then slope */
         inv2_diag(&vb, &va, e00[k], e01[k], e11[k]);
-        check_within(k ? "b[1]" : "b[0]", p.b[k], t.b[k], sqrt(vb), 5.0);
-        check_within(k ? "a[1]" : "a[0]", p.a[k], t.a[k], sqrt(va), 5.0);
+        mt_test_within(k ? "b[1]" : "b[0]", p.b[k], t.b[k], sqrt(vb), 5.0);
+        mt_test_within(k ? "a[1]" : "a[0]", p.a[k], t.a[k], sqrt(va), 5.0);
         double s2 = t.sd[k] * t.sd[k];
-        check_within(k ? "sigma2[1]" : "sigma2[0]", p.sigma2[k], s2, s2 * sqrt(2.0 / wk[k]), 5.0);
+        mt_test_within(k ? "sigma2[1]" : "sigma2[0]", p.sigma2[k], s2, s2 * sqrt(2.0 / wk[k]), 5.0);
     }
     /* the perturbed start was many standard errors away: the fit moved toward the truth */
     CHECK(fabs(p.beta1[0] - t.beta1) < 1.0 && fabs(p.b[0] - t.b[0]) < 0.1);
@@ -221,7 +198,7 @@ static void test_crpe_sgame(void)
         CHECK(mt_em_loglik(&L3, NULL, &p3, X, y, n, d, K3, &o3, ws3) == MT_OK);
         int n3 = 0, c3 = 0;
         CHECK(mt_em_fit(&p3, trace, &n3, &c3, X, y, n, d, K3, &o3, ws3) == MT_OK);
-        CHECK(n3 >= 1 && trace_nondecreasing(trace, n3, L3));
+        CHECK(n3 >= 1 && mt_test_trace_nondecreasing(trace, n3, L3, 1e-10));
         CHECK(trace[n3 - 1] >= Lfinal - 1e-9 * fabs(Lfinal));  /* nests the K = 2 fit */
         mt_em_workspace_free(ws3);
     }
@@ -272,7 +249,7 @@ static void test_ffn(void)
     int n_iter = 0, conv = 0;
     CHECK(mt_em_fit(&p, trace, &n_iter, &conv, X, y, n, d, K, &opt, ws) == MT_OK);
     CHECK(conv == 1);
-    CHECK(n_iter >= 1 && trace_nondecreasing(trace, n_iter, L0));
+    CHECK(n_iter >= 1 && mt_test_trace_nondecreasing(trace, n_iter, L0, 1e-10));
     CHECK(mt_em_loglik(&Lf, NULL, &p, X, y, n, d, K, &opt, ws) == MT_OK);
     CHECK_CLOSE(Lf, trace[n_iter - 1], 1e-14);
     CHECK(Lf >= Lt);
@@ -297,15 +274,13 @@ static void test_ffn(void)
     opt.max_iter = 200;
     CHECK(mt_em_loglik(&L0, NULL, &q, X, y, n, d, K, &opt, ws) == MT_OK);
     CHECK(mt_em_fit(&q, trace, &n_iter, &conv, X, y, n, d, K, &opt, ws) == MT_OK);
-    CHECK(n_iter >= 1 && trace_nondecreasing(trace, n_iter, L0));
+    CHECK(n_iter >= 1 && mt_test_trace_nondecreasing(trace, n_iter, L0, 1e-10));
     CHECK(trace[n_iter - 1] > L0);
 
     mt_em_workspace_free(ws);
     free(X); free(y); free(trace);
 }
 
-static int stop_now(void *ctx) { (void)ctx; return 1; }
-static int stop_second(void *ctx) { int *calls = ctx; return ++*calls >= 2; }
 
 static void test_interrupt_and_args(void)
 {
@@ -331,12 +306,12 @@ static void test_interrupt_and_args(void)
     CHECK(mt_em_loglik(&L, resp, &p, X, y, n, d, K, &opt, ws) == MT_OK);
     for (size_t i = 0; i < n; i++) CHECK_CLOSE(resp[2 * i] + resp[2 * i + 1], 1.0, 1e-15);
 
-    opt.interrupt = stop_now;
+    opt.interrupt = mt_test_stop_now;
     CHECK(mt_em_fit(&p, trace, &n_iter, &conv, X, y, n, d, K, &opt, ws) == MT_EINTERRUPTED);
     CHECK(n_iter == 0 && conv == 0);
     CHECK(memcmp(flat, init, sizeof flat) == 0);
     int calls = 0;
-    opt.interrupt = stop_second;
+    opt.interrupt = mt_test_stop_second;
     opt.interrupt_ctx = &calls;
     CHECK(mt_em_fit(&p, trace, &n_iter, &conv, X, y, n, d, K, &opt, ws) == MT_EINTERRUPTED);
     CHECK(n_iter == MT_EM_POLL_EVERY && calls == 2);
@@ -458,10 +433,10 @@ static void test_sample(void)
         r2sum[k_hat] += (y[i] - m) * (y[i] - m);
     }
     for (size_t k = 0; k < K; k++) {
-        check_within("label count", count[k], expect[k], sqrt(var[k]), 5.0);
+        mt_test_within("label count", count[k], expect[k], sqrt(var[k]), 5.0);
         double nk = count[k], s2 = p.sigma2[k];
-        check_within("residual mean", rsum[k] / nk, 0.0, sqrt(s2 / nk), 5.0);
-        check_within("residual variance", r2sum[k] / nk, s2, s2 * sqrt(2.0 / nk), 5.0);
+        mt_test_within("residual mean", rsum[k] / nk, 0.0, sqrt(s2 / nk), 5.0);
+        mt_test_within("residual variance", r2sum[k] / nk, s2, s2 * sqrt(2.0 / nk), 5.0);
     }
 
     /* Draw order: per sample one uniform (label) then one normal, replayed by hand on K = 2

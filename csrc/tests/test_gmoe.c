@@ -25,16 +25,6 @@ static const double TRUTH[KT * (3 + 2 * D + D * D)] = {
     0.2, -0.4, 1.0,
     0.04, 0.09, 0.02};
 
-static void check_within(const char *name, double est, double truth, double se, double nse)
-{
-    double z = (est - truth) / se;
-    if (!(fabs(z) <= nse)) {
-        fprintf(stderr, "%s: estimate %.6g, truth %.6g, se %.3g: %.2f se away\n", name, est, truth,
-                se, z);
-        mt_test_failures++;
-    }
-}
-
 /* log N(x; c, G) for d = 2 by the closed form. */
 static double log_normal2(const double *x, const double *c, const double *G)
 {
@@ -68,19 +58,6 @@ static double q_function(const mt_gmoe_params *p, const double *R, const double 
             if (R[i * K + k] > 0.0)
                 Q += R[i * K + k] * (log_px_k(p, k, X + 2 * i) + log_py_k(p, k, X + 2 * i, y[i]));
     return Q;
-}
-
-static int trace_nondecreasing(const double *trace, int n_iter, double L0)
-{
-    double prev = L0;
-    for (int t = 0; t < n_iter; t++) {
-        if (trace[t] < prev - 1e-11 * fabs(prev)) {
-            fprintf(stderr, "trace decreases at %d: %.17g < %.17g\n", t, trace[t], prev);
-            return 0;
-        }
-        prev = trace[t];
-    }
-    return 1;
 }
 
 static void draw_truth(double *X, double *y, int *z, size_t n, uint64_t seed)
@@ -121,7 +98,7 @@ static void test_sample(void)
             m[0] += X[2 * i];
             m[1] += X[2 * i + 1];
         }
-        check_within("label count", nk, N * p.pi[k], sqrt(N * p.pi[k] * (1 - p.pi[k])), 5.0);
+        mt_test_within("label count", nk, N * p.pi[k], sqrt(N * p.pi[k] * (1 - p.pi[k])), 5.0);
         m[0] /= nk;
         m[1] /= nk;
         for (size_t i = 0; i < N; i++) {
@@ -134,13 +111,13 @@ static void test_sample(void)
         }
         C[0] /= nk; C[1] /= nk; C[3] /= nk;
         const double *G = p.Gamma + 4 * k, nu = p.nu[k];
-        check_within("x mean 0", m[0], p.c[2 * k], sqrt(G[0] / nk), 5.0);
-        check_within("x mean 1", m[1], p.c[2 * k + 1], sqrt(G[3] / nk), 5.0);
-        check_within("x var 0", C[0], G[0], G[0] * sqrt(2.0 / nk), 5.0);
-        check_within("x var 1", C[3], G[3], G[3] * sqrt(2.0 / nk), 5.0);
-        check_within("x cov", C[1], G[1], sqrt((G[0] * G[3] + G[1] * G[1]) / nk), 5.0);
-        check_within("residual mean", rs / nk, 0.0, sqrt(nu / nk), 5.0);
-        check_within("residual var", r2 / nk, nu, nu * sqrt(2.0 / nk), 5.0);
+        mt_test_within("x mean 0", m[0], p.c[2 * k], sqrt(G[0] / nk), 5.0);
+        mt_test_within("x mean 1", m[1], p.c[2 * k + 1], sqrt(G[3] / nk), 5.0);
+        mt_test_within("x var 0", C[0], G[0], G[0] * sqrt(2.0 / nk), 5.0);
+        mt_test_within("x var 1", C[3], G[3], G[3] * sqrt(2.0 / nk), 5.0);
+        mt_test_within("x cov", C[1], G[1], sqrt((G[0] * G[3] + G[1] * G[1]) / nk), 5.0);
+        mt_test_within("residual mean", rs / nk, 0.0, sqrt(nu / nk), 5.0);
+        mt_test_within("residual var", r2 / nk, nu, nu * sqrt(2.0 / nk), 5.0);
     }
 
     /* Draw order: per sample one uniform (label), d normals (x = c + L e), one normal (y). */
@@ -321,7 +298,7 @@ static void test_em_monotone(void)
             CHECK(mt_gmoe_fit(&p, trace, &n_iter, &conv, &degen, X, y, N, D, K, &opt, ws)
                   == MT_OK);
             CHECK(n_iter >= 2 && degen == 0);
-            CHECK(trace_nondecreasing(trace, n_iter, L0));
+            CHECK(mt_test_trace_nondecreasing(trace, n_iter, L0, 1e-11));
             CHECK(trace[n_iter - 1] > L0);
             CHECK(mt_gmoe_loglik(&Lf, NULL, NULL, NULL, &p, X, y, N, D, K, cov, ws) == MT_OK);
             CHECK_CLOSE(Lf, trace[n_iter - 1], 1e-14);
@@ -493,8 +470,6 @@ static void test_degenerate(void)
     mt_gmoe_workspace_free(ws);
 }
 
-static int stop_now(void *ctx) { (void)ctx; return 1; }
-static int stop_second(void *ctx) { int *calls = ctx; return ++*calls >= 2; }
 
 static void test_interrupt_and_args(void)
 {
@@ -512,12 +487,12 @@ static void test_interrupt_and_args(void)
     opt.max_iter = 100;
     opt.tol = 0.0;
     int n_iter = -1, conv = -1, degen = -1;
-    opt.interrupt = stop_now;
+    opt.interrupt = mt_test_stop_now;
     CHECK(mt_gmoe_fit(&p, trace, &n_iter, &conv, &degen, X, y, N, D, K, &opt, ws)
           == MT_EINTERRUPTED);
     CHECK(n_iter == 0 && memcmp(flat, init, sizeof flat) == 0);
     int calls = 0;
-    opt.interrupt = stop_second;
+    opt.interrupt = mt_test_stop_second;
     opt.interrupt_ctx = &calls;
     CHECK(mt_gmoe_fit(&p, trace, &n_iter, &conv, &degen, X, y, N, D, K, &opt, ws)
           == MT_EINTERRUPTED);

@@ -12,6 +12,8 @@ recovered (:func:`time_to_alignment`). Matching students to teachers one-to-one 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .. import _config
+
 __all__ = ["alignment_matrix", "expert_alignment", "router_alignment", "alignment_series",
            "recovered", "time_to_alignment", "match"]
 
@@ -115,7 +117,9 @@ def recovered(A, threshold=0.99):
     -------
     ndarray of bool, shape (..., m_star)
     """
-    return np.asarray(A).max(axis=-2) > threshold
+    A = _config.real_array("A", A, (2, 3), finite=False)
+    threshold = _config.real("threshold", threshold)
+    return A.max(axis=-2) > threshold
 
 
 def time_to_alignment(steps, A, threshold=0.99, persist=False):
@@ -140,7 +144,11 @@ def time_to_alignment(steps, A, threshold=0.99, persist=False):
         First step at which every teacher direction is recovered at once (the end of the
         feature-learning phase; NaN if never).
     """
-    steps = np.asarray(steps, dtype=np.float64)
+    steps = _config.real_array("steps", steps, 1)
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must be increasing")
+    persist = _config.boolean("persist", persist)
+    A = _config.real_array("A", A, 3, finite=False)
     ok = recovered(A, threshold)  # (R, m_star)
     if ok.shape[0] != steps.shape[0]:
         raise ValueError(f"steps ({steps.shape[0]}) and A ({ok.shape[0]}) differ in length")
