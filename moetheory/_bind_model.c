@@ -9,6 +9,8 @@
 
 #include <string.h>
 
+#include "mt_size.h"
+
 /* ---- the operations, one function each for both kinds ---- */
 
 const char *bind_model_name(const ModelObject *m) { return m->kind == MODEL_STACK ? "Stack" : "Layer"; }
@@ -318,6 +320,60 @@ done:
     return result;
 }
 
+/* J (n, P): the residual Jacobian d f(x_i) / d theta of a layer with one output (a read). */
+static PyObject *Model_jacobian(ModelObject *self, PyObject *args)
+{
+    PyObject *theta, *X_obj;
+    PyArrayObject *X = NULL, *J = NULL;
+    opt_real_arg temperature = {"temperature", NAN, 0};
+    any_config scratch;
+    if (!PyArg_ParseTuple(args, "O!O|O&", &PyArray_Type, &theta, &X_obj, conv_opt_real,
+                          &temperature) ||
+        !bind_model((PyObject *)self, "model"))
+        return NULL;
+    if (self->kind != MODEL_LAYER || self->d_out != 1) {
+        PyErr_SetString(PyExc_ValueError, "jacobian is defined for a one-layer model with "
+                        "d_out = 1 (the residuals of a least-squares fit)");
+        return NULL;
+    }
+    const any_config *cfg = call_config(self, &temperature, 0.0, 0.0, &scratch);
+    if (!cfg || !(X = call_inputs(self, theta, X_obj))) return NULL;
+    const size_t n = (size_t)PyArray_DIM(X, 0), P = self->n_params;
+    size_t entries;
+    if (!mt_size_mul(&entries, n, P, MT_MAX_SIZE)) {
+        PyErr_Format(PyExc_ValueError, "X: the Jacobian of %zu rows and %zu parameters exceeds "
+                     "the core's size limit of %zu entries; pass fewer rows", n, P,
+                     (size_t)MT_MAX_SIZE);
+        goto fail;
+    }
+    npy_intp js[2] = {(npy_intp)n, (npy_intp)P};
+    J = (PyArrayObject *)PyArray_SimpleNew(2, js, NPY_DOUBLE);
+    if (!J || bind_begin_read(self) < 0) goto fail;
+    void *ws = bind_take_ws(self, n);
+    if (!ws) {
+        bind_end_read(self);
+        goto fail;
+    }
+    mt_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mt_moe_jacobian(PyArray_DATA(J), PyArray_DATA((PyArrayObject *)theta), PyArray_DATA(X),
+                         n, &cfg->moe, ws);
+    Py_END_ALLOW_THREADS
+    bind_give_ws(self, ws);
+    bind_end_read(self);
+    if (st != MT_OK) {
+        bind_raise(st, "jacobian", NULL);
+        goto fail;
+    }
+    if (bind_check_result("jacobian", PyArray_DATA(J), entries) < 0) goto fail;
+    Py_DECREF(X);
+    return (PyObject *)J;
+fail:
+    Py_XDECREF(X);
+    Py_XDECREF(J);
+    return NULL;
+}
+
 /* theta must be the model's own kind of vector and writable (init_params, assign). */
 static int writable_theta(ModelObject *m, PyArrayObject *theta)
 {
@@ -427,6 +483,8 @@ static PyMethodDef Model_methods[] = {
     {"loss_and_grad", (PyCFunction)Model_loss_and_grad, METH_VARARGS,
      "loss_and_grad(theta, X, y, temperature=None, aux_switch=0, aux_z=0) -> (loss, grad (P,)): "
      "the mean squared error plus the auxiliary router losses of these coefficients."},
+    {"jacobian", (PyCFunction)Model_jacobian, METH_VARARGS,
+     "jacobian(theta, X[, temperature]) -> J (n, P): d f(x_i) / d theta (one layer, d_out = 1)"},
     {"assign", (PyCFunction)Model_assign, METH_VARARGS,
      "assign(theta, value): theta[...] = value (shape (P,), real, finite), refused while "
      "another thread reads or trains the model."},

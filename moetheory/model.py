@@ -456,6 +456,29 @@ class MoE(FlatModel):
         return self._layer.loss_and_grad(self._theta, X, y, self._temperature, aux_switch,
                                          aux_z)
 
+    def jacobian(self, X):
+        """The residual Jacobian of a least-squares fit: row i is d f(x_i) / d theta.
+
+        Computed by the core for every gate and expert (all rows at once on the small-layer
+        path); a Gauss-Newton or Levenberg-Marquardt step solves with J^T J
+        (:func:`moetheory.estimate.least_squares` with ``method="lm"``). The auxiliary router
+        losses are not part of f.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, d_in)
+
+        Returns
+        -------
+        ndarray, shape (n, P), the columns in the layout of `theta`
+
+        Raises
+        ------
+        ValueError
+            For a model with ``d_out != 1``, or bad X.
+        """
+        return self._layer.jacobian(self._theta, X, self._temperature)
+
     def __repr__(self):
         c = self._config
         extras = ", ".join(f"{k}={c[k]!r}" for k in ("top_k", "groups", "gate_activation")

@@ -7,6 +7,7 @@ log-likelihood computed in a different order (observed agreement is ~1e-14).
 import numpy as np
 import pytest
 
+import moetheory as mt
 import reference_em
 from moetheory import MoE, _core, samplers
 from moetheory.estimate import (draw_regression, em, em_loglik, em_pack, em_sample, em_unpack,
@@ -292,3 +293,44 @@ def test_em_binding_does_not_modify_inputs_or_leak():
     assert [sys.getrefcount(a) for a in (th, X, y)] == counts
     for got, want in zip((th, X, y), keep):
         np.testing.assert_array_equal(got, want)
+
+
+# ---- method="lm": the residual fit on the core's Jacobian
+
+def _rates_cell(config, n=2000, rep=0):
+    from moetheory.experiments import softmax_rates as sr
+    truth = sr.truth_model(config)
+    s = sr._cell_seed(config.seed, n, rep)
+    X, y = mt.estimate.draw_regression(truth, n, noise_sd=config.noise_sd, seed=s)
+    start = sr._start(config, n, np.random.default_rng(s + 1))
+    return start, X, y, dict(free=sr._free(config), bounds=(-config.bound, config.bound),
+                             max_iter=config.max_iter)
+
+
+@pytest.mark.parametrize("which", ["softmax", "hierarchical"])
+def test_lm_reaches_the_lbfgs_optimum_in_fewer_iterations(which):
+    from moetheory.experiments import softmax_rates as sr
+    config = sr.RatesConfig() if which == "softmax" else sr.hierarchical_config()
+    start, X, y, kw = _rates_cell(config)
+    lbfgs = mt.estimate.least_squares(start, X, y, **kw)
+    lm = mt.estimate.least_squares(start, X, y, method="lm", **kw)
+    assert lm.converged
+    # the same optimum: both losses agree to 1e-7 relative, and LM is never worse beyond that
+    np.testing.assert_allclose(lm.loss, lbfgs.loss, rtol=1e-7)
+    assert lm.loss <= lbfgs.loss * (1 + 1e-9)
+    np.testing.assert_allclose(lm.model.theta, lbfgs.model.theta, atol=2e-3)
+    assert lm.n_iter < lbfgs.n_iter
+    np.testing.assert_array_equal(start.theta, _rates_cell(config)[0].theta)  # input untouched
+
+
+def test_lm_without_bounds_and_its_refusals():
+    truth = mt.MoE(2, 2, hidden=1, activation="tanh", seed=3)
+    X = np.random.default_rng(1).normal(size=(400, 2))
+    y = truth(X)[:, 0]
+    fit = mt.estimate.least_squares(truth, X, y, method="lm")
+    assert fit.loss < 1e-20
+    with pytest.raises(ValueError, match="method"):
+        mt.estimate.least_squares(truth, X, y, method="newton")
+    wide = mt.MoE(2, 2, d_out=2, seed=0)
+    with pytest.raises(ValueError, match="d_out = 1"):
+        mt.estimate.least_squares(wide, X, np.zeros((400, 2)), method="lm")
