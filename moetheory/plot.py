@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 __all__ = ["rate_panel", "rate_figure", "region_panel", "finish_figure", "use_file_backend",
-           "plain_log_ticks", "legend_below", "FIGURE_DPI"]
+           "plain_log_ticks", "plain_log_axis", "legend_below", "FIGURE_DPI"]
 
 #: Resolution of the PNG files the reproductions write: a 4 x 3.2 inch panel is 440 x 352
 #: pixels, where 7-point legend text is still legible.
@@ -239,6 +239,26 @@ def plain_log_ticks(ax, values, axis="x"):
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_locator(FixedLocator(values))
     target.set_major_formatter(FixedFormatter([f"{v:g}" for v in values]))
+    target.set_minor_formatter(NullFormatter())
+
+
+def plain_log_axis(ax, axis="y"):
+    """Label a log axis with plain numbers at 1, 2 and 5 times each power of ten ("2", "0.5",
+    "20000"), never "2x10^0": for an axis spanning a decade or two (a loss curve, steps to
+    recovery), where matplotlib would label minor ticks in scientific form.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    axis : {"x", "y"}, default "y"
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())
 
 

@@ -43,3 +43,18 @@ def test_legend_below_is_outside_the_axes_and_region_colorbar_is_labelled():
     assert bar is not ax and bar.get_ylabel() == "routing path"
     assert [t.get_text() for t in bar.get_yticklabels()] == ["a", "b", "c"]
     matplotlib.pyplot.close(fig)
+
+
+def test_plain_log_axis_has_no_scientific_labels():
+    fig = _fig()
+    ax = fig.add_subplot()
+    ax.plot([1, 2, 3], [0.6, 1.3, 2.5])
+    ax.set_yscale("log")
+    plot.plain_log_axis(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert {"1", "2"} <= set(labels) and not any("10^" in t or "times" in t for t in labels)
+    assert all(t.get_text() == "" for t in ax.yaxis.get_minorticklabels())
+    with pytest.raises(ValueError, match="axis"):
+        plot.plain_log_axis(ax, axis="z")
+    matplotlib.pyplot.close(fig)
