@@ -12,6 +12,9 @@ Default run (quick settings: the full training protocols, fewer seeds):
   largest width the seed-median test MSE of the deep 2x3 MoE is below the shallow 1x6 MoE's;
   the deep model's median improves from m = 16 to m = 128 by a factor >= 2 (paper: 32); and it
   improves by a larger factor than the shallow model's (paper: deep 32, shallow 1.7).
+* The flat claim by the one rule (stats.verdict): slope of log mean test MSE on log D, 95%
+  bootstrap CI against the band 0 +- FLAT_TOL = 0.25 (fixed before the run): "reproduced" for
+  the coordinate embedding (strict xfail, with its numbers, for the rotated one).
 * Routing regions: on a hand-built deep model whose layers route by x1 and by x2, the counter
   finds the 9 squares; on a trained deep model the count is in [1, 9] and equals the number of
   distinct path tuples on the grid.
