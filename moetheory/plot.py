@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 __all__ = ["rate_panel", "rate_figure", "region_panel", "finish_figure", "use_file_backend",
-           "FIGURE_DPI"]
+           "plain_log_ticks", "plain_log_axis", "legend_below", "FIGURE_DPI"]
 
 #: Resolution of the PNG files the reproductions write: a 4 x 3.2 inch panel is 440 x 352
 #: pixels, where 7-point legend text is still legible.
@@ -170,7 +170,8 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
     return finish_figure(fig, path)
 
 
-def region_panel(ax, labels, extent, *, n_labels=None, title=None, xlabel="x1", ylabel="x2"):
+def region_panel(ax, labels, extent, *, n_labels=None, title=None, xlabel="x1", ylabel="x2",
+                 colorbar=None, tick_labels=None):
     """Draw a 2-D map of integer region labels (e.g. routing-path ids) on a regular grid.
 
     Parameters
@@ -186,6 +187,10 @@ def region_panel(ax, labels, extent, *, n_labels=None, title=None, xlabel="x1", 
         ``labels.max() + 1``.
     title : str, optional
     xlabel, ylabel : str
+    colorbar : str, optional
+        Draw a colour bar of the ``n_labels`` labels with this label.
+    tick_labels : sequence of str, optional
+        The colour bar's tick labels, one per label (default 0, 1, ...).
 
     Returns
     -------
@@ -202,6 +207,66 @@ def region_panel(ax, labels, extent, *, n_labels=None, title=None, xlabel="x1", 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     distinct = int(np.unique(labels).size)
+    if colorbar is not None:
+        bar = ax.figure.colorbar(ax.images[-1], ax=ax, boundaries=np.arange(n_labels + 1) - 0.5,
+                                 ticks=range(n_labels), fraction=0.046, pad=0.04)
+        if tick_labels is not None:
+            bar.ax.set_yticklabels(list(tick_labels), fontsize=7)
+        bar.set_label(colorbar, fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
     return distinct
+
+
+def plain_log_ticks(ax, values, axis="x"):
+    """Tick a log axis at the grid values, labelled as plain numbers ("16", not "2x10^1").
+
+    A log axis spanning less than a decade or two labels its minor ticks in scientific form;
+    a scaling study's grid (D = 16..128, m = 16..128) reads better as its own values.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    values : sequence of numbers
+        The tick positions (the study's grid).
+    axis : {"x", "y"}, default "x"
+    """
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    values = sorted(float(v) for v in values)
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(FixedLocator(values))
+    target.set_major_formatter(FixedFormatter([f"{v:g}" for v in values]))
+    target.set_minor_formatter(NullFormatter())
+
+
+def plain_log_axis(ax, axis="y"):
+    """Label a log axis with plain numbers at 1, 2 and 5 times each power of ten ("2", "0.5",
+    "20000"), never "2x10^0": for an axis spanning a decade or two (a loss curve, steps to
+    recovery), where matplotlib would label minor ticks in scientific form.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    axis : {"x", "y"}, default "y"
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def legend_below(ax, ncol=2, fontsize=7):
+    """Put the axes' legend under the axes, clear of the data (a rate panel's legend holds the
+    fit, its CI and the theory line, which would otherwise cover points). Call before
+    :func:`finish_figure`, whose tight layout makes room for it."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol,
+                  fontsize=fontsize, frameon=False)

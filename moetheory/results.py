@@ -21,7 +21,7 @@ import platform
 
 from ._atomic import atomic_write
 
-__all__ = ["COLUMNS", "read_summary", "merge_summary", "write_run_info", "read_run_info",
+__all__ = ["COLUMNS", "read_summary", "merge_summary", "write_rows", "write_run_info", "read_run_info",
            "cache_files", "remove_cache", "machine"]
 
 #: The standard summary columns (moetheory.stats.Verdict.row() plus what reproductions and the
@@ -124,6 +124,36 @@ def machine():
     return dict(cpu=cpu, cores=os.cpu_count(), threads=moetheory.get_num_threads(), blas=blas,
                 python=platform.python_version(), numpy=np.__version__,
                 moetheory=moetheory.__version__)
+
+
+def write_rows(path, rows):
+    """Write a list of dicts as a CSV table (a reproduction's own tables: paper vs ours, ...).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    rows : list of dict
+        The columns are every key any row has, in the order first seen; a row lacking a key
+        gets an empty cell; floats are written in full, None and NaN as empty cells. The write
+        is atomic.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    path = os.fspath(path)
+    keys = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+
+    def write(f):
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+
+    atomic_write(path, write)
+    return path
 
 
 def write_run_info(out_dir, **info):

@@ -114,7 +114,8 @@ class Study:
         for one grid value and one replicate; all its randomness must come from ``seed``. Picklable
         for Dask (a module-level function or a ``functools.partial`` of one).
     grid : sequence of numbers
-        The values of the scaling variable (n, d, width, ...), distinct, finite and > 0.
+        The values of the scaling variable (n, d, width, ...), distinct, finite and > 0 (at
+        least two for :meth:`StudyResult.fit`; one value runs but cannot be fitted).
     reps : int
         Replicates per grid value, >= 1.
     name : str
@@ -150,8 +151,9 @@ class Study:
         if isinstance(grid, (str, bytes)) or not hasattr(grid, "__iter__"):
             raise TypeError(f"grid must be a sequence of numbers, got {type(grid).__name__}")
         grid = [_plain(v, "grid") for v in grid]
-        if len(grid) < 2 or len(set(grid)) != len(grid):
-            raise ValueError(f"grid must hold at least two distinct values, got {grid}")
+        # one value runs (a smoke test, a single setting); fitting an exponent needs two
+        if not grid or len(set(grid)) != len(grid):
+            raise ValueError(f"grid must hold distinct values (at least one), got {grid}")
         if seed_rule is not None and not callable(seed_rule):
             raise TypeError(f"seed_rule must be callable as seed_rule(seed, value, rep), got "
                             f"{type(seed_rule).__name__}")
@@ -252,6 +254,33 @@ class StudyResult:
         if values.dtype.kind not in "iuf":
             raise TypeError(f"metric {metric!r} is not numeric (dtype {values.dtype})")
         return values.astype(np.float64)
+
+    def medians(self, metric):
+        """The median of ``metric`` over replicates at each grid value.
+
+        Returns
+        -------
+        dict
+            grid value -> median (float), in increasing grid order.
+        """
+        g, v = self.table[self.grid_name], self._column(metric)
+        return {k.item(): float(np.median(v[g == k])) for k in np.unique(g)}
+
+    def with_columns(self, **columns):
+        """The table with constant columns added after the grid and ``rep`` (a module's config
+        fields, say, so that tables of several studies can be stacked).
+
+        Returns
+        -------
+        dict of str -> ndarray, each of shape (m,)
+        """
+        m = len(self.table[self.grid_name])
+        head = {k: self.table[k] for k in (self.grid_name, "rep")}
+        extra = {k: np.array([v] * m) for k, v in columns.items()}
+        clash = set(extra) & set(self.table)
+        if clash:
+            raise ValueError(f"columns {sorted(clash)} are already in the table")
+        return {**head, **extra, **{k: v for k, v in self.table.items() if k not in head}}
 
     def fit(self, metric, *, n_boot=2000, seed=0, drop_invalid=False):
         """Exponent of ``metric`` against the grid: OLS of log(mean metric) on log(grid value).

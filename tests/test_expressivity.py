@@ -12,6 +12,9 @@ Default run (quick settings: the full training protocols, fewer seeds):
   largest width the seed-median test MSE of the deep 2x3 MoE is below the shallow 1x6 MoE's;
   the deep model's median improves from m = 16 to m = 128 by a factor >= 2 (paper: 32); and it
   improves by a larger factor than the shallow model's (paper: deep 32, shallow 1.7).
+* The flat claim by the one rule (stats.verdict): slope of log mean test MSE on log D, 95%
+  bootstrap CI against the band 0 +- FLAT_TOL = 0.25 (fixed before the run): "reproduced" for
+  the coordinate embedding (strict xfail, with its numbers, for the rotated one).
 * Routing regions: on a hand-built deep model whose layers route by x1 and by x2, the counter
   finds the 9 squares; on a trained deep model the count is in [1, 9] and equals the number of
   distinct path tuples on the grid.
@@ -20,6 +23,7 @@ Default run (quick settings: the full training protocols, fewer seeds):
 Seeds: every run's seeds come from the config (base seed 0). The full settings (10 seeds per D,
 5 per (model, width)) are marked slow with the same tolerances.
 """
+import csv
 import itertools
 import os
 
@@ -28,6 +32,7 @@ import pytest
 
 import moetheory as mt
 from moetheory.experiments import expressivity as ex
+from moetheory.experiments import expressivity_report as exr
 
 WORKERS = 2
 FLAT_FACTOR = 3.0          # Experiment I: max/min over D of the seed-median test MSE
@@ -188,18 +193,41 @@ def test_expert_depth_option_reaches_the_models():
     assert list(man["expert_depth"]) == [3] and np.isfinite(man["test_mse"][0])
 
 
-def test_reproduce_writes_figures_and_csv(tmp_path):
-    rows = ex._reproduce(str(tmp_path),
-                         [ex.ManifoldConfig(dims=(16, 32), reps=1, n_train=200, n_test=50)],
-                         [ex.CompositionalConfig(widths=(16, 32), reps=1, steps=20, n_train=200,
-                                                 n_test=50, grid=12)],
-                         progress=False, workers=1)
-    for name in ("manifold_error_vs_D.png", "compositional_error_vs_width.png",
-                 "compositional_regions.png", "paper_vs_ours.csv"):
+def test_reproduce_writes_figures_csv_and_verdict_rows(tmp_path):
+    rows = exr._reproduce(str(tmp_path),
+                          [ex.ManifoldConfig(dims=(16, 32), reps=2, n_train=200, n_test=50)],
+                          [ex.CompositionalConfig(widths=(16, 32), reps=2, steps=20, n_train=200,
+                                                  n_test=50, grid=12)],
+                          progress=False, workers=1)
+    for name in list(ex.FIGURES) + ["paper_vs_ours.csv"]:
         assert os.path.getsize(tmp_path / name) > 0, name
-    assert len(rows) == 2 + 4
-    assert rows[0]["paper"] == ex.PAPER_MANIFOLD[16]  # the paper's number next to its protocol
-    assert rows[2]["model"] == "deep-2x3" and rows[2]["paper"] == ex.PAPER_DEEP[16]
+    with open(tmp_path / "paper_vs_ours.csv") as f:
+        paper = list(csv.DictReader(f))
+    assert len(paper) == 2 + 4
+    assert float(paper[0]["paper"]) == ex.PAPER_MANIFOLD[16]  # the paper's number, its protocol
+    assert paper[2]["model"] == "deep-2x3" and float(paper[2]["paper"]) == ex.PAPER_DEEP[16]
+    # summary rows: the flat claim by the one rule, the width slopes descriptive
+    assert [r["setting"] for r in rows] == ["manifold-coordinate-2000it", "compositional-deep-raw",
+                                            "compositional-shallow-raw"]
+    assert rows[0]["theory"] == 0.0 and rows[0]["tol"] == ex.FLAT_TOL
+    assert rows[0]["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    assert rows[1]["verdict"] == rows[2]["verdict"] == "descriptive"
+    assert rows[1]["paper_slope"] == pytest.approx(ex.paper_slope(ex.PAPER_DEEP))
+    for r in rows:
+        assert set(mt.stats.SUMMARY_KEYS) <= set(r) and r["mode"] == "quick"
+
+
+def test_flat_claim_verdict_separates_flat_from_growing():
+    """The flat claim's verdict on synthetic tables: a flat error is reproduced, an error
+    growing like sqrt(D) is not (tolerance FLAT_TOL = 0.25, fixed before any run)."""
+    rng = np.random.default_rng(3)
+    D = np.repeat([16, 32, 64, 128], 10)
+    for slope, outcome in ((0.0, "reproduced"), (0.5, "not reproduced")):
+        mse = 1e-2 * (D / 16.0) ** slope * np.exp(0.05 * rng.standard_normal(D.size))
+        res = mt.scaling.StudyResult({"D": D, "rep": np.tile(np.arange(10), 4),
+                                      "seed": np.zeros(D.size, int), "test_mse": mse},
+                                     name="synthetic", grid_name="D")
+        assert res.verdict("test_mse", 0.0, ex.FLAT_TOL).outcome == outcome, slope
 
 
 def test_expressivity_is_registered():
@@ -224,6 +252,17 @@ def quick():
 def test_quick_manifold_error_flat_in_D(quick, embedding):
     ratio, med = _flat_ratio(quick[embedding])
     assert ratio < FLAT_FACTOR, (ratio, med)
+
+
+@pytest.mark.parametrize("embedding", ["coordinate", pytest.param("rotated", marks=pytest.mark.xfail(
+    strict=True, reason="not reproduced in quick mode (3 seeds): fitted slope of the mean test "
+    "MSE on D 0.52, CI [0.26, 0.88], misses the band 0 +- 0.25 (the seeds are bimodal)"))])
+def test_quick_flat_claim_verdict(quick, embedding):
+    """The flat claim by the one rule (stats.verdict): slope of log mean test MSE on log D, 95%
+    bootstrap CI, band 0 +- FLAT_TOL (0.25, fixed before the run); must be "reproduced"."""
+    res = mt.scaling.StudyResult(quick[embedding], name=embedding, grid_name="D")
+    v = res.verdict("test_mse", 0.0, ex.FLAT_TOL)
+    assert v.outcome == "reproduced", str(v)
 
 
 def test_quick_deep_beats_shallow_at_largest_width(quick):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+import moetheory as mt
 from moetheory.experiments import latent_clusters as lc
 from moetheory.model import MoE
 
@@ -142,6 +143,9 @@ def test_reproduce_tiny(tmp_path, monkeypatch):
                  "recovery.csv", "summary.csv"):
         assert (tmp_path / name).exists()
     assert "moe_global_alignment" in (tmp_path / "summary.csv").read_text().splitlines()[0]
+    last = rows[-1]   # the steps-to-recovery row: the standard verdict keys, by the one rule
+    assert set(mt.stats.SUMMARY_KEYS) <= set(last) and last["mode"] == "quick"
+    assert last["theory"] == lc.theory_exponent(base.link_degree) and last["tol"] == lc.RECOVERY_TOL
 
 
 def test_registered():
@@ -246,6 +250,17 @@ def test_recovery_exponent_k3_quick(quick_recovery):
     MoE's steps to recovery must contain the theory's d^{k-1} = d^2 and exclude 1."""
     fit, _ = lc.fit_recovery(quick_recovery)
     assert fit is not None and fit.covers(2.0) and not fit.covers(1.0), fit
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not reproduced in quick mode (d = 9..24, seeds 1, 2): exponent 2.89, CI [2.83, 2.96] misses "
+    "the band 2 +- 0.25"))
+def test_recovery_verdict_k3_quick(quick_recovery):
+    """The same claim by the one rule (stats.verdict): band theory_exponent(3) = 2 +- RECOVERY_TOL
+    (0.25, fixed before the fit) against the 95% CI; must be "reproduced"."""
+    v = lc.recovery_verdict(quick_recovery, 3)
+    assert v.theory == 2.0 and v.tol == lc.RECOVERY_TOL
+    assert v.outcome == "reproduced", str(v)
 
 
 @pytest.mark.slow

@@ -243,3 +243,21 @@ def test_bad_arguments():
     assert res.fit("m", drop_invalid=True).slope == pytest.approx(-1.0, abs=1e-12)
     with pytest.raises(KeyError, match="no metric 'nope'"):
         res.fit("nope")
+
+
+def test_medians_with_columns_and_a_one_value_grid():
+    res = Study(lambda v, r, s: {"m": float(v * (r + 1))}, (2, 4), 3, name="x").run(
+        workers=1, progress=False)
+    assert res.medians("m") == {2: 4.0, 4: 8.0}       # medians of (2, 4, 6) and (4, 8, 12)
+    table = res.with_columns(embedding="rotated", steps=20)
+    assert list(table)[:4] == ["n", "rep", "embedding", "steps"]
+    assert table["embedding"].tolist() == ["rotated"] * 6 and table["m"].tolist() == res.table[
+        "m"].tolist()
+    with pytest.raises(ValueError, match="already in the table"):
+        res.with_columns(m=1)
+    one = Study(lambda v, r, s: {"m": 1.0}, (5,), 2, name="one").run(workers=1, progress=False)
+    assert one.table["n"].tolist() == [5, 5]
+    with pytest.raises(ValueError, match="two distinct"):
+        one.fit("m")
+    with pytest.raises(ValueError, match="at least one"):
+        Study(lambda v, r, s: {"m": 1.0}, (), 2, name="none")

@@ -1,77 +1,54 @@
 """Paper 003 (Wang & E, arXiv 2505.24205): the expressive power of shallow and deep MoE.
 
-Two experiments, each a function of a config dataclass returning a tidy table (dict of arrays),
-run cell by cell through :func:`moetheory.sweep.run_sweep` (one BLAS thread per cell):
+I. Manifold (:class:`ManifoldConfig`): x on the unit circle in R^D (first two coordinates, or a
+   random rotation), target sin(5 x1) + cos(3 x2); a 1-layer top-1 MoE of 4 ReLU experts of
+   width 10, Adam 2000 iterations. Claim: the test MSE is flat in D (paper: 3.4e-4 at D = 16..128).
+II. Compositional sparsity (:class:`CompositionalConfig`): f = P(x1) + P(x2) + 16 P(x1) P(x2) on
+   [0, 3]^2, a different piece on each unit square; a 2-layer MoE (3 experts per layer) against a
+   1-layer MoE (6 experts), expert widths m = 16..128, 5000 iterations; routing paths counted on
+   a grid.
 
-I. Manifold (:class:`ManifoldConfig`, :func:`run_manifold`). x = (cos t, sin t, 0, ..., 0) in R^D
-   with t ~ Uniform[0, 2 pi) (``embedding="coordinate"``), or that point times a fixed random
-   D x D orthogonal matrix (``embedding="rotated"``, an isometric embedding in general position;
-   the matrix is drawn from the cell's data seed). Target f = sin(5 x1) + cos(3 x2) in the
-   circle's own coordinates (x1, x2) = (cos t, sin t), no noise. Model: ``moetheory.MoE(D, 4,
-   hidden=10, activation="relu", gate="topk", top_k=1)`` (4 experts, each a two-layer ReLU
-   network of width 10; top-1 with the Switch convention, docs/model.md). Adam, lr 1e-3, batch
-   128, 2000 iterations, squared loss. Our choices, not in the paper: n_train = 10000 training
-   points drawn once per cell (2000 x 128 = 256000 draws, about 26 epochs); the test error is the
-   MSE on n_test = 10000 fresh points. Paper: 3.40e-4, 3.38e-4, 3.17e-4, 3.42e-4 for
-   D = 16, 32, 64, 128.
-
-II. Compositional sparsity (:class:`CompositionalConfig`, :func:`run_compositional`). The paper's
-   exact formula was not recovered; ours, built from the 1-D pieces it names,
-
-       p_i(z) = i (i - 1 - z)^2 (z - i)^2   on [i - 1, i],  i = 1, 2, 3,
-       P(z)   = p_i(z) for z in [i - 1, i]  (P(0) = P(1) = P(2) = P(3) = 0, P is C^1),
-       f(x1, x2) = P(x1) + P(x2) + 16 P(x1) P(x2)      on [0, 3]^2.
-
-   On the square [i-1, i] x [j-1, j], in local coordinates u = x1 - (i-1), v = x2 - (j-1) and
-   with b(t) = t^2 (1 - t)^2, f = i b(u) + j b(v) + 16 i j b(u) b(v): the coefficient pair (i, j)
-   differs between squares, so all 9 pieces differ (a plain product P(x1) P(x2) would repeat
-   pieces, since (1, 2) and (2, 1) give the same i j). f is continuous (C^1) because P and P'
-   vanish at the integers. The factor 16 makes the product term (max 16 * 9 / 256) comparable to
-   the sums (max 3 / 16 each).
-   x ~ Uniform[0, 3]^2, fed to the models as is (``center=False``, the paper's domain) or as
-   x - 1.5 (``center=True``, an extra: the package initialises every bias at 0, so at
-   initialisation every ReLU kink and router boundary passes through the input origin, which is
-   a corner of [0, 3]^2 but the centre of the shifted square).
-   Deep: ``moetheory.DeepMoE(2, [d_mid, 1], 3, hidden=m, gate="topk", top_k=1)``, a plain stack
-   of 2 MoE layers with 3 experts each, each expert a two-layer ReLU network of width m; our
-   intermediate width d_mid = 4 (chosen before any run: room for the two input coordinates and
-   for which first-layer expert was used; the paper does not give it). Shallow:
-   ``moetheory.MoE(2, 6, hidden=m, gate="topk", top_k=1)``. Widths m = 16, 32, 64, 128; Adam,
-   lr 1e-3, batch 128, 5000 iterations; n_train = 10000, test MSE on n_test = 10000 fresh points.
-   Routing paths: on a grid of ``grid`` x ``grid`` cell centres of [0, 3]^2, the tuple of experts
-   chosen per layer (:meth:`moetheory.DeepMoE.routing_paths`); the count of distinct tuples is
-   out of 3^2 = 9 (for the shallow model: distinct experts out of 6).
-   Paper: deep 8.32e-5, 1.41e-5, 4.73e-6, 2.59e-6; shallow 7.96e-5, 2.17e-5, 2.65e-5, 4.60e-5.
-
-Experts have one hidden layer by default (the paper's two-layer ReLU networks); the configs'
-``expert_depth`` gives every expert that many hidden layers of the same width (``depth`` of
-:class:`moetheory.MoE`, docs/model.md), an extra the paper does not run. Every
-run is bitwise reproducible from the cell's seeds (data seed ``seed * 1_000_003 + rep * 1009 +
-key``, model and mini-batch seed ``rep``).
+Every protocol choice (data sizes, our formula for II, intermediate width, centring) is stated
+in docs/papers/003_expressivity.md. Each experiment runs as :class:`moetheory.scaling.Study`
+instances (error against D, error against width; one BLAS thread per cell); the verdicts, summary
+rows and rate panels are the layer's. The flat claim is judged by :func:`moetheory.stats.verdict`
+(theory 0, tolerance :data:`FLAT_TOL`); II's width slopes are descriptive (the paper states no
+rate). Every run is bitwise reproducible: data seed ``seed * 1_000_003 + rep * 1009 + key`` (key
+D or m), model and mini-batch seed ``rep``.
 """
-import csv
-import os
-import tempfile
+import functools
 from dataclasses import asdict, dataclass
 from typing import Tuple
 
 import numpy as np
 
-from .. import _core
 from ..deep import DeepMoE, count_paths
 from ..model import MoE
-from ..sweep import run_sweep
+from ..scaling import Study
 from ..train import train
 
 __all__ = ["ManifoldConfig", "CompositionalConfig", "PAPER_MANIFOLD", "PAPER_DEEP",
-           "PAPER_SHALLOW", "circle_data", "manifold_target", "piece_1d", "compositional_target",
-           "square_index", "run_manifold", "run_compositional", "train_compositional",
-           "path_grid", "count_regions", "quick_settings", "full_settings", "reproduce"]
+           "PAPER_SHALLOW", "FLAT_TOL", "circle_data", "manifold_target", "piece_1d",
+           "compositional_target", "square_index", "run_manifold", "run_compositional",
+           "manifold_study", "compositional_study", "train_compositional", "path_grid",
+           "count_regions", "paper_slope", "verdict_rows", "plot_manifold", "plot_widths",
+           "plot_regions", "quick_settings", "full_settings", "settings", "FIGURES",
+           "reproduce"]
 
 PAPER_MANIFOLD = {16: 3.40e-4, 32: 3.38e-4, 64: 3.17e-4, 128: 3.42e-4}
 PAPER_DEEP = {16: 8.32e-5, 32: 1.41e-5, 64: 4.73e-6, 128: 2.59e-6}
 PAPER_SHALLOW = {16: 7.96e-5, 32: 2.17e-5, 64: 2.65e-5, 128: 4.60e-5}
 DOMAIN = (0.0, 3.0)
+
+
+
+def _data_seed(seed, value, rep):
+    """The data seed of a cell (this module's historical rule, kept so numbers are unchanged)."""
+    return int(seed) * 1_000_003 + int(rep) * 1009 + int(value)
+
+
+def _run(study, workers, progress):
+    return study.run(workers=workers, progress=progress, blas_threads=1)
 
 
 # --------------------------------------------------------------------------- Experiment I
@@ -87,8 +64,7 @@ class ManifoldConfig:
     reps : int
         Seeds per D.
     embedding : {"coordinate", "rotated"}
-    n_train, n_test : int
-    n_experts, hidden : int
+    n_train, n_test, n_experts, hidden : int
     expert_depth : int
         Hidden layers per expert (default 1: the paper's two-layer networks).
     steps, batch_size : int
@@ -121,6 +97,10 @@ class ManifoldConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         return self
+
+    @property
+    def label(self):
+        return f"manifold-{self.embedding}-{self.steps}it"
 
 
 def manifold_target(U):
@@ -161,57 +141,53 @@ def circle_data(n, D, rng, embedding="coordinate", rotation=None):
     return X, manifold_target(U), rotation
 
 
-def _manifold_cell(cell):
-    D, rep = int(cell["D"]), int(cell["rep"])
-    rng = np.random.default_rng(cell["seed"] * 1_000_003 + rep * 1009 + D)
-    X, y, rot = circle_data(cell["n_train"], D, rng, cell["embedding"])
-    Xt, yt, _ = circle_data(cell["n_test"], D, rng, cell["embedding"], rotation=rot)
-    model = MoE(D, cell["n_experts"], hidden=cell["hidden"], activation="relu", gate="topk",
-                top_k=1, depth=cell.get("expert_depth", 1), seed=rep)
-    hist = train(model, X, y, optimizer="adam", lr=cell["lr"], steps=cell["steps"],
-                 batch_size=cell["batch_size"], seed=rep, progress=False)
+def _manifold_cell(config, D, rep, seed):
+    """One (D, seed) run of Experiment I: data from ``seed``, model and mini-batches from rep."""
+    D, rep = int(D), int(rep)
+    rng = np.random.default_rng(seed)
+    X, y, rot = circle_data(config.n_train, D, rng, config.embedding)
+    Xt, yt, _ = circle_data(config.n_test, D, rng, config.embedding, rotation=rot)
+    model = MoE(D, config.n_experts, hidden=config.hidden, activation="relu", gate="topk",
+                top_k=1, depth=config.expert_depth, seed=rep)
+    hist = train(model, X, y, optimizer="adam", lr=config.lr, steps=config.steps,
+                 batch_size=config.batch_size, seed=rep, progress=False)
     test = float(np.mean((model(Xt)[:, 0] - yt) ** 2))
     used = int(np.unique(np.argmax(model.gates(Xt), axis=1)).size)
     return dict(test_mse=test, final_batch_loss=float(np.mean(hist.losses[-50:])),
                 experts_used=used, seconds=hist.seconds)
 
 
-def _sweep(fn, cells, workers, progress):
-    with tempfile.TemporaryDirectory(prefix="moetheory-") as tmp:
-        return run_sweep(fn, cells, out=os.path.join(tmp, "cells.jsonl"), workers=workers,
-                         progress=progress, blas_threads=1)
+def manifold_study(config):
+    """Experiment I as a :class:`moetheory.scaling.Study` over D (data seed
+    ``seed * 1_000_003 + rep * 1009 + D``, model seed ``rep``)."""
+    config.check()
+    return Study(functools.partial(_manifold_cell, config), config.dims, config.reps,
+                 name=config.label, grid_name="D", seed=config.seed, seed_rule=_data_seed,
+                 tag=asdict(config))
 
 
-def run_manifold(config, *, workers=2, progress=False):
+def run_manifold(config, *, workers=2, progress=False, result=False):
     """Run Experiment I.
 
     Returns
     -------
     dict of str to ndarray, each (len(dims) * reps,)
-        Config columns (D, rep, embedding, ...) and test_mse, final_batch_loss (mean of the last
-        50 mini-batch losses), experts_used (distinct top-1 experts on the test set), seconds.
+        D, rep, the config's columns (embedding, steps, ...), seed (the data seed) and test_mse,
+        final_batch_loss (mean of the last 50 mini-batch losses), experts_used (distinct top-1
+        experts on the test set), seconds. With ``result=True``, the
+        :class:`moetheory.scaling.StudyResult` instead.
     """
-    config.check()
-    base = asdict(config)
-    base.pop("dims")
-    base.pop("reps")
-    cells = [dict(base, D=int(D), rep=rep) for D in config.dims for rep in range(config.reps)]
-    return _sweep(_manifold_cell, cells, workers, progress)
+    res = _run(manifold_study(config), workers, progress)
+    if result:
+        return res
+    return res.with_columns(**{k: v for k, v in asdict(config).items()
+                               if k not in ("dims", "reps", "seed")})
 
 
 # --------------------------------------------------------------------------- Experiment II
 
 def piece_1d(z):
-    """P(z) = p_i(z) = i (i - 1 - z)^2 (z - i)^2 for z in [i - 1, i], i = 1, 2, 3.
-
-    Parameters
-    ----------
-    z : array_like, values in [0, 3]
-
-    Returns
-    -------
-    ndarray, the shape of z
-    """
+    """P(z) = p_i(z) = i (i - 1 - z)^2 (z - i)^2 for z in [i - 1, i], i = 1, 2, 3 (z in [0, 3])."""
     z = np.asarray(z, dtype=np.float64)
     i = np.clip(np.ceil(z), 1.0, 3.0)
     return i * (i - 1.0 - z) ** 2 * (z - i) ** 2
@@ -288,29 +264,25 @@ class CompositionalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         return self
 
+    def label(self, model):
+        return f"compositional-{model}-" + ("centered" if self.center else "raw")
+
+    def n_labels(self, model):
+        """The number of possible routing paths: 3^2 = 9 (deep), 6 experts (shallow)."""
+        return self.deep_experts ** 2 if model == "deep" else self.shallow_experts
+
 
 def _shift(center):
     return 1.5 if center else 0.0
 
 
 def train_compositional(config, model, width, rep):
-    """Train one model of Experiment II; returns (model, test_mse, history).
+    """Train one model of Experiment II; returns (net, test_mse, history).
 
-    Parameters
-    ----------
-    config : CompositionalConfig
-    model : {"deep", "shallow"}
-    width : int
-    rep : int
-
-    Returns
-    -------
-    net : DeepMoE or MoE
-        Trained; it takes inputs x - 1.5 when ``config.center`` (see :func:`path_grid`).
-    test_mse : float
-    history : moetheory.History
+    ``net`` (a DeepMoE or MoE) takes inputs x - 1.5 when ``config.center`` (see
+    :func:`path_grid`). Data seed ``seed * 1_000_003 + rep * 1009 + width``, model seed ``rep``.
     """
-    rng = np.random.default_rng(config.seed * 1_000_003 + rep * 1009 + width)
+    rng = np.random.default_rng(_data_seed(config.seed, width, rep))
     X = rng.uniform(*DOMAIN, size=(config.n_train, 2))
     Xt = rng.uniform(*DOMAIN, size=(config.n_test, 2))
     y, yt = compositional_target(X), compositional_target(Xt)
@@ -332,13 +304,6 @@ def train_compositional(config, model, width, rep):
 def path_grid(net, grid, center=False):
     """Routing paths of a trained model on grid x grid cell centres of [0, 3]^2.
 
-    Parameters
-    ----------
-    net : DeepMoE or MoE
-    grid : int
-    center : bool
-        The model takes x - 1.5 (as trained with ``center=True``).
-
     Returns
     -------
     paths : ndarray of int, shape (grid, grid, L)
@@ -351,11 +316,9 @@ def path_grid(net, grid, center=False):
     x1, x2 = np.meshgrid(c, c)
     G = np.stack([x1.ravel(), x2.ravel()], axis=1) - _shift(center)
     if isinstance(net, DeepMoE):
-        paths = net.routing_paths(G)
-        sizes = net.config["n_experts"]
+        paths, sizes = net.routing_paths(G), net.config["n_experts"]
     else:
-        paths = np.argmax(net.gates(G), axis=1)[:, None]
-        sizes = [net.config["n_experts"]]
+        paths, sizes = np.argmax(net.gates(G), axis=1)[:, None], [net.config["n_experts"]]
     labels = np.zeros(len(G), dtype=int)
     for l, E in enumerate(sizes):
         labels = labels * E + paths[:, l]
@@ -369,40 +332,46 @@ def count_regions(net, grid, center=False):
     return count_paths(paths.reshape(-1, paths.shape[-1]))[0]
 
 
-def _compositional_cell(cell):
-    config = CompositionalConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in cell.items()
-                                    if k in CompositionalConfig.__dataclass_fields__})
-    net, test, hist = train_compositional(config, cell["model"], cell["width"], cell["rep"])
+def _compositional_cell(config, model, width, rep, seed):
+    net, test, hist = train_compositional(config, model, int(width), int(rep))
     return dict(test_mse=test, final_batch_loss=float(np.mean(hist.losses[-50:])),
                 n_paths=count_regions(net, config.grid, config.center),
                 n_params=int(net.n_params), seconds=hist.seconds)
 
 
-def run_compositional(config, *, workers=2, progress=False):
+def compositional_study(config, model):
+    """Experiment II for one model ("deep" or "shallow") as a Study over the expert width m."""
+    config.check()
+    return Study(functools.partial(_compositional_cell, config, model),
+                 sorted(config.widths), config.reps, name=config.label(model),
+                 grid_name="width", seed=config.seed, seed_rule=_data_seed,
+                 tag=dict(asdict(config), model=model))
+
+
+def run_compositional(config, *, workers=2, progress=False, result=False):
     """Run Experiment II.
 
     Returns
     -------
     dict of str to ndarray, each (len(models) * len(widths) * reps,)
-        Config columns (model, width, rep, center, ...) and test_mse, final_batch_loss,
-        n_paths (distinct routing paths on the grid: out of 9 for the deep model, experts out
-        of 6 for the shallow one), n_params, seconds.
+        Sorted by (model, width, rep): model, width, rep, the config's columns (center, ...),
+        seed (the data seed) and test_mse, final_batch_loss, n_paths (distinct routing paths on
+        the grid: out of 9 for the deep model, experts out of 6 for the shallow one),
+        n_params, seconds. With ``result=True``, a dict model -> StudyResult instead.
     """
     config.check()
-    base = asdict(config)
-    for k in ("widths", "reps", "models"):
-        base.pop(k)
-    # the largest widths first, so two workers finish together
-    cells = [dict(base, model=m, width=int(w), rep=rep)
-             for w in sorted(config.widths, reverse=True) for m in config.models
-             for rep in range(config.reps)]
-    table = _sweep(_compositional_cell, cells, workers, progress)
-    order = np.lexsort((table["rep"], table["width"], table["model"]))
-    return {k: v[order] for k, v in table.items()}
+    res = {m: _run(compositional_study(config, m), workers, progress)
+           for m in sorted(config.models)}
+    if result:
+        return res
+    cols = {k: v for k, v in asdict(config).items() if k not in ("widths", "reps", "models",
+                                                                 "seed")}
+    parts = [{"model": np.array([m] * len(r.table["rep"])), **r.with_columns(**cols)}
+             for m, r in res.items()]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-# --------------------------------------------------------------------------- reproduction
+# --------------------------------------------------------------------------- settings
 
 def quick_settings():
     """(manifold configs, compositional configs) of quick mode: the full protocols (2000 and
@@ -422,159 +391,7 @@ def full_settings():
     return man, comp
 
 
-def _median(table, mask):
-    v = table["test_mse"][mask]
-    return float(np.median(v)) if v.size else float("nan")
-
-
-def _manifold_label(cfg):
-    return f"manifold-{cfg.embedding}-{cfg.steps}it"
-
-
-def _comp_label(cfg):
-    return "compositional-" + ("centered" if cfg.center else "raw")
-
-
-def _write_csv(rows, path):
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _log_ticks(ax, values):
-    from matplotlib.ticker import NullFormatter
-    ax.set_xticks(sorted(values))
-    ax.set_xticklabels([str(v) for v in sorted(values)])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _plot_manifold(results, path):
-    from ..plot import _pyplot, rate_panel
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 3.8))
-    for cfg, t in results:
-        rate_panel(ax, t["D"], t["test_mse"], label=f"ours: {cfg.embedding}, {cfg.steps} it",
-                   ylabel="test MSE")
-    Ds = sorted(PAPER_MANIFOLD)
-    ax.plot(Ds, [PAPER_MANIFOLD[D] for D in Ds], "kx--", label="paper")
-    ax.set_xlabel("ambient dimension D")
-    _log_ticks(ax, Ds)
-    ax.set_title("Exp. I: circle in R^D, 1-layer MoE (4 experts, width 10)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_widths(results, path):
-    from ..plot import _pyplot, rate_panel
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.8), squeeze=False)
-    for ax, (cfg, t) in zip(axes[0], results):
-        for model, color in (("deep", "C0"), ("shallow", "C3")):
-            m = t["model"] == model
-            if m.any():
-                rate_panel(ax, t["width"][m], t["test_mse"][m], label=f"ours: {model}",
-                           color=color, ylabel="test MSE")
-        ms = sorted(PAPER_DEEP)
-        ax.plot(ms, [PAPER_DEEP[m] for m in ms], "x--", color="C0", label="paper: deep")
-        ax.plot(ms, [PAPER_SHALLOW[m] for m in ms], "x--", color="C3", label="paper: shallow")
-        ax.set_xlabel("expert width m")
-        _log_ticks(ax, ms)
-        ax.set_title(f"Exp. II ({'x - 1.5' if cfg.center else 'raw x'}): 2x3 deep vs 1x6 "
-                     "shallow", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_regions(panels, path):
-    from ..plot import _pyplot, region_panel
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
-    for ax, (labels, n_labels, title) in zip(axes[0], panels):
-        region_panel(ax, labels, (0.0, 3.0, 0.0, 3.0), n_labels=n_labels, title=title)
-        for v in (1.0, 2.0):
-            ax.axvline(v, color="k", lw=0.5)
-            ax.axhline(v, color="k", lw=0.5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _reproduce(out_dir, manifold_configs, comp_configs, progress=True, workers=2):
-    os.makedirs(out_dir, exist_ok=True)
-    rows = []
-    man_results = []
-    for cfg in manifold_configs:
-        t = run_manifold(cfg, workers=workers, progress=progress)
-        man_results.append((cfg, t))
-        for D in cfg.dims:
-            m = t["D"] == D
-            rows.append(dict(experiment=_manifold_label(cfg), model="moe-1x4", setting=f"D={D}",
-                             paper=PAPER_MANIFOLD.get(D, float("nan")) if cfg.steps == 2000
-                             and cfg.embedding == "coordinate" else float("nan"),
-                             ours_median=_median(t, m),
-                             ours_min=float(t["test_mse"][m].min()),
-                             ours_max=float(t["test_mse"][m].max()), seeds=int(m.sum()),
-                             n_paths="", n_paths_of=""))
-    if man_results:
-        _plot_manifold(man_results, os.path.join(out_dir, "manifold_error_vs_D.png"))
-    comp_results, region_panels = [], []
-    for cfg in comp_configs:
-        t = run_compositional(cfg, workers=workers, progress=progress)
-        comp_results.append((cfg, t))
-        for model in cfg.models:
-            paper = PAPER_DEEP if model == "deep" else PAPER_SHALLOW
-            for w in cfg.widths:
-                m = (t["model"] == model) & (t["width"] == w)
-                rows.append(dict(experiment=_comp_label(cfg),
-                                 model="deep-2x3" if model == "deep" else "shallow-1x6",
-                                 setting=f"m={w}", paper=paper.get(w, float("nan")),
-                                 ours_median=_median(t, m),
-                                 ours_min=float(t["test_mse"][m].min()),
-                                 ours_max=float(t["test_mse"][m].max()), seeds=int(m.sum()),
-                                 n_paths="/".join(str(int(v)) for v in t["n_paths"][m]),
-                                 n_paths_of=cfg.deep_experts ** 2 if model == "deep"
-                                 else cfg.shallow_experts))
-        w = max(cfg.widths)
-        for model in cfg.models:  # seed 0 at the largest width, retrained (bitwise the same)
-            net, test, _ = train_compositional(cfg, model, w, 0)
-            _, labels = path_grid(net, cfg.grid, cfg.center)
-            n_labels = cfg.deep_experts ** 2 if model == "deep" else cfg.shallow_experts
-            region_panels.append((labels, n_labels,
-                                  f"{model}, m={w}, {'x-1.5' if cfg.center else 'raw x'}: "
-                                  f"{np.unique(labels).size}/{n_labels} paths\n"
-                                  f"test MSE {test:.2e}"))
-    if comp_results:
-        _plot_widths(comp_results, os.path.join(out_dir, "compositional_error_vs_width.png"))
-        _plot_regions(region_panels, os.path.join(out_dir, "compositional_regions.png"))
-    _write_csv(rows, os.path.join(out_dir, "paper_vs_ours.csv"))
-    return rows
-
-
-def reproduce(out_dir, quick=True, progress=True):
-    """Write the figures and a CSV of the paper's numbers next to ours into out_dir.
-
-    Files: manifold_error_vs_D.png, compositional_error_vs_width.png (log-log, both models),
-    compositional_regions.png (routing-path regions of seed 0 at the largest width) and
-    paper_vs_ours.csv (one row per (experiment, model, D or m): the paper's error, the median,
-    min and max of ours over seeds, the path counts per seed).
-
-    Returns
-    -------
-    list of dict
-        The CSV's rows.
-    """
-    man, comp = quick_settings() if quick else full_settings()
-    old = _core.get_num_threads()
-    _core.set_num_threads(1)  # one BLAS thread per run; the sweeps run two runs at a time
-    try:
-        return _reproduce(out_dir, man, comp, progress=progress)
-    finally:
-        _core.set_num_threads(old)
+# the reproduction (verdicts, figures, CSV) lives in expressivity_report; the registry and the
+# command line find it here
+from .expressivity_report import (FIGURES, FLAT_TOL, paper_slope, plot_manifold,  # noqa: E402
+                                  plot_regions, plot_widths, reproduce, settings, verdict_rows)

@@ -3,67 +3,20 @@ the latent cluster structure of a clustered single-index task; a vanilla network
 width does not, for the same SGD budget.
 
 Task (:class:`moetheory.tasks.ClusteredSingleIndex`): c ~ Uniform{1..C}, x | c ~ N(rho v_c, I_d),
-y = f_c(w_c^T x) + s_c g(w_g^T x) + N(0, zeta^2), with v_c, w_c, w_g orthonormal.
+y = f_c(w_c^T x) + s_c g(w_g^T x) + N(0, zeta^2), with v_c, w_c, w_g orthonormal; links
+He_k / sqrt(k!) of information exponent k. The MoE (C experts of `hidden` ReLU neurons, softmax
+router) and the vanilla network (one expert of C * hidden neurons) train by online SGD on the
+same batches, stagewise (experts, router, everything) or jointly. Every choice the paper does
+not give, why the global direction w_g is where the separation is, and what each measurement
+is, are stated in docs/papers/001_latent_clusters.md.
 
-Choices the paper does not give (stated here, in the notebook and in the report)
----------------------------------------------------------------------------------
-- Links: f_c = g = He_k / sqrt(k!) (so |beta_{c,k}| = |gamma_k| = 1), information exponent k
-  (``link_degree``; 2 in the default Config; 3 in :func:`paper_setting` and the slow runs, the
-  paper's k* > 2 for both f_c and g); global signs s_c = (-1)^c (C even, so sum_c s_c = 0);
-  global term on (``global_scale`` = 1); zeta = 0.
-- rho = 3 (cluster means 3 standard deviations from the origin; clusters are linearly
-  separable by the router with error ~ Phi(-rho / sqrt 2) per pair).
-- MoE: C experts, each a two-layer ReLU network of `hidden` = 8 neurons with output weights
-  and biases; dense softmax router with a linear score (router.weight x + router.bias); the
-  package's default initialisation (docs/model.md). Vanilla: ``MoE(d, 1, hidden=C * hidden)``,
-  i.e. one expert of the same total width (gate identically 1); same activation and init law.
-- SGD (no momentum), batch 64, learning rate ``lr`` = 0.02 * 16 / d (lr proportional to 1/d,
-  the single-index scaling under which online SGD needs ~ d^{k-1} steps, d log d at k = 2).
-- Schedules: "joint" trains everything for sum(stage_steps) steps; "stagewise" trains
-  (1) the experts only (router frozen at its random init) for stage_steps[0], (2) the router only
-  for stage_steps[1], (3) everything for stage_steps[2]. The vanilla network always trains for
-  sum(stage_steps) steps: the same number of SGD steps on the same number of samples.
-- Online: fresh batches drawn in C every step. Finite-sample: ``n_train`` samples drawn once,
-  mini-batches without replacement, epochs as needed.
-
-Why the global direction is where the paper puts the separation
-----------------------------------------------------------------
-w_g is orthogonal to every v_c, so w_g^T x ~ N(0, 1) in every cluster and, for any phi,
-E[s_c g(w_g^T x) phi(w_g^T x)] summed over the uniform mixture is (1/C) sum_c s_c E[g phi] = 0:
-over the whole task the global part is invisible to a correlation with w_g^T x alone (it needs a
-product with the cluster-mean directions, a higher effective information exponent). An expert
-that receives only cluster c's inputs sees s_c g with a non-zero coefficient, information
-exponent k. Hence the second comparison: alignment with w_g, MoE vs vanilla, in the paper's
-setting (:func:`paper_setting`, k = 3 for f_c and g).
-
-Measurements
-------------
-- alignment[c]: max over every first-layer neuron of the model (all experts) of
-  |cos(W1 row, w_c)| -- the same statistic for both models. ``expert_alignment`` (C, C): max
-  over the neurons of expert e of |cos(., w_c)|; ``matched_alignment[c]``: that of the expert the
-  router sends cluster c to (best assignment of clusters to experts).
-- global alignment: the same statistic for w_g (max over all neurons; per expert; per routed
-  expert). Its level at initialisation (the null) has a closed form, :func:`null_alignment`
-  (max over H independent uniform directions); the runs record it at step 0 too.
-- sign tilt of the neuron most aligned with w_g (:func:`global_neuron_tilt`): the |cos| of
-  its component orthogonal to w_g with the unit vector of sum_c s_c v_c. A neuron tilted that
-  way is active more often in the clusters of one sign, so it sees the global part with a
-  non-zero coefficient without any router: this is how a vanilla ReLU network escapes the
-  cancellation above (measured: the vanilla network recovers w_g as well at d = 16 and 32, with
-  tilt ~0.96; the numbers are in tests/test_latent_clusters.py and the README).
-- router accuracy: fraction of test points whose argmax gate is the expert assigned to their
-  latent cluster, under the assignment of clusters to experts that maximises it (Hungarian
-  algorithm on the confusion matrix); chance is about 1/C.
-- test loss: MSE on 4000 held-out samples (the target includes no noise when zeta = 0).
-- steps to recovery: the first checkpoint at which min_c alignment[c] > 0.9, over a grid of d,
-  in the paper's setting (k = 3; :func:`quick_settings`, :func:`full_settings`: budget 300 d^2,
-  checks every d^2 / 4); the log-log slope of steps on d with a bootstrap CI
-  (moetheory.stats.fit_slope), against the theory's k - 1 (k > 2) or 1 (k = 2, where steps ~
-  d log d; the fit of steps / log d is also given); the vanilla network's min_c alignment after
-  the same steps on the same batches.
+Steps to recovery (first check with min_c alignment > 0.9) over a grid of d is a
+:class:`moetheory.scaling.Study` (:func:`recovery_study`); its exponent's verdict is the layer's
+(:data:`RECOVERY_TOL` around the theory's k - 1 for k > 2, 1 for k = 2). The figures, CSVs and
+summary rows are in :mod:`moetheory.experiments.latent_clusters_report`.
 """
-import csv
-import os
+import collections
+import functools
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -71,10 +24,14 @@ from scipy.optimize import linear_sum_assignment
 
 from .. import stats
 from ..model import MoE
+from ..scaling import Study, StudyResult
 from ..tasks import ClusteredSingleIndex
 from ..train import train, train_online
 
 RECOVERY = 0.9  # alignment threshold of "recovered"
+#: Tolerance of the steps-to-recovery exponent, fixed before the fit: the band 2 +- 0.25 (k = 3)
+#: excludes d log d (local slope 1.2-1.5 on d = 9..64) and d^3.
+RECOVERY_TOL = 0.25
 
 
 @dataclass
@@ -113,18 +70,9 @@ def make_task(cfg):
                                 signs=s, noise_sd=cfg.noise, seed=cfg.task_seed)
 
 
-# ---- the paper's setting, with its budget fixed before the w_g outcome was looked at ----
-#
-# k* = 3 for every f_c and for g, |beta_{c,3}| = |gamma_3| = 1 (as the third-party review of
-# arXiv 2506.01656 states the setting). Budget, per stage, in units of d^2: online SGD at
-# lr ~ 1/d needs ~ d^{k-1} = d^2 steps to weakly recover a direction of information exponent
-# k = 3. The constant was measured on the cluster directions only (stage 1 of
-# steps_to_recovery at k = 3: 76, 91, 119 d^2 at d = 16, seeds 1-3; 101 d^2 at d = 32, seed 3,
-# two seeds not within 200 d^2), hence 100 d^2 for stage 1 (experts only). Stage 3 (everything),
-# in which the routed experts are to learn g, gets the same 100 d^2: inside a routed cluster g
-# has coefficient |s_c| = 1, where each w_c had only a 1/C share of the data in stage 1.
-# Stage 2 (router only: a softmax regression on fixed features, no search phase) gets 10 d^2.
-# The vanilla network trains for the same total on the same batches.
+# ---- the paper's setting (k = 3), its budget fixed before the w_g outcome was looked at ----
+# Stage steps in units of d^2 (experts only, router only, everything); why these numbers:
+# docs/papers/001_latent_clusters.md, "The paper's setting and its budget".
 PAPER_STAGE_STEPS = (100, 10, 100)
 # "Stays near its null level": below the 99% quantile of its own value at initialisation
 # (null_alignment with the model's C * hidden neurons), i.e. no higher than 1 random init in 100.
@@ -264,11 +212,7 @@ def run(cfg, progress=False):
         data = (X, y)
     W = task.directions
     w_g = task.global_direction
-    out = {k: [] for k in ("steps", "stage", "alignment_moe", "alignment_vanilla",
-                           "matched_alignment", "global_alignment_moe",
-                           "global_alignment_vanilla", "expert_global_alignment",
-                           "matched_global_alignment", "router_accuracy", "loss_moe",
-                           "loss_vanilla")}
+    out = collections.defaultdict(list)   # the records, in the order of the docstring
 
     def record(step, stage):
         acc, perm = router_assignment(moe, Xt, ct, cfg.n_clusters)
@@ -355,49 +299,42 @@ def steps_to_recovery(cfg, max_steps, check_every, threshold=RECOVERY):
                 vanilla_alignment=float(expert_alignment(vanilla, task.directions)[0].min()))
 
 
-def _recovery_cell(base, max_steps, check_every, cell):
-    cfg = replace(base, d=int(cell["d"]), seed=int(cell["seed"]))
+def _recovery_cell(base, max_steps, check_every, d, rep, seed):
+    cfg = replace(base, d=int(d), seed=int(seed))
     return steps_to_recovery(cfg, max_steps(cfg.d), check_every(cfg.d))
 
 
-def recovery_sweep(base, ds, seeds, max_steps, check_every, progress=False, *, workers=None,
-                   out=None):
-    """Steps to recovery over a grid of d and seeds (:func:`steps_to_recovery`).
+def _seed_of(seeds, base_seed, d, rep):
+    """The study's seed rule: replicate r runs with the r-th of the given seeds."""
+    return int(seeds[rep])
 
-    Parameters
-    ----------
-    base : Config
-        The setting; d and seed are replaced per cell.
-    ds, seeds : sequences of int
-    max_steps, check_every : callables d -> int
-    progress : bool
-    workers : int, optional
-        Cells run in parallel on a thread pool (the C trainer releases the GIL; one BLAS
-        thread per cell); default all cores.
-    out : str, optional
-        A .jsonl file of finished cells (a rerun resumes); default a temporary file.
+
+def recovery_study(base, ds, seeds, max_steps, check_every):
+    """Steps to recovery (:func:`steps_to_recovery`) of ``base`` (a Config) over d in ``ds`` and
+    ``seeds``, as a :class:`moetheory.scaling.Study` (replicate r runs with ``seeds[r]``);
+    ``max_steps`` and ``check_every`` are callables d -> int."""
+    return Study(functools.partial(_recovery_cell, base, max_steps, check_every),
+                 [int(d) for d in ds], len(seeds), name="steps-to-recovery", grid_name="d",
+                 seed_rule=functools.partial(_seed_of, tuple(int(s) for s in seeds)),
+                 tag=repr(sorted(asdict(base).items())))
+
+
+def recovery_sweep(base, ds, seeds, max_steps, check_every, progress=False, *, workers=None,
+                   out=None, result=False):
+    """Run :func:`recovery_study` (threads: the C trainer releases the GIL; ``out`` a .jsonl
+    file of finished cells, a rerun resumes; default a temporary file).
 
     Returns
     -------
     dict of ndarray
-        Tidy columns d, seed, steps (nan = not recovered), final_alignment, vanilla_alignment.
+        Tidy float columns d, rep, seed, steps (nan = not recovered), final_alignment,
+        vanilla_alignment. With ``result=True``, the :class:`moetheory.scaling.StudyResult`.
     """
-    import functools
-    import tempfile
-
-    from ..sweep import run_sweep
-
-    cells = [{"d": int(d), "seed": int(s), "tag": repr(sorted(asdict(base).items()))}
-             for d in ds for s in seeds]
-    fn = functools.partial(_recovery_cell, base, max_steps, check_every)
-    if out is None:
-        with tempfile.TemporaryDirectory(prefix="moetheory-") as tmp:
-            table = run_sweep(fn, cells, out=os.path.join(tmp, "cells.jsonl"),
-                              workers=workers, progress=progress)
-    else:
-        table = run_sweep(fn, cells, out=out, workers=workers, progress=progress)
-    table.pop("tag")
-    return {k: np.asarray(v, dtype=float) for k, v in table.items()}
+    res = recovery_study(base, ds, seeds, max_steps, check_every).run(
+        out=out, workers=workers, progress=progress)
+    if result:
+        return res
+    return {k: np.asarray(v, dtype=float) for k, v in res.table.items()}
 
 
 def theory_exponent(k):
@@ -406,93 +343,31 @@ def theory_exponent(k):
 
 
 def fit_recovery(sweep):
-    """fit_slope of steps on d over the recovered runs (None when fewer than 2 distinct d)."""
-    ok = np.isfinite(sweep["steps"])
-    if len(np.unique(sweep["d"][ok])) < 2:
+    """(fit of steps on d, fit of steps / log d on d) over the recovered runs
+    (:meth:`moetheory.scaling.StudyResult.fit`, not-recovered runs left out); (None, None) when
+    fewer than 2 distinct d recovered. ``sweep`` is a table or a StudyResult."""
+    res = sweep if isinstance(sweep, StudyResult) else StudyResult(
+        dict(sweep), name="steps-to-recovery", grid_name="d")
+    ok = np.isfinite(res.table["steps"])
+    if len(np.unique(res.table["d"][ok])) < 2:
         return None, None
-    d, steps = sweep["d"][ok], sweep["steps"][ok]
-    return stats.fit_slope(d, steps), stats.fit_slope(d, steps / np.log(d))
+    over = StudyResult({**res.table, "steps_over_log_d": res.table["steps"] / np.log(
+        res.table["d"])}, name=res.name, grid_name="d")
+    return (res.fit("steps", drop_invalid=True),
+            over.fit("steps_over_log_d", drop_invalid=True))
 
 
-# ---- figures ----
-
-def _plt():
-    from .. import plot
-    return plot._pyplot()
-
-
-def plot_training(res, path):
-    """Four panels against SGD steps: alignment with the cluster directions w_c, alignment with
-    the global direction w_g (both models, and each MoE expert), test loss, router accuracy.
-    The dotted and dash-dotted lines are the median and the 99% quantile of the init law of the
-    max over the model's neurons (:func:`null_alignment`); the solid grey line is RECOVERY."""
-    plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    ax_c, ax_g, ax_loss, ax_router = axes.ravel()
-    s = res["steps"]
-    C = res["alignment_moe"].shape[1]
-    for c in range(C):
-        ax_c.plot(s, res["alignment_moe"][:, c], color=f"C{c}", label=f"MoE, w_{c + 1}")
-        ax_c.plot(s, res["alignment_vanilla"][:, c], color=f"C{c}", ls="--",
-                  label=f"vanilla, w_{c + 1}")
-    ax_g.plot(s, res["global_alignment_moe"], color="k", lw=2.5, alpha=0.5,
-              label="MoE (all experts)")
-    ax_g.plot(s, res["global_alignment_vanilla"], color="C3", lw=2, ls="--", label="vanilla")
-    for e in range(res["expert_global_alignment"].shape[1]):   # drawn on top: thin, visible
-        ax_g.plot(s, res["expert_global_alignment"][:, e], color=f"C{e}", lw=0.8,
-                  label=f"MoE expert {e + 1}")
-    null = res["global_null"]
-    for ax, what in ((ax_c, "w_c"), (ax_g, "w_g")):
-        ax.axhline(null["q50"], color="0.5", lw=0.8, ls=":", label="init law: median")
-        ax.axhline(null["q99"], color="0.5", lw=0.8, ls="-.", label="init law: 99%")
-        ax.axhline(RECOVERY, color="0.3", lw=0.8)
-        ax.set(xlabel="SGD steps", ylabel=f"max |cos(neuron, {what})|", ylim=(0, 1.02))
-        ax.legend(fontsize=6, ncol=2)
-    ax_c.set_title("cluster directions w_c", fontsize=9)
-    ax_g.set_title("global direction w_g", fontsize=9)
-    ax_loss.plot(s, res["loss_moe"], label="MoE")
-    ax_loss.plot(s, res["loss_vanilla"], ls="--", label="vanilla")
-    ax_loss.set(xlabel="SGD steps", ylabel="test MSE", yscale="log")
-    ax_loss.set_title("test loss", fontsize=9)
-    ax_loss.legend(fontsize=7)
-    ax_router.plot(s, res["router_accuracy"], label="router accuracy")
-    ax_router.axhline(1 / C, color="0.5", ls=":", label="chance 1/C")
-    ax_router.set(xlabel="SGD steps", ylabel="accuracy vs latent c", ylim=(0, 1.02))
-    ax_router.set_title("router", fontsize=9)
-    _stage_lines(axes.ravel(), res)
-    ax_router.legend(fontsize=7)
-    cfg = res["config"]
-    fig.suptitle(f"d={cfg['d']}, C={cfg['n_clusters']}, k={cfg['link_degree']}, rho={cfg['rho']}, "
-                 f"{cfg['schedule']}, {'online' if cfg['n_train'] is None else 'n=%d' % cfg['n_train']}"
-                 f", seed {cfg['seed']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def recovery_verdict(sweep, k):
+    """The verdict on steps ~ d^theory_exponent(k) (tolerance RECOVERY_TOL), over the recovered
+    runs (:func:`moetheory.stats.verdict`)."""
+    fit, _ = fit_recovery(sweep)
+    nan = float("nan")
+    return stats.verdict(fit if fit is not None else stats.SlopeFit(nan, nan, nan, nan, nan, 0),
+                         theory_exponent(k), RECOVERY_TOL,
+                         claim=f"online steps to recovery ~ d^{theory_exponent(k):g} (k = {k})")
 
 
-def _stage_lines(axes, res):
-    st = res["stage"]
-    for i in range(1, len(st)):
-        if st[i] != st[i - 1] and st[i - 1] != 0:
-            for ax in axes:
-                ax.axvline(res["steps"][i - 1], color="0.8", lw=0.8)
-
-
-def plot_recovery(sweep, fit, k, path):
-    from .. import plot
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
-    ok = np.isfinite(sweep["steps"])
-    plot.rate_panel(ax, sweep["d"][ok], sweep["steps"][ok], fit=fit, theory_slope=theory_exponent(k),
-                    label="MoE steps to recovery", ylabel="online SGD steps")
-    ax.set_xlabel("d")
-    ax.set_title(f"steps until every w_c has alignment > {RECOVERY} (k={k})", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---- the reproduction ----
+# ---- settings of the reproduction ----
 
 # Steps to recovery in the paper's setting (k = 3, lr = 0.02 * 16 / d, stage 1: experts
 # only): the budget is 300 d^2 steps, three times the stage-1 constant measured before any
@@ -518,58 +393,7 @@ def paper_settings(quick=True):
     return paper_setting(16 if quick else 32)
 
 
-def summary_row(name, cfg, res):
-    """One row of summary.csv for a run of `cfg` (final values)."""
-    return dict(variant=name, d=cfg.d, C=cfg.n_clusters, k=cfg.link_degree, seed=cfg.seed,
-                steps=int(res["steps"][-1]),
-                moe_min_alignment=float(res["alignment_moe"][-1].min()),
-                vanilla_min_alignment=float(res["alignment_vanilla"][-1].min()),
-                moe_matched_min_alignment=float(res["matched_alignment"][-1].min()),
-                moe_global_alignment=float(res["global_alignment_moe"][-1]),
-                vanilla_global_alignment=float(res["global_alignment_vanilla"][-1]),
-                global_null_q99=res["global_null"]["q99"],
-                vanilla_global_neuron_sign_tilt=res["global_tilt_vanilla"][1],
-                router_accuracy=float(res["router_accuracy"][-1]),
-                loss_moe=float(res["loss_moe"][-1]),
-                loss_vanilla=float(res["loss_vanilla"][-1]))
-
-
-def reproduce(out_dir, quick=True, progress=True):
-    """Write the figures and a CSV into out_dir; return summary rows (list of dicts)."""
-    os.makedirs(out_dir, exist_ok=True)
-    base, sw = quick_settings() if quick else full_settings()
-    variants = [("stagewise-online", base),
-                ("joint-online", replace(base, schedule="joint")),
-                ("stagewise-finite", replace(base, n_train=base.batch_size * sum(base.stage_steps) // 4)),
-                ("paper-k3-stagewise-online", paper_settings(quick))]
-    rows = []
-    for name, cfg in variants:
-        res = run(cfg, progress=progress)
-        plot_training(res, os.path.join(out_dir, f"training_{name}.png"))
-        rows.append(summary_row(name, cfg, res))
-    rbase = sw["base"]
-    sweep = recovery_sweep(rbase, sw["ds"], sw["seeds"], sw["max_steps"], sw["check_every"],
-                           progress=progress, out=os.path.join(out_dir, "recovery_cells.jsonl"))
-    fit, fit_log = fit_recovery(sweep)
-    with open(os.path.join(out_dir, "recovery.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(list(sweep))
-        w.writerows(zip(*sweep.values()))
-    if fit is not None:
-        plot_recovery(sweep, fit, rbase.link_degree, os.path.join(out_dir, "steps_to_recovery.png"))
-    rows.append(dict(variant="steps-to-recovery", k=rbase.link_degree,
-                     fitted_exponent=fit.slope if fit else float("nan"),
-                     ci_low=fit.ci_low if fit else float("nan"),
-                     ci_high=fit.ci_high if fit else float("nan"),
-                     fitted_exponent_over_log_d=fit_log.slope if fit_log else float("nan"),
-                     theory_exponent=theory_exponent(rbase.link_degree),
-                     vanilla_max_alignment=float(np.max(sweep["vanilla_alignment"])),
-                     recovered=int(np.isfinite(sweep["steps"]).sum()), runs=len(sweep["steps"])))
-    with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
-        keys = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    return rows
+# the figures, CSVs and summary rows live in latent_clusters_report; the registry, the CLI, the
+# notebook and the tests find them here
+from .latent_clusters_report import (FIGURES, plot_recovery, plot_training,  # noqa: E402
+                                     reproduce, settings, summary_row)
