@@ -58,7 +58,7 @@ def test_match_is_the_best_assignment(rng):
 
 
 def test_model_alignments():
-    from moetheory import models
+    from moetheory.experiments import soft_routed_model as models
     teacher = models.soft_routed_teacher(12, 3, seed=0)
     A_w = alignment.expert_alignment(teacher, teacher)
     A_v = alignment.router_alignment(teacher, teacher)
@@ -110,7 +110,7 @@ def test_match_with_more_students_than_teachers_keeps_the_best_ones(rng):
 
 
 def test_model_alignments_with_unequal_expert_counts():
-    from moetheory import models
+    from moetheory.experiments import soft_routed_model as models
     teacher = models.soft_routed_teacher(12, 2, seed=0)
     student = models.soft_routed_teacher(12, 4, seed=1)
     W_t = teacher.params["experts.W1"][:, 0, :]

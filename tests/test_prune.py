@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import moetheory as mt
-from moetheory import models, prune
+from moetheory import prune
+from moetheory.experiments import soft_routed_model as models
 from tolerances import assert_values_close
 
 GATES = [dict(gate="sigmoid"), dict(gate="softmax"), dict(gate="topk", top_k=1),

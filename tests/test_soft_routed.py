@@ -12,10 +12,10 @@ Budgets and tolerances are stated here and not tuned to pass:
   to 1e-20 with R^2 > 0.95 and a negative slope; matched cosines of the fine-tuned student with
   the teacher > 1 - 1e-6.
 * Figure-1 scale (slow; d = 1000, m = 25, m* = 5 with full_configs(): lr 0.01, batch 16000,
-  3000 steps, chosen from the SGD-noise pilot in its docstring before the run): every teacher
-  expert recovered (cosine > 0.99), experts before their routers; every router recovered and
-  loss < 1e-10 after pruning and fine-tuning is a strict xfail with the measured numbers (the
-  full run, 1427 s on one thread: routers 4 of 5, loss 1.4e-10).
+  3000 steps, chosen from the SGD-noise pilot in docs/papers/000_soft_routed.md before the
+  run): every teacher expert recovered (cosine > 0.99), experts before their routers; every
+  router recovered and loss < 1e-10 after pruning and fine-tuning is a strict xfail with the
+  measured numbers (the full run, 1427 s on one thread: routers 4 of 5, loss 1.4e-10).
 """
 import os
 
@@ -161,8 +161,9 @@ def test_bad_config():
 
 @pytest.fixture(scope="module")
 def figure1_run():
-    """The paper's Figure-1 scale with full_configs() (see its docstring for the choice of lr
-    and batch): feature learning, pruning by teacher alignment and fine-tuning (about an hour)."""
+    """The paper's Figure-1 scale with full_configs() (the choice of lr and batch:
+    docs/papers/000_soft_routed.md): feature learning, pruning by teacher alignment and
+    fine-tuning (about an hour)."""
     cfg, _ = sr.full_configs()
     return sr.run(cfg)
 
@@ -197,3 +198,35 @@ def test_figure1_scale_routers_and_zero_loss(figure1_run):
     res = figure1_run
     assert np.all(np.isfinite(res["t_router"])), (res["t_router"], res["A_router"][-1].max(0))
     assert res["loss_final"] < 1e-10, res["loss_final"]
+
+
+def test_models_module_is_an_alias_of_the_paper_000_builders():
+    import moetheory
+    for name in models.__all__:
+        assert getattr(moetheory.models, name) is getattr(models, name)
+
+
+def test_scaling_study_runs_the_listed_seeds_at_every_d():
+    study = sr.scaling_study(sr.ScalingConfig(ds=(12, 16), seeds=(4, 7, 9)))
+    assert [(c["d"], c["rep"], c["seed"]) for c in study.cells] == [
+        (12, 0, 4), (12, 1, 7), (12, 2, 9), (16, 0, 4), (16, 1, 7), (16, 2, 9)]
+
+
+@pytest.mark.parametrize("ci, outcome", [((0.4, 0.6), "reproduced"),
+                                         ((-0.5, 0.1), "not reproduced"),
+                                         ((-0.5, 1.5), "inconclusive"), (None, "inconclusive")])
+def test_verdict_rows_judge_the_time_exponent_by_the_one_rule(quick_run, ci, outcome):
+    """Theory 1/2, tolerance TIME_TOL = 0.25: the band [0.25, 0.75] against the CI."""
+    fit = None if ci is None else stats.SlopeFit(0.5 * sum(ci), 0.0, ci[0], ci[1], 0.9, 3)
+    sc = dict(d=np.array([16, 32]), fit_expert=fit, fit_router=fit, missing_expert=0,
+              missing_router=1)
+    cfg, scfg = sr.quick_configs()
+    rows = sr.verdict_rows(quick_run, quick_run, sc, cfg, scfg, "quick")
+    assert [r["quantity"] for r in rows] == ["time_expert", "time_router", "feature_learning",
+                                             "finetune_teacher", "finetune_cancellation"]
+    for r in rows:
+        assert set(stats.SUMMARY_KEYS) | {"setting", "quantity", "mode", "figure"} <= set(r)
+    assert rows[0]["verdict"] == rows[1]["verdict"] == outcome
+    assert (rows[0]["theory"], rows[0]["tol"]) == (0.5, sr.TIME_TOL)
+    assert rows[1]["not_aligned"] == 1
+    assert rows[2]["experts_recovered"] == 3 and rows[2]["verdict"] == "descriptive"
