@@ -103,7 +103,7 @@ def get(name):
 
 
 register("soft-routed", "soft_routed", "Paper 000: Guided by the Experts (Liao & Kyrillidis)",
-         order=0, quick_seconds=12.0, full_seconds=None)
+         order=0, quick_seconds=40.0, full_seconds=None)
 register("latent-clusters", "latent_clusters",
          "Paper 001: MoE detects latent cluster structure (Kawata et al.)",
          order=1, quick_seconds=63.0, full_seconds=None)

@@ -251,8 +251,7 @@ def geometric_window(losses, upper=1e-3, lower=1e-20):
     return stats.fit_geometric_rate(np.arange(lo, hi), losses[lo:hi]), lo, hi
 
 
-def run(cfg, *, progress=False):
-    """Feature learning, then pruning and fine-tuning: the two result dicts merged."""
+def run(cfg, *, progress=False):  # feature learning, pruning, fine-tuning: the dicts merged
     fl = run_feature_learning(cfg, progress=progress)
     return {**fl, **run_prune_finetune(cfg, fl["student"], fl["teacher"], progress=progress)}
 
@@ -352,9 +351,10 @@ def verdict_rows(res, free, sc, cfg, scfg, mode):
 # ---- reproduction ---------------------------------------------------------------------------
 
 def quick_configs():
-    """The configurations of ``reproduce(quick=True)``: (run config, scaling config)."""
+    """(run config, scaling config) of quick mode; 12 seeds since 6 gave an expert CI 0.63 wide
+    (the band is 0.5; the width falls like 1 / sqrt(seeds))."""
     return (SoftRoutedConfig(d=30, m=10, m_star=3, steps=3000),
-            ScalingConfig(ds=(16, 32, 64), seeds=(0, 1, 2, 3), max_steps=5000))
+            ScalingConfig(ds=(16, 32, 64, 128), seeds=tuple(range(12)), max_steps=15000))
 
 
 def full_configs():
