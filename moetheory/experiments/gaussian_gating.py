@@ -42,7 +42,7 @@ TOL = 0.1          # half-width of the verdict band, stated before running
 EM_TOL = 1e-10     # converged EM: relative change of the joint log-likelihood
 MAX_ITER = 20000   # converged EM: iteration cap
 
-_QUICK = dict(models=(1, 4), Ks=(4, 5), grid=(100, 250, 500, 1000, 2000), reps=6)
+_QUICK = dict(models=(1, 4), Ks=(4, 5), grid=(100, 250, 500, 1000, 2000), reps=10)
 
 
 def _full_grid():
@@ -92,7 +92,9 @@ def cell(n, rep, seed, *, model, K, max_iter=MAX_ITER, em_tol=EM_TOL):
             "loss_start": crpe_gmoe_loss(start, truth, type_ii=type_ii),
             "move_one_step": _displacement(one.params, start),
             "move_converged": _displacement(em.params, start),
-            "iters_converged": int(em.n_iter), "converged": bool(em.converged)}
+            "iters_converged": int(em.n_iter), "converged": bool(em.converged),
+            # a variance floor acted: the likelihood is unbounded there (a collapsed atom)
+            "degenerate": bool(em.degenerate)}
 
 
 def run(model, K, grid, reps, *, progress=False, max_iter=MAX_ITER, seed=0):
@@ -118,7 +120,7 @@ def _figure(results, model, mode, path):
     from ..plot import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.4 * len(results), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(6.0 * len(results), 3.6), squeeze=False)
     for ax, (K, res) in zip(axes[0], results.items()):
         res.plot("loss_one_step", ax=ax)
         res.plot("loss_converged", theory=THEORY, ax=ax)
@@ -130,7 +132,7 @@ def _figure(results, model, mode, path):
         marks = [ln for ln in ax.get_lines() if ln.get_linestyle() == "None"]
         for ln, name in zip(marks, ("one-step", "converged EM", "start")):
             ln.set_label(name)
-        ax.legend(fontsize=6, loc="lower left", framealpha=0.8)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # clear of the data
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
