@@ -114,4 +114,4 @@ register("expressivity", "expressivity", "Paper 003: expressive power of MoE (Wa
          order=3, quick_seconds=120.0, full_seconds=550.0)
 register("gaussian-gating", "gaussian_gating",
          "CRPE-GMoE: parameter estimation in Gaussian-gated MoE (one-step vs converged EM)",
-         order=4, quick_seconds=None, full_seconds=None)
+         order=4, quick_seconds=16.0, full_seconds=None)
