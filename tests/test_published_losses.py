@@ -229,3 +229,41 @@ def test_bad_input_names_the_problem():
     sf, st = random_sgame_pair(rng, 3)
     with pytest.raises(ValueError, match="truth must be a dict with the key 'sigma2'"):
         crpe_sgame_loss(sf, {k: v for k, v in st.items() if k != "sigma2"})
+
+
+# ------------------------------------------------------------------ voronoi_loss(convention=...)
+
+@needs_gmoe
+@pytest.mark.parametrize("type_ii", [False, True])
+def test_voronoi_loss_crpe_gmoe_convention_is_the_peers(type_ii):
+    from moetheory.metrics import voronoi_loss
+    rng = np.random.default_rng(4242 + type_ii)
+    name = "gauss_loss_GLLiM2" if type_ii else "gauss_loss_GLLiM1"
+    for _ in range(20):
+        fitted, truth = random_gmoe_pair(rng, 2, 5, type_ii)
+        theirs = GMOE[name](*peers_gmoe_layout(truth), *peers_gmoe_layout(fitted))
+        ours = voronoi_loss(fitted, truth, convention="crpe-gmoe", type_ii=type_ii)
+        assert ours == pytest.approx(theirs, rel=RTOL)
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_voronoi_loss_crpe_sgame_convention_is_the_peers(K):
+    from moetheory.metrics import voronoi_loss
+    rng = np.random.default_rng(99 + K)
+    for _ in range(20):
+        fitted, truth = random_sgame_pair(rng, K)
+        theirs = peers.loss_SGaME_exact(*peers_sgame_layout(truth), *peers_sgame_layout(fitted))
+        assert voronoi_loss(fitted, truth, convention="crpe-sgame") == pytest.approx(
+            theirs, rel=RTOL)
+
+
+def test_voronoi_loss_convention_bad_input():
+    from moetheory.metrics import voronoi_loss
+    fitted, truth = random_sgame_pair(np.random.default_rng(0), 2)
+    with pytest.raises(ValueError, match="convention"):
+        voronoi_loss(fitted, truth, convention="paper")
+    with pytest.raises(ValueError, match="params"):
+        voronoi_loss(fitted, truth, convention="crpe-sgame", params=("experts.W1",))
+    m = {"gate_bias": np.zeros(2), "gate_weight": np.zeros((2, 1)), "expert": np.zeros((2, 2))}
+    with pytest.raises(TypeError, match="type_ii"):
+        voronoi_loss(m, m, type_ii=True)

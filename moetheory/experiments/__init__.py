@@ -112,3 +112,6 @@ register("softmax-rates", "softmax_rates",
          order=2, quick_seconds=235.0, full_seconds=12000.0)
 register("expressivity", "expressivity", "Paper 003: expressive power of MoE (Wang & E)",
          order=3, quick_seconds=120.0, full_seconds=550.0)
+register("gaussian-gating", "gaussian_gating",
+         "CRPE-GMoE: parameter estimation in Gaussian-gated MoE (one-step vs converged EM)",
+         order=4, quick_seconds=16.0, full_seconds=None)

@@ -125,7 +125,13 @@ def normalize_gate(gate_bias, gate_weight, reference=-1):
     return b - b[reference], W - W[reference]
 
 
-def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None):
+#: Named loss conventions of :func:`voronoi_loss`: moetheory's own, and the published code's
+#: (defined once, in :mod:`moetheory.metrics.published`).
+CONVENTIONS = ("moetheory", "crpe-gmoe", "crpe-sgame")
+
+
+def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None,
+                 convention="moetheory", **published_options):
     """Voronoi loss between fitted and true mixing measures.
 
     Both measures must be in the same softmax gauge (see :func:`normalize_gate`).
@@ -170,6 +176,17 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None):
     params : sequence of str, optional
         The expert blocks that count, for every side given as a model (``atoms(model,
         params)``); e.g. ``("experts.W1", "experts.b1")``. Only with a model.
+    convention : {"moetheory", "crpe-gmoe", "crpe-sgame"}, default "moetheory"
+        Whose definition: this function's own (above), or a published code's, computed by
+        :func:`moetheory.metrics.published.crpe_gmoe_loss` (``fitted`` and ``truth`` are then
+        Gaussian-gated parameter dicts of :mod:`moetheory.gaussian_gating`) or
+        :func:`~moetheory.metrics.published.crpe_sgame_loss` (dicts of
+        :func:`moetheory.estimate.em_unpack`). With a published convention ``kind`` and
+        ``params`` do not apply (the convention fixes its powers) and ``return_cells`` returns
+        a :class:`~moetheory.metrics.published.PublishedCells`.
+    **published_options
+        Passed to the published function (``type_ii`` for "crpe-gmoe"); only with a
+        published convention.
 
     Returns
     -------
@@ -184,6 +201,18 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None):
     The loss is invariant to permutations of the fitted atoms (the assignment permutes with
     them) and of the true atoms (the cells are relabelled).
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if convention != "moetheory":
+        if params is not None:
+            raise ValueError(f"params does not apply to convention={convention!r}")
+        from . import published  # the published definitions have one owner
+
+        fn = published.crpe_gmoe_loss if convention == "crpe-gmoe" else published.crpe_sgame_loss
+        return fn(fitted, truth, return_cells=return_cells, **published_options)
+    if published_options:
+        raise TypeError(f"unexpected keyword arguments {sorted(published_options)} (only with "
+                        f"a published convention)")
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
     fitted, truth = _measures(fitted, truth, params, hierarchical=False)
