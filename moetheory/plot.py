@@ -134,7 +134,7 @@ def rate_panel(ax, n, loss, *, fit=None, theory_slope=None, label=None, color=No
     return means
 
 
-def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
+def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2), title=None):
     """Several rate panels in one figure, optionally written to a PNG.
 
     Parameters
@@ -147,6 +147,8 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
     ncols : int, default 3
     size : (float, float)
         Size of one panel in inches.
+    title : str, optional
+        The figure's title (the setting and quick/full mode), above the panels.
 
     Returns
     -------
@@ -167,6 +169,8 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
             ax.set_title(title, fontsize=9)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return finish_figure(fig, path)
 
 
