@@ -163,10 +163,10 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2), title=None):
                              squeeze=False)
     for ax, panel in zip(axes.ravel(), panels):
         panel = dict(panel)
-        title = panel.pop("title", None)
+        panel_title = panel.pop("title", None)
         rate_panel(ax, panel.pop("n"), panel.pop("loss"), **panel)
-        if title:
-            ax.set_title(title, fontsize=9)
+        if panel_title:
+            ax.set_title(panel_title, fontsize=9)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
     if title:
