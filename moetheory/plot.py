@@ -134,7 +134,7 @@ def rate_panel(ax, n, loss, *, fit=None, theory_slope=None, label=None, color=No
     return means
 
 
-def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
+def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2), title=None):
     """Several rate panels in one figure, optionally written to a PNG.
 
     Parameters
@@ -147,6 +147,8 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
     ncols : int, default 3
     size : (float, float)
         Size of one panel in inches.
+    title : str, optional
+        The figure's title (the setting and quick/full mode), above the panels.
 
     Returns
     -------
@@ -161,12 +163,14 @@ def rate_figure(panels, path=None, *, ncols=3, size=(4.0, 3.2)):
                              squeeze=False)
     for ax, panel in zip(axes.ravel(), panels):
         panel = dict(panel)
-        title = panel.pop("title", None)
+        panel_title = panel.pop("title", None)
         rate_panel(ax, panel.pop("n"), panel.pop("loss"), **panel)
-        if title:
-            ax.set_title(title, fontsize=9)
+        if panel_title:
+            ax.set_title(panel_title, fontsize=9)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return finish_figure(fig, path)
 
 

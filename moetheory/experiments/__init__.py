@@ -109,7 +109,7 @@ register("latent-clusters", "latent_clusters",
          order=1, quick_seconds=63.0, full_seconds=None)
 register("softmax-rates", "softmax_rates",
          "Paper 002: convergence rates of softmax-gated MoE (least squares and EM)",
-         order=2, quick_seconds=235.0, full_seconds=12000.0)
+         order=2, quick_seconds=65.0, full_seconds=12000.0)
 register("expressivity", "expressivity", "Paper 003: expressive power of MoE (Wang & E)",
          order=3, quick_seconds=120.0, full_seconds=550.0)
 register("gaussian-gating", "gaussian_gating",
