@@ -160,7 +160,7 @@ def _loss_columns(spec, fitted, truth, hier):
         out = {k: v for k, v in got.items()} if isinstance(got, dict) else {"loss": float(got)}
     else:
         out = {spec.loss: value}
-    err, single, mass_error = _atom_errors(cells, hier)
+    err, single, mass_error = atom_errors(cells, hier)
     multi = ~single
     out.update(err_single=float(err[single].mean()) if single.any() else math.nan,
                err_multi=float(err[multi].mean()) if multi.any() else math.nan,
@@ -168,8 +168,11 @@ def _loss_columns(spec, fitted, truth, hier):
     return out
 
 
-def _atom_errors(cells, hier):
-    """Per-atom parameter error (k,), single-cell flags (k,), total |mass error|."""
+def atom_errors(cells, hier):
+    """Per-atom parameter error (k,), single-cell flags (k,), total |mass error| of the Voronoi
+    cells of a fit (``voronoi_cells``; ``hier``: the two-level cells of a hierarchical gate,
+    where an atom's error includes its group's outer weight and it is single when alone in both
+    its outer and its inner cell)."""
     if not hier:
         return (np.hypot(cells.weight_error, cells.expert_error), cells.single,
                 float(np.abs(cells.mass_error).sum()))

@@ -102,6 +102,7 @@ from ..estimate import draw_regression, em, em_pack, em_unpack, least_squares
 from ..metrics import voronoi_loss
 from ..metrics.voronoi import hierarchical_voronoi_loss
 from ..model import MoE
+from ..rates import atom_errors
 from ..stats import fit_slope, verdict
 from ..sweep import run_sweep
 
@@ -481,7 +482,7 @@ def fit_cell(config, n, rep):
     fit = least_squares(start, X, y, free=_free(config), bounds=(-config.bound, config.bound),
                         max_iter=config.max_iter)
     D1, cells = _loss(fit.model, truth, config, return_cells=True)
-    err, single, mass_error = _atom_errors(cells, config)
+    err, single, mass_error = atom_errors(cells, _hierarchical(config))
     multi = ~single
     return dict(D1=D1,
                 err_single=float(err[single].mean()) if single.any() else math.nan,
@@ -489,21 +490,6 @@ def fit_cell(config, n, rep):
                 n_multi=int(multi.sum()), mass_error=mass_error,
                 mse=fit.loss, converged=fit.converged, n_iter=fit.n_iter,
                 seconds=time.perf_counter() - t0)
-
-
-def _atom_errors(cells, config):
-    """Per-atom parameter error (k,), single-cell flags (k,), total |mass error| (see fit_cell)."""
-    if not _hierarchical(config):
-        return (np.hypot(cells.weight_error, cells.expert_error), cells.single,
-                float(np.abs(cells.mass_error).sum()))
-    err, single = [], []
-    mass_error = float(np.abs(cells.outer_mass_error).sum())
-    for g, inner in enumerate(cells.inner):
-        err.append(np.sqrt(cells.outer_weight_error[g] ** 2 + inner.weight_error ** 2
-                           + inner.expert_error ** 2))
-        single.append(inner.single & cells.outer_single[g])
-        mass_error += float(np.abs(inner.mass_error).sum())
-    return np.concatenate(err), np.concatenate(single), mass_error
 
 
 def compare_with_truth_start(config, n, rep):
