@@ -19,6 +19,7 @@ import pytest
 import peers_discrepancies as peers
 import reference_gmoe as ref
 from moetheory import _core
+from moetheory.experiments.gaussian_gating import STORED_RESULTS
 from moetheory.gaussian_gating import (gmoe_em, gmoe_loglik, gmoe_pack, gmoe_params_size,
                                        gmoe_sample, gmoe_unpack, params_from_peers, peers_start,
                                        peers_sample_sizes, true_model)
@@ -141,8 +142,8 @@ def test_restarts_keep_the_best():
 @pytest.mark.parametrize("model", [3, 4])
 @pytest.mark.parametrize("K", [4, 5])
 def test_one_step_reproduces_stored_fits(model, K):
-    """CRPE-GMoE's stored fits at n = 100 and 200 (tests/data/crpe_gmoe_stored.npz)."""
-    data = np.load(__file__.replace("test_gaussian_gating.py", "data/crpe_gmoe_stored.npz"))
+    """CRPE-GMoE's stored fits at n = 100 and 200 (the package's stored CRPE-GMoE results)."""
+    data = np.load(STORED_RESULTS)
     truth = true_model(model)
     ns = peers_sample_sizes()
     key = f"m{model}_K{K}_"

@@ -7,10 +7,10 @@
 * The random fitted sets cover every true atom (each true atom gets at least one fitted atom
   near it, as the peers' starts do), so the peers' cell-size indexing is well defined on them
   (see the module docstring of moetheory.metrics.published).
-* CRPE-GMoE's stored fits and losses (tests/data/crpe_gmoe_stored.npz, extracted by
-  tests/data/make_crpe_gmoe_stored.py): our loss of their stored fits is their stored loss, and
-  the OLS slopes of log(mean loss) on log n over their 100 n are FAMILY.md's numbers, quoted to
-  three decimals (tolerance 0.0005, the rounding).
+* CRPE-GMoE's stored fits and losses (moetheory/experiments/data/crpe_gmoe_stored.npz,
+  extracted by tests/data/make_crpe_gmoe_stored.py): our loss of their stored fits is their
+  stored loss, and the OLS slopes of log(mean loss) on log n over their 100 n are FAMILY.md's
+  numbers, quoted to three decimals (tolerance 0.0005, the rounding).
 """
 import os
 
@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 import peers_discrepancies as peers
+from moetheory.experiments.gaussian_gating import STORED_RESULTS
 from moetheory.gaussian_gating import params_from_peers, true_model
 from moetheory.metrics.published import crpe_gmoe_loss, crpe_sgame_loss
 from tolerances import VALUE_RTOL
 
 RTOL = VALUE_RTOL[np.dtype(np.float64)]
-DATA = os.path.join(os.path.dirname(__file__), "data", "crpe_gmoe_stored.npz")
+DATA = STORED_RESULTS
 GMOE = peers.load_gmoe()
 needs_gmoe = pytest.mark.skipif(GMOE is None, reason="no CRPE-GMoE clone (CRPE_GMOE_REPO)")
 

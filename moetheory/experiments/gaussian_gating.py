@@ -22,7 +22,8 @@ start's noise law, not the estimator.
 Verdicts: the slope of log(mean loss) on log n against the theory's -1/2, tolerance
 :data:`TOL` (fixed before any run); the start's loss and the displacements are descriptive.
 Each row also carries ``stored_slope``, the slope recomputed from the peers' stored mean
-losses (``tests/data/crpe_gmoe_stored.npz``, all 100 n).
+losses (:data:`STORED_RESULTS`, package data made by ``tests/data/make_crpe_gmoe_stored.py``,
+all 100 n).
 """
 import functools
 import os
@@ -34,8 +35,8 @@ from ..metrics.published import crpe_gmoe_loss
 from ..scaling import Study
 from ..stats import fit_slope
 
-__all__ = ["THEORY", "TOL", "MAX_ITER", "EM_TOL", "settings", "cell", "run", "stored_slope",
-           "reproduce", "FIGURES"]
+__all__ = ["THEORY", "TOL", "MAX_ITER", "EM_TOL", "STORED_RESULTS", "settings", "cell", "run",
+           "stored_slope", "reproduce", "FIGURES"]
 
 THEORY = -0.5      # the theorems' exponent of the Voronoi loss (n^-1/2 up to logs)
 TOL = 0.1          # half-width of the verdict band, stated before running
@@ -105,11 +106,15 @@ def run(model, K, grid, reps, *, progress=False, max_iter=MAX_ITER, seed=0):
     return study.run(progress=progress, blas_threads=1)
 
 
+# CRPE-GMoE's stored mean losses and a few stored fits (installed with the package, so an
+# installed copy reports the peers' slope next to ours)
+STORED_RESULTS = os.path.join(os.path.dirname(__file__), "data", "crpe_gmoe_stored.npz")
+
+
 def stored_slope(model, K, path=None):
     """The slope recomputed from the peers' stored mean losses (all 100 n), or None."""
     if path is None:
-        path = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data",
-                            "crpe_gmoe_stored.npz")
+        path = STORED_RESULTS
     if not os.path.exists(path):
         return None
     with np.load(path) as data:

@@ -1,4 +1,5 @@
-"""Make tests/data/crpe_gmoe_stored.npz from CRPE-GMoE's stored results (results_GLLiM/*.npy).
+"""Make moetheory/experiments/data/crpe_gmoe_stored.npz from CRPE-GMoE's stored results
+(results_GLLiM/*.npy).
 
 Source: GitHub Trung-TinNGUYEN/CRPE-GMoE at commit e04efe24c22338434e134e23e1e77d16de474e77,
 read from a local clone (``$CRPE_GMOE_REPO`` or the mirror, see tests/peers_discrepancies.py).
@@ -48,7 +49,8 @@ def main():
             for name in NAMES:
                 arr = stored(m, K, name)
                 out[f"m{m}_K{K}_{name}"] = np.stack([arr[i, r] for i, r in RUNS])
-    target = os.path.join(os.path.dirname(__file__), "crpe_gmoe_stored.npz")
+    target = os.path.join(os.path.dirname(__file__), "..", "..", "moetheory", "experiments", "data",
+                          "crpe_gmoe_stored.npz")
     np.savez_compressed(target, **out)
     print(f"wrote {target}")
 
