@@ -25,7 +25,7 @@ blocks start at the truth's values and the reference gate row at the truth's. Dr
 ``numpy.random.default_rng(s + 1)``: the free gate weight rows, the free gate biases, then each
 counted expert block in layout order (hierarchical gate: inner weights, inner biases, outer
 weights, outer biases, experts; EM: gate biases, gate weights, a, b, [c], noise sds). Then the
-start is clipped into ``bounds``. This is ``experiments.softmax_rates._start`` for any shape.
+start is clipped into ``bounds``. Gate rows that ``free`` holds get no noise.
 
 Free coordinates
 ----------------
@@ -61,7 +61,7 @@ from .metrics.atoms import atoms, expert_blocks
 from .metrics.voronoi import hierarchical_voronoi_loss, voronoi_loss
 from .model import MoE
 from .rates_em import _em_atoms, _em_kind, _em_start, _em_truth
-from .rates_start import (_assignment, _blocks, _random_theta,
+from .rates_start import (_assignment, _blocks, _random_theta, block_mask,
                           default_assignment, default_free, near_truth_theta)
 from .scaling import Study
 
@@ -151,7 +151,7 @@ class _Spec:
 
 
 def _loss_columns(spec, fitted, truth, hier):
-    """The loss column(s) and the per-atom errors of a fit (as softmax_rates.fit_cell)."""
+    """The loss column(s) and the per-atom errors of a fit."""
     kind = spec.loss if spec.loss in _LOSSES else "D1"
     fn = hierarchical_voronoi_loss if hier else voronoi_loss
     value, cells = fn(fitted, truth, kind=kind, return_cells=True)
@@ -192,7 +192,7 @@ def _template(spec, truth, n):
     template = MoE(**spec.fit_config())
     template.theta = near_truth_theta(truth, spec.fit_config(), n, np.random.default_rng(0),
                                       assignment=spec.assignment, params=spec.params,
-                                      init_sd_gate=0.0, init_sd_expert=0.0)
+                                      init_sd_gate=0.0, init_sd_expert=0.0, free=spec.free)
     return template, free_mask(template, spec.free)
 
 
@@ -210,14 +210,15 @@ def _init(spec, truth, template, mask, n):
         return functools.partial(_random_theta, template, mask, bounds=bounds)
     return lambda rng: near_truth_theta(
         truth, spec.fit_config(), n, rng, assignment=spec.assignment, params=spec.params,
-        init_sd_gate=spec.init_sd_gate, init_sd_expert=spec.init_sd_expert, bounds=bounds)
+        init_sd_gate=spec.init_sd_gate, init_sd_expert=spec.init_sd_expert, bounds=bounds,
+        free=spec.free)
 
 
 def _fit_sgd(spec, truth, X, y, n, s):
     from .train import train
 
     template, mask = _template(spec, truth, n)
-    frozen = [name for name in template.params if not _block_mask(template, mask, name).any()]
+    frozen = [name for name in template.params if not block_mask(template, mask, name).any()]
     options = dict(spec.options)
     options.setdefault("progress", False)
     init = _init(spec, truth, template, mask, n)
@@ -231,13 +232,6 @@ def _fit_sgd(spec, truth, X, y, n, s):
         if best is None or mse < best[1]:
             best = (model, mse)
     return best[0], dict(mse=best[1], converged=None, n_iter=int(options.get("steps", 1000)))
-
-
-def _block_mask(model, mask, name):
-    view = model.params[name]
-    offset = (view.__array_interface__["data"][0]
-              - model.theta.__array_interface__["data"][0]) // model.theta.itemsize
-    return mask[offset:offset + view.size]
 
 
 def _fit_em(spec, truth, X, y, n, s):
@@ -315,7 +309,7 @@ def _noise_spec(noise_sd, estimator, k_true):
 
 def _check_whole_blocks(model, free):
     mask = free_mask(model, free)
-    partial = [name for name in model.params if 0 < _block_mask(model, mask, name).sum()
+    partial = [name for name in model.params if 0 < block_mask(model, mask, name).sum()
                < model.params[name].size]
     if partial:
         raise ValueError(f"free: estimator='sgd' trains or freezes whole parameter blocks "

@@ -7,19 +7,22 @@ the gate's reference. A cell of c fitted atoms splits its gate mass equally: gat
 log c (exact for the softmax and top-k gates; in raw router coordinates for the temperature and
 sigmoid gates, where no bias shift splits exactly). Noise N(0, (c n^-0.083)^2) is added, c =
 ``init_sd_gate`` on the free gate parameters and c = ``init_sd_expert`` on the counted expert
-parameters; held blocks start at the truth's values and the reference gate row at the truth's.
+parameters; held blocks start at the truth's values and the reference gate row at the truth's,
+as does every gate row that ``free`` holds (a gate without a gauge whose reference row the fit
+keeps fixed, such as the temperature gate with tanh on the scores in Paper 002).
 Draw order: the free gate weight rows, the free gate biases, then each counted expert block in
 layout order (hierarchical gate: inner weights, inner biases, outer weights, outer biases,
 experts). The start is then clipped into ``bounds``. This is
-``experiments.softmax_rates._start`` for any shape (same draws, same numbers at d = 1).
-Used by :class:`moetheory.rates.Experiment`.
+the start of the papers' own least-squares protocol (Paper 002) for any shape. Used by
+:class:`moetheory.rates.Experiment`.
 """
 import numpy as np
 
+from .estimate import free_mask
 from .metrics.atoms import expert_blocks, has_gauge
 from .model import MoE
 
-__all__ = ["default_assignment", "default_free", "near_truth_theta"]
+__all__ = ["default_assignment", "default_free", "near_truth_theta", "block_mask"]
 
 
 # --------------------------------------------------------------------------- shapes
@@ -82,8 +85,25 @@ def _noisy(value, rows, sd, rng):
     return value
 
 
+def block_mask(model, mask, name):
+    """The part of a free mask over ``model.theta`` that covers parameter ``name``, in its
+    shape."""
+    return mask[model.param_slice(name)].reshape(model.params[name].shape)
+
+
+def _free_gate_rows(start, prefix, rows, mask):
+    """``rows`` of the gate blocks under ``prefix``, less those ``mask`` holds entirely."""
+    if mask is None:
+        return rows
+    names = [f"{prefix}.weight"] + ([f"{prefix}.bias"] if f"{prefix}.bias" in start.params else [])
+    held = np.ones(start.params[names[0]].shape[0], dtype=bool)
+    for name in names:
+        held &= ~block_mask(start, mask, name).reshape(held.size, -1).any(axis=1)
+    return rows[~held[rows]]
+
+
 def near_truth_theta(truth, fit_config, n, rng, *, assignment=None, params=None,
-                     init_sd_gate=0.005, init_sd_expert=0.05, bounds=None):
+                     init_sd_gate=0.005, init_sd_expert=0.05, bounds=None, free=None):
     """The near-truth start of a fit (module notes) as a flat parameter vector.
 
     Parameters
@@ -102,6 +122,9 @@ def near_truth_theta(truth, fit_config, n, rng, *, assignment=None, params=None,
         c of the noise on gate and expert parameters.
     bounds : (low, high), optional
         The start is clipped into this box.
+    free : patterns or bool mask, optional
+        The fit's free coordinates (:func:`moetheory.estimate.free_mask`): gate rows it holds
+        get no noise.
 
     Returns
     -------
@@ -120,12 +143,14 @@ def near_truth_theta(truth, fit_config, n, rng, *, assignment=None, params=None,
         free_rows = np.setdiff1d(np.arange(k), _references(fit_config))
     else:
         free_rows = np.arange(k - 1) if has_gauge(fit_config) else np.arange(k)
+    mask = None if free is None else free_mask(start, free)
+    free_rows = _free_gate_rows(start, prefix, free_rows, mask)
     sp[f"{prefix}.weight"][...] = _noisy(tp[f"{prefix}.weight"][asg], free_rows, sg, rng)
     if f"{prefix}.bias" in tp:
         split = tp[f"{prefix}.bias"][asg] - np.log(count[asg])
         sp[f"{prefix}.bias"][...] = _noisy(split, free_rows, sg, rng)
     if hier:
-        outer = np.arange(fit_config["groups"] - 1)
+        outer = _free_gate_rows(start, "router.outer", np.arange(fit_config["groups"] - 1), mask)
         sp["router.outer.weight"][...] = _noisy(tp["router.outer.weight"], outer, sg, rng)
         if "router.outer.bias" in tp:
             sp["router.outer.bias"][...] = _noisy(tp["router.outer.bias"], outer, sg, rng)

@@ -19,10 +19,12 @@ import math
 import os
 import platform
 
+import numpy as np
+
 from ._atomic import atomic_write
 
-__all__ = ["COLUMNS", "read_summary", "merge_summary", "write_rows", "write_run_info", "read_run_info",
-           "cache_files", "remove_cache", "machine"]
+__all__ = ["COLUMNS", "read_summary", "merge_summary", "table_rows", "write_rows",
+           "write_run_info", "read_run_info", "cache_files", "remove_cache", "machine"]
 
 #: The standard summary columns (moetheory.stats.Verdict.row() plus what reproductions and the
 #: command line add), in the order summary.csv and the report show them.
@@ -103,8 +105,6 @@ def merge_summary(out, name, rows):
 
 def machine():
     """What the run ran on: a dict of cpu, cores, moetheory threads, BLAS, Python and NumPy."""
-    import numpy as np
-
     import moetheory
 
     cpu = platform.processor() or platform.machine()
@@ -124,6 +124,15 @@ def machine():
     return dict(cpu=cpu, cores=os.cpu_count(), threads=moetheory.get_num_threads(), blas=blas,
                 python=platform.python_version(), numpy=np.__version__,
                 moetheory=moetheory.__version__)
+
+
+def table_rows(table, **fields):
+    """The rows of a tidy table (dict of equal-length columns) as dicts of Python scalars, each
+    starting with ``fields`` (what the rows belong to: a setting, a model), for
+    :func:`write_rows`."""
+    m = len(next(iter(table.values()))) if table else 0
+    return [dict(fields, **{k: np.asarray(v)[i].item() for k, v in table.items()})
+            for i in range(m)]
 
 
 def write_rows(path, rows):

@@ -213,27 +213,51 @@ def test_normalized_model_uses_unit_directions():
     np.testing.assert_allclose(a["expert"], [[0.0, 1.0], [1.0, 0.0]], rtol=1e-15)
 
 
+def d1_atoms(model, linear, groups=None):
+    """Independent reference: Paper 002's d = 1 one-neuron atoms, read off the parameters as
+    the paper module did before it was rebuilt on moetheory.metrics.atoms."""
+    p = model.params
+    if linear:
+        eta = np.stack([p["experts.W"][:, 0, 0], p["experts.b"][:, 0]], axis=1)
+    else:
+        eta = np.stack([p["experts.W1"][:, 0, 0], p["experts.b1"][:, 0]], axis=1)
+    if groups is None:
+        return dict(gate_bias=p["router.bias"].copy(), gate_weight=p["router.weight"].copy(),
+                    expert=eta)
+    m = model.config["n_experts"] // groups
+    return dict(outer_bias=p["router.outer.bias"].copy(),
+                outer_weight=p["router.outer.weight"].copy(),
+                groups=[dict(gate_bias=p["router.inner.bias"][g * m:(g + 1) * m].copy(),
+                             gate_weight=p["router.inner.weight"][g * m:(g + 1) * m].copy(),
+                             expert=eta[g * m:(g + 1) * m]) for g in range(groups)])
+
+
 @pytest.mark.parametrize("gate", sr.GATE_VARIANTS)
 @pytest.mark.parametrize("family", ["sigmoid", "linear"])
 @pytest.mark.parametrize("over", [False, True])
-def test_same_atoms_as_softmax_rates(gate, family, over):
-    """The paper module's d = 1, one-neuron atoms are the special case (so it can switch)."""
+def test_same_atoms_as_the_d1_reference(gate, family, over):
+    """Paper 002's d = 1, one-neuron atoms are the special case (the paper module uses
+    metrics.atoms with params=(W1, b1))."""
     config = sr.gate_variant_config(gate, family, over=over)
     params = None if family == "linear" else ("experts.W1", "experts.b1")
     truth = sr.truth_model(config)
     start = sr._start(config, 1000, np.random.default_rng(1))
+    hier = gate == "hierarchical"
     for model in (truth, start):
-        ours, theirs = atoms(model, params), sr.atoms(model, config)
-        flat = [ours] if gate != "hierarchical" else ours["groups"]
-        ref = [theirs] if gate != "hierarchical" else theirs["groups"]
-        if gate == "hierarchical":
+        ours = atoms(model, params)
+        theirs = d1_atoms(model, family == "linear", config.groups if hier else None)
+        flat = [ours] if not hier else ours["groups"]
+        ref = [theirs] if not hier else theirs["groups"]
+        if hier:
             np.testing.assert_array_equal(ours["outer_bias"], theirs["outer_bias"])
             np.testing.assert_array_equal(ours["outer_weight"], theirs["outer_weight"])
         for a, b in zip(flat, ref, strict=True):
             for key in ("gate_bias", "gate_weight", "expert"):
                 np.testing.assert_array_equal(a[key], b[key])
-    loss = hierarchical_voronoi_loss if gate == "hierarchical" else voronoi_loss
-    assert loss(start, truth, params=params) == sr._loss(start, truth, config)
+    loss = hierarchical_voronoi_loss if hier else voronoi_loss
+    assert loss(start, truth, params=params) == loss(
+        d1_atoms(start, family == "linear", config.groups if hier else None),
+        d1_atoms(truth, family == "linear", config.groups if hier else None))
 
 
 def test_bad_arguments():

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import gaussian_gating as gg
 from ..metrics.published import crpe_gmoe_loss
+from ..results import table_rows, write_rows
 from ..scaling import Study
 from ..stats import fit_slope
 
@@ -153,8 +154,6 @@ FIGURES = {f"gmoe_m{m}.png": (
 def reproduce(out_dir, quick=True, progress=True):
     """Run the design, write ``gmoe_m*.png`` and ``gmoe_cells.csv`` into ``out_dir`` and return
     the summary rows (standard schema plus ``stored_slope``, ``mean_move``, ``converged``)."""
-    import csv
-
     os.makedirs(out_dir, exist_ok=True)
     d = _design(quick)
     mode = "quick" if quick else "full"
@@ -173,10 +172,6 @@ def reproduce(out_dir, quick=True, progress=True):
                                                if est == "converged" else 0.0))
             rows += res.summary({"loss_start": (None, TOL)}, mode=mode, figure=figure,
                                 stored_slope=None, mean_move=0.0, converged=None)
-            for i in range(len(t["n"])):
-                cells.append({"model": m, "K": K, **{k: t[k][i].item() for k in t}})
-    with open(os.path.join(out_dir, "gmoe_cells.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(cells[0]))
-        w.writeheader()
-        w.writerows(cells)
+            cells += table_rows(t, model=m, K=K)
+    write_rows(os.path.join(out_dir, "gmoe_cells.csv"), cells)
     return rows
