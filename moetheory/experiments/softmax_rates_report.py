@@ -58,9 +58,9 @@ def settings(quick):
                       "replicate is 0.5-0.9; 4 n spread over a factor 30 and 32 replications "
                       "give a slope sd of about 0.03-0.045, so a 95% CI width below 0.2 "
                       "(the band's width)",
-            "budget": "63.6 CPU-seconds (user 62.8 + sys 0.8, /usr/bin/time, 2026-12-02, "
-                      "shared 2-core machine); the hierarchical gate is about two thirds "
-                      "of it",
+            "budget": "28 CPU-seconds (user 27.5 + sys 0.8, 2026-12-02, idle 2-core AVX-512 "
+                      "machine; 63.6 on a loaded 2-core AVX2 machine); the hierarchical gate "
+                      "is about two thirds of it",
         }
     return {
         "least squares": "every gate x expert family, exact and over-specified; n = 13 values "
