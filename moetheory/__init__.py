@@ -35,9 +35,10 @@ __all__ += ["samplers", "train", "train_online", "History"]
 # Every public module is an attribute of the package (``mt.metrics``, ``mt.rates``, ...), imported
 # on first use (PEP 562), so ``import moetheory`` stays light: plot never imports matplotlib
 # before a figure is drawn, estimate pulls in scipy.optimize only when used.
-_LAZY_MODULES = ("cli", "deep", "diagnostics", "estimate", "experiments", "identifiability",
-                 "metrics", "model", "models", "plot", "prune", "rates", "scaling", "stats",
-                 "sweep", "tasks")
+_LAZY_MODULES = ("cli", "deep", "diagnostics", "estimate", "experiments", "gaussian_gating",
+                 "identifiability", "metrics", "model", "models", "notebooks", "plot", "progress",
+                 "prune", "prune_rules", "prune_surgery", "rates", "rates_em", "rates_start",
+                 "report", "results", "scaling", "stats", "sweep", "tasks", "torch_interop")
 
 
 def __getattr__(name):
