@@ -58,7 +58,7 @@ import numpy as np
 from . import samplers
 from .estimate import em, em_sample, free_mask, least_squares
 from .metrics.atoms import atoms, expert_blocks
-from .metrics.voronoi import hierarchical_voronoi_loss, voronoi_loss
+from .metrics.voronoi import LossOverflowError, hierarchical_voronoi_loss, voronoi_loss
 from .model import MoE
 from .rates_em import _em_atoms, _em_kind, _em_start, _em_truth
 from .rates_start import (_assignment, _blocks, _random_theta, block_mask,
@@ -154,7 +154,15 @@ def _loss_columns(spec, fitted, truth, hier):
     """The loss column(s) and the per-atom errors of a fit."""
     kind = spec.loss if spec.loss in _LOSSES else "D1"
     fn = hierarchical_voronoi_loss if hier else voronoi_loss
-    value, cells = fn(fitted, truth, kind=kind, return_cells=True)
+    try:
+        value, cells = fn(fitted, truth, kind=kind, return_cells=True)
+    except LossOverflowError:
+        # a degenerate fit (a gate bias beyond float64's exp range, e.g. EM's gate M-step on
+        # separable responsibilities): an infinite loss, flagged, so the sweep goes on and a
+        # slope fit refuses the row unless told to drop it
+        name = spec.loss if spec.loss in _LOSSES else "loss"
+        return {name: math.inf, "err_single": math.inf, "err_multi": math.inf, "n_multi": -1,
+                "mass_error": math.inf, "loss_overflow": True}
     if callable(spec.loss):
         got = spec.loss(fitted, truth)
         out = {k: v for k, v in got.items()} if isinstance(got, dict) else {"loss": float(got)}
@@ -164,7 +172,7 @@ def _loss_columns(spec, fitted, truth, hier):
     multi = ~single
     out.update(err_single=float(err[single].mean()) if single.any() else math.nan,
                err_multi=float(err[multi].mean()) if multi.any() else math.nan,
-               n_multi=int(multi.sum()), mass_error=mass_error)
+               n_multi=int(multi.sum()), mass_error=mass_error, loss_overflow=False)
     return out
 
 
@@ -196,12 +204,28 @@ def _template(spec, truth, n):
     return template, free_mask(template, spec.free)
 
 
+class _Recorder:
+    """init(rng) that keeps every start it hands out (the cell reports the winning one's loss
+    and how far the fit moved from it; the draws are those of init itself)."""
+
+    def __init__(self, init):
+        self.init, self.starts = init, []
+
+    def __call__(self, rng):
+        theta = self.init(rng)
+        self.starts.append(np.array(theta, dtype=np.float64))
+        return theta
+
+
 def _fit_least_squares(spec, truth, X, y, n, s):
     template, mask = _template(spec, truth, n)
-    init = _init(spec, truth, template, mask, n)
+    init = _Recorder(_init(spec, truth, template, mask, n))
     fit = least_squares(template, X, y, free=mask, init=init, n_init=spec.n_init, seed=s + 1,
                         **spec.options)
-    return fit.model, dict(mse=fit.loss, converged=fit.converged, n_iter=fit.n_iter)
+    start = MoE(**spec.fit_config())
+    start.theta = init.starts[fit.best_init]
+    return fit.model, dict(mse=fit.loss, converged=fit.converged, n_iter=fit.n_iter), \
+        atoms(start, spec.params)
 
 
 def _init(spec, truth, template, mask, n):
@@ -227,22 +251,25 @@ def _fit_sgd(spec, truth, X, y, n, s):
     for _ in range(spec.n_init):
         model = MoE(**spec.fit_config())
         model.theta = init(rng)
+        start_atoms = atoms(model, spec.params)
         train(model, X, y, frozen=frozen, seed=s, **options)
         mse = float(model.loss_and_grad(X, y)[0])
         if best is None or mse < best[1]:
-            best = (model, mse)
-    return best[0], dict(mse=best[1], converged=None, n_iter=int(options.get("steps", 1000)))
+            best = (model, mse, start_atoms)
+    return best[0], dict(mse=best[1], converged=None, n_iter=int(options.get("steps", 1000))), \
+        best[2]
 
 
 def _fit_em(spec, truth, X, y, n, s):
     kind = _em_kind(truth.config, truth.params)
     K = spec.fit_experts
     asg = _assignment(truth.config, spec.fit_config(), spec.assignment)
-    res = em(X, y, K, init=_em_start(spec, truth, K, n, asg), n_init=spec.n_init, seed=s + 1,
-             **kind, **spec.options)
+    init = _Recorder(_em_start(spec, truth, K, n, asg))
+    res = em(X, y, K, init=init, n_init=spec.n_init, seed=s + 1, **kind, **spec.options)
     d, outer = truth.config["d_in"], kind.get("outer_scale", False)
     fitted = _em_atoms(res.theta, d, K, outer)
-    return fitted, dict(loglik=res.loglik, converged=res.converged, n_iter=res.n_iter)
+    return fitted, dict(loglik=res.loglik, converged=res.converged, n_iter=res.n_iter), \
+        _em_atoms(init.starts[res.best_init], d, K, outer)
 
 
 def _experiment_cell(spec, n, rep, seed):
@@ -252,17 +279,40 @@ def _experiment_cell(spec, n, rep, seed):
     X, y = _draw(spec, truth, n, seed)
     hier = spec.truth_config["gate"] == "hierarchical"
     if spec.estimator == "em":
-        fitted, info = _fit_em(spec, truth, X, y, n, seed)
+        fitted, info, start = _fit_em(spec, truth, X, y, n, seed)
         true_atoms = _em_atoms(_em_truth(spec, truth), truth.config["d_in"],
                                truth.config["n_experts"],
                                _em_kind(truth.config, truth.params).get("outer_scale", False))
     else:
         fit = _fit_least_squares if spec.estimator == "least_squares" else _fit_sgd
-        model, info = fit(spec, truth, X, y, n, seed)
+        model, info, start = fit(spec, truth, X, y, n, seed)
         fitted, true_atoms = atoms(model, spec.params), atoms(truth, spec.params)
     out = _loss_columns(spec, fitted, true_atoms, hier)
+    kind = spec.loss if spec.loss in _LOSSES else "D1"
+    fn = hierarchical_voronoi_loss if hier else voronoi_loss
+    out[f"{kind}_start"] = float(fn(start, true_atoms, kind=kind))
+    out["move"] = _move(start, fitted, hier)
     out.update(info, seconds=time.perf_counter() - t0)
     return out
+
+
+def _leaves(a, hier):
+    """(k, .) rows (gate weight, expert parameters) of an atom dict; hierarchical: each leaf's
+    row also holds its group's outer weight."""
+    if not hier:
+        return np.concatenate([a["gate_weight"], a["expert"]], axis=1)
+    return np.concatenate([np.concatenate([np.broadcast_to(a["outer_weight"][g],
+                                                            (len(inner["expert"]),
+                                                             a["outer_weight"].shape[1])),
+                                           inner["gate_weight"], inner["expert"]], axis=1)
+                           for g, inner in enumerate(a["groups"])])
+
+
+def _move(start, fitted, hier):
+    """How far the fit moved its atoms from its start: the mean over fitted atoms of the
+    Euclidean norm of the change of (gate weight, expert parameters), in the reference gauge
+    (atom i of the fit against atom i of the start)."""
+    return float(np.mean(np.linalg.norm(_leaves(fitted, hier) - _leaves(start, hier), axis=1)))
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -427,6 +477,12 @@ class Experiment:
                  fit_config=None, seed_rule=None, name=None, **estimator_options):
         if not isinstance(truth, MoE):
             raise TypeError(f"truth must be a moetheory.MoE, got {type(truth).__name__}")
+        self._arguments = dict(
+            fit_experts=fit_experts, estimator=estimator, loss=loss, n=n, reps=reps,
+            noise_sd=noise_sd, inputs=inputs, free=free, start=start, n_init=n_init,
+            params=params, seed=seed, assignment=assignment, init_sd_gate=init_sd_gate,
+            init_sd_expert=init_sd_expert, fit_config=fit_config, seed_rule=seed_rule, name=name,
+            **estimator_options)
         if estimator not in _ESTIMATORS:
             raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         if start not in _STARTS:
@@ -501,6 +557,12 @@ class Experiment:
         """A copy of the true model."""
         return self._spec.truth()
 
+    def with_settings(self, **changes):
+        """A new Experiment of the same truth and settings but ``changes`` (any argument of
+        the constructor, e.g. ``start="random", n_init=5``), checked as the constructor
+        checks them."""
+        return Experiment(self.truth(), **dict(self._arguments, **changes))
+
     def cell(self, n, rep, seed):
         """Run one cell (draw, start, fit, measure) and return its metrics, as the study does."""
         return _experiment_cell(self._spec, n, rep, seed)
@@ -522,7 +584,9 @@ class ExperimentResult:
     ----------
     table : dict of str -> ndarray
         One row per (n, rep): n, rep, seed, the loss column, err_single, err_multi, n_multi,
-        mass_error, the estimator's diagnostics (mse or loglik, converged, n_iter), seconds.
+        mass_error, the loss of the (winning) start itself (``D1_start`` or ``D2_start``),
+        ``move`` (the mean distance its atoms moved, :func:`_move`), the estimator's
+        diagnostics (mse or loglik, converged, n_iter), seconds.
     result : moetheory.scaling.StudyResult
         The underlying study result (fit, verdict, summary, plot of any metric).
     loss_name : str

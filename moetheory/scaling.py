@@ -336,13 +336,16 @@ class StudyResult:
             claim = f"{metric} ~ {self.grid_name}^{theory:g}" if theory is not None else metric
         return verdict(self.fit(metric, **fit_options), theory, tol, claim=claim)
 
-    def summary(self, claims, **fields):
+    def summary(self, claims, *, drop_invalid=False, **fields):
         """Standard summary rows, one per claimed metric.
 
         Parameters
         ----------
         claims : dict of str -> (theory, tol)
             ``{metric: (theory slope or None, tol)}``, e.g. ``{"D1": (-0.5, 0.1)}``.
+        drop_invalid : bool, default False
+            Fit without the rows whose metric is NaN, infinite or <= 0 (:meth:`fit`); say
+            how many when you report it.
         **fields
             Added to every row (a reproduction adds ``mode`` and ``figure``).
 
@@ -354,7 +357,7 @@ class StudyResult:
         """
         rows = []
         for metric, (theory, tol) in claims.items():
-            v = self.verdict(metric, theory, tol)
+            v = self.verdict(metric, theory, tol, drop_invalid=drop_invalid)
             rows.append(dict(setting=self.name, quantity=metric, **v.row(), **fields))
         return rows
 

@@ -115,3 +115,6 @@ register("expressivity", "expressivity", "Paper 003: expressive power of MoE (Wa
 register("gaussian-gating", "gaussian_gating",
          "CRPE-GMoE: parameter estimation in Gaussian-gated MoE (one-step vs converged EM)",
          order=4, quick_seconds=16.0, full_seconds=None)
+register("over-specified", "over_specified",
+         "Over-specified fits: does the family's protocol measure the estimator or its start?",
+         order=5, quick_seconds=30.0, full_seconds=None)

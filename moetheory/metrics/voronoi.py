@@ -46,7 +46,12 @@ import numpy as np
 from .atoms import atoms
 
 __all__ = ["voronoi_loss", "normalize_gate", "VoronoiCells", "hierarchical_voronoi_loss",
-           "normalize_hierarchical_gate", "HierarchicalVoronoiCells"]
+           "normalize_hierarchical_gate", "HierarchicalVoronoiCells", "LossOverflowError"]
+
+
+class LossOverflowError(ValueError):
+    """The Voronoi loss of these atoms exceeds float64 (a ValueError: the input is outside the
+    loss's range). A rate experiment records such a fit as an infinite loss, flagged."""
 
 _KINDS = ("D1", "D2")
 
@@ -290,10 +295,10 @@ def _unscale(value, shift, what):
         with np.errstate(over="ignore", divide="ignore"):
             value = np.sign(value) * np.exp(np.log(np.abs(value)) + shift)
     if not np.all(np.isfinite(value)):
-        raise ValueError(f"{what} overflows float64: the gate masses exp(gate_bias) reach "
-                         f"exp({shift:.6g}) or more; a gate bias this large is outside the "
-                         f"float64 range of the Voronoi loss (compare in a gauge with smaller "
-                         f"biases, e.g. normalize_gate)")
+        raise LossOverflowError(
+            f"{what} overflows float64: the gate masses exp(gate_bias) reach exp({shift:.6g}) "
+            f"or more; a gate bias this large is outside the float64 range of the Voronoi loss "
+            f"(compare in a gauge with smaller biases, e.g. normalize_gate)")
     return value
 
 
@@ -302,8 +307,8 @@ def _nearest(points, true_points, names):
     lowest index; ValueError naming the arguments when a distance overflows float64."""
     dist = np.linalg.norm(points[:, None, :] - true_points[None, :, :], axis=2)  # (k, k*)
     if not np.all(np.isfinite(dist)):
-        raise ValueError(f"the distance between fitted and true atoms overflows float64 "
-                         f"(arguments '{names}': values too large to compare)")
+        raise LossOverflowError(f"the distance between fitted and true atoms overflows "
+                                f"float64 (arguments '{names}': values too large to compare)")
     return np.argmin(dist, axis=1)  # the first minimum
 
 
