@@ -103,3 +103,26 @@ def test_reproduce_writes_the_figure_cells_and_standard_rows(tmp_path, monkeypat
         ["published", "converged", "random", "published", "random"]
     ls = [r for r in rows if r["quantity"] == "D1" and "least squares" in r["setting"]]
     assert all(r["theory"] == O.THEORY and r["tol"] == O.TOL for r in ls)
+
+
+def test_em_losses_are_both_conventions_of_the_em_fit():
+    """em_losses on the Experiment's atoms of an EM fit equals moetheory's D1 and
+    crpe_sgame_loss on em_unpack's dicts of the same theta (the published definition)."""
+    from moetheory.estimate import em, em_pack, em_unpack
+    from moetheory.experiments.softmax_rates_em import em_losses
+    from moetheory.metrics.published import crpe_sgame_loss
+    from moetheory.rates_em import _em_atoms
+
+    X, y = sr.crpe_sample(500, 3)
+    rng = np.random.default_rng(0)
+    truth = sr.crpe_truth()
+    p = em_unpack(truth, 1, 2)
+    p["b"] = p["b"] + 0.05 * rng.standard_normal(2)  # a start off the truth (gauge kept)
+    start = em_pack(p["beta0"], p["beta1"], p["a"], p["b"], sigma2=p["sigma2"])
+    res = em(X, y, 2, init=start, max_iter=50)
+    fitted, true = _em_atoms(res.theta, 1, 2, False), _em_atoms(truth, 1, 2, False)
+    got = em_losses(fitted, true)
+    assert got["D1"] == voronoi_loss(fitted, true)
+    assert got["crpe_sgame"] == crpe_sgame_loss(em_unpack(res.theta, 1, 2),
+                                                em_unpack(truth, 1, 2))
+    assert got["crpe_sgame"] != got["D1"]

@@ -8,11 +8,12 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..estimate import em_pack, em_sample
+from ..metrics import voronoi_loss
 from ..model import MoE
 from ..rates import Experiment
 
 __all__ = ["EMRatesConfig", "CRPE_TRUTH", "crpe_truth_model", "crpe_truth", "crpe_sample",
-           "em_experiment", "em_cell", "run_em", "cell_seed"]
+           "em_experiment", "em_cell", "run_em", "cell_seed", "em_losses"]
 
 
 def cell_seed(seed, n, rep):
@@ -63,20 +64,38 @@ def crpe_sample(n, seed):
     return X, em_sample(crpe_truth(), X, 2, seed=seed)
 
 
+def _em_dict(atoms):
+    """An EM atom dict (gate bias, gate weight, expert = (a, b, sigma2)) as em_unpack's keys."""
+    e = atoms["expert"]
+    d = e.shape[1] - 2
+    return dict(beta0=atoms["gate_bias"], beta1=atoms["gate_weight"], a=e[:, :d], b=e[:, d],
+                sigma2=e[:, d + 1])
+
+
+def em_losses(fitted, truth):
+    """Both conventions of the same fit: ``D1``, moetheory's Voronoi loss (the exact-fit form,
+    no over-specified exponents), and ``crpe_sgame``, CRPE-SGaME's published loss
+    (:func:`moetheory.metrics.published.crpe_sgame_loss`: the rbar(m) exponents in multi-atom
+    cells, the loss of its over-specified theorem)."""
+    return {"D1": voronoi_loss(fitted, truth),
+            "crpe_sgame": voronoi_loss(_em_dict(fitted), _em_dict(truth), convention="crpe-sgame")}
+
+
 def em_experiment(config):
     """The :class:`~moetheory.rates.Experiment` of an :class:`EMRatesConfig` (EM from the
-    near-truth start in CRPE-SGaME's draw order, X = linspace(0, 1, n))."""
+    near-truth start in CRPE-SGaME's draw order, X = linspace(0, 1, n)); its loss columns are
+    both conventions (:func:`em_losses`)."""
     K = config.k_fit
     n_init = config.n_init if config.n_init is not None else (1 if K == 2 else 5)
     return Experiment(crpe_truth_model(), fit_experts=K, estimator="em", n=config.n_grid,
                       reps=config.reps, noise_sd=CRPE_TRUTH["sd"], inputs="linspace",
-                      n_init=n_init, max_iter=config.max_iter, tol=config.tol,
+                      n_init=n_init, max_iter=config.max_iter, tol=config.tol, loss=em_losses,
                       seed=config.seed, seed_rule=cell_seed, name=f"EM CRPE-SGaME (K={K})")
 
 
 def em_cell(config, n, rep):
-    """One EM cell: D1, err_single, err_multi, n_multi, mass_error, loglik, converged, n_iter,
-    seconds."""
+    """One EM cell: D1, crpe_sgame, err_single, err_multi, n_multi, mass_error, D1_start, move,
+    loglik, converged, n_iter, seconds."""
     return em_experiment(config).cell(n, rep, cell_seed(config.seed, n, rep))
 
 
