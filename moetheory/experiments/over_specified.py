@@ -54,8 +54,8 @@ def settings(quick):
                                                        f"{d['reps']} replications; published "
                                                        f"(near-truth), random "
                                                        f"({d['restarts']} starts)",
-            "verdict": f"least squares D1 against -1/2 +- {TOL}; EM D1 and start D1 "
-                       f"descriptive"}
+            "verdict": f"least squares D1 and the EM fits' CRPE-SGaME loss against -1/2 +- "
+                       f"{TOL}; EM D1 and the start's D1 descriptive"}
 
 
 def studies(quick):
