@@ -42,3 +42,13 @@ def test_import_and_plot_module_do_not_import_matplotlib():
             "mt.plot; mt.scaling; mt.rates; assert 'matplotlib' not in sys.modules, 'plot'; "
             "print('ok')")
     assert fresh(code) == "ok"
+
+
+def test_every_experiment_module_imports_first():
+    """A paper module and its report module re-export each other's names: either imported
+    first in a fresh interpreter works (no circular-import failure)."""
+    import moetheory.experiments as experiments
+
+    names = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__))
+    for name in names:
+        assert fresh(f"import moetheory.experiments.{name}; print('ok')") == "ok", name

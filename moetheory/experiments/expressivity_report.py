@@ -11,8 +11,6 @@ import numpy as np
 
 from .. import _core
 from ..results import write_rows
-from . import expressivity as ex
-from .expressivity import PAPER_DEEP, PAPER_MANIFOLD, PAPER_SHALLOW, path_grid, train_compositional
 
 __all__ = ["FIGURES", "FLAT_TOL", "settings", "paper_slope", "verdict_rows", "plot_manifold",
            "plot_widths", "plot_regions", "reproduce"]
@@ -206,3 +204,10 @@ def reproduce(out_dir, quick=True, progress=True):
                           mode="quick" if quick else "full")
     finally:
         _core.set_num_threads(old)
+
+
+# last, so that either module can be imported first (the paper module re-exports this one's
+# names)
+from . import expressivity as ex  # noqa: E402
+from .expressivity import (PAPER_DEEP, PAPER_MANIFOLD, PAPER_SHALLOW, path_grid,  # noqa: E402
+                           train_compositional)
