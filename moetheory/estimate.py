@@ -346,12 +346,7 @@ def least_squares(model, X, y, *, free=None, init=None, bounds=None, n_init=1, m
         last = {}
 
         def fun(z):
-            if not np.all(np.isfinite(z)):
-                raise FloatingPointError(
-                    f"least_squares: the optimiser diverged in start {r}: L-BFGS-B proposed a "
-                    f"non-finite theta; bound the parameters (bounds=...) or rescale the data")
-            fixed[mask] = z
-            work.theta = fixed
+            _place(work, fixed, mask, z, r, "L-BFGS-B")
             try:
                 loss, grad = work.loss_and_grad(X, y)
             except FloatingPointError:
@@ -392,6 +387,17 @@ def least_squares(model, X, y, *, free=None, init=None, bounds=None, n_init=1, m
     return best
 
 
+def _place(work, fixed, mask, z, r, optimiser):
+    """Write an optimiser's proposal z into the free coordinates of ``fixed`` and the model;
+    FloatingPointError naming the start when the proposal is not finite (both methods)."""
+    if not np.all(np.isfinite(z)):
+        raise FloatingPointError(
+            f"least_squares: the optimiser diverged in start {r}: {optimiser} proposed a "
+            f"non-finite theta; bound the parameters (bounds=...) or rescale the data")
+    fixed[mask] = z
+    work.theta = fixed
+
+
 def _converged(method, res):
     """L-BFGS-B: stopped on a tolerance (status 0); scipy's least_squares: statuses 1-4."""
     return bool(res.status == 0) if method == "lbfgs" else bool(res.status > 0)
@@ -403,22 +409,14 @@ def _fit_lm(work, X, y, mask, theta0, box, max_iter, ftol, r):
     target = y[:, 0] if y.ndim == 2 else y
     trace = []
 
-    def at(z):
-        if not np.all(np.isfinite(z)):
-            raise FloatingPointError(
-                f"least_squares: the optimiser diverged in start {r}: it proposed a non-finite "
-                f"theta; bound the parameters (bounds=...) or rescale the data")
-        fixed[mask] = z
-        work.theta = fixed
-
     def residuals(z):
-        at(z)
+        _place(work, fixed, mask, z, r, "scipy's least_squares")
         res = work(X)[:, 0] - target
         trace.append(float(np.mean(res ** 2)))
         return res
 
     def jacobian(z):
-        at(z)
+        _place(work, fixed, mask, z, r, "scipy's least_squares")
         return work.jacobian(X)[:, mask]
 
     tol = 1e3 * max(ftol, 1e-15)

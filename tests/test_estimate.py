@@ -334,3 +334,18 @@ def test_lm_without_bounds_and_its_refusals():
     wide = mt.MoE(2, 2, d_out=2, seed=0)
     with pytest.raises(ValueError, match="d_out = 1"):
         mt.estimate.least_squares(wide, X, np.zeros((400, 2)), method="lm")
+
+
+def test_a_non_finite_proposal_is_refused_before_it_reaches_the_model():
+    """Both least-squares methods write proposals through one check (estimate._place)."""
+    from moetheory.estimate import _place
+
+    m = mt.MoE(1, 2, expert="linear", seed=0)
+    before = m.theta.copy()
+    fixed, mask = before.copy(), np.zeros(m.n_params, dtype=bool)
+    mask[:2] = True
+    with pytest.raises(FloatingPointError, match="start 3: L-BFGS-B proposed a non-finite"):
+        _place(m, fixed, mask, np.array([1.0, np.nan]), 3, "L-BFGS-B")
+    np.testing.assert_array_equal(m.theta, before)
+    _place(m, fixed, mask, np.array([1.0, 2.0]), 0, "L-BFGS-B")
+    assert m.theta[:2].tolist() == [1.0, 2.0]
