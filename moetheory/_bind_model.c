@@ -218,18 +218,29 @@ static PyArrayObject *call_inputs(ModelObject *m, PyObject *theta, PyObject *X)
     return bind_inputs(X, m->d_in);
 }
 
-static PyObject *Model_forward(ModelObject *self, PyObject *args)
+/* The arguments of a read of (theta, X[, temperature]), forward's and jacobian's: the call's
+   config, with *X a new reference; NULL with the exception set. */
+static const any_config *read_call(ModelObject *self, PyObject *args, PyObject **theta,
+                                   PyArrayObject **X, any_config *scratch)
 {
-    PyObject *theta, *X_obj, *result = NULL, *gates = NULL;
-    PyArrayObject *X = NULL, *out = NULL;
+    PyObject *X_obj;
     opt_real_arg temperature = {"temperature", NAN, 0};
-    any_config scratch;
-    if (!PyArg_ParseTuple(args, "O!O|O&", &PyArray_Type, &theta, &X_obj, conv_opt_real,
+    if (!PyArg_ParseTuple(args, "O!O|O&", &PyArray_Type, theta, &X_obj, conv_opt_real,
                           &temperature) ||
         !bind_model((PyObject *)self, "model"))
         return NULL;
-    const any_config *cfg = call_config(self, &temperature, 0.0, 0.0, &scratch);
-    if (!cfg || !(X = call_inputs(self, theta, X_obj))) return NULL;
+    const any_config *cfg = call_config(self, &temperature, 0.0, 0.0, scratch);
+    if (!cfg || !(*X = call_inputs(self, *theta, X_obj))) return NULL;
+    return cfg;
+}
+
+static PyObject *Model_forward(ModelObject *self, PyObject *args)
+{
+    PyObject *theta, *result = NULL, *gates = NULL;
+    PyArrayObject *X = NULL, *out = NULL;
+    any_config scratch;
+    const any_config *cfg = read_call(self, args, &theta, &X, &scratch);
+    if (!cfg) return NULL;
     const size_t n = (size_t)PyArray_DIM(X, 0), L = self->n_layers;
     npy_intp os[2] = {(npy_intp)n, (npy_intp)self->d_out};
     out = (PyArrayObject *)PyArray_SimpleNew(2, os, NPY_DOUBLE);
@@ -323,21 +334,16 @@ done:
 /* J (n, P): the residual Jacobian d f(x_i) / d theta of a layer with one output (a read). */
 static PyObject *Model_jacobian(ModelObject *self, PyObject *args)
 {
-    PyObject *theta, *X_obj;
+    PyObject *theta;
     PyArrayObject *X = NULL, *J = NULL;
-    opt_real_arg temperature = {"temperature", NAN, 0};
     any_config scratch;
-    if (!PyArg_ParseTuple(args, "O!O|O&", &PyArray_Type, &theta, &X_obj, conv_opt_real,
-                          &temperature) ||
-        !bind_model((PyObject *)self, "model"))
-        return NULL;
+    const any_config *cfg = read_call(self, args, &theta, &X, &scratch);
+    if (!cfg) return NULL;
     if (self->kind != MODEL_LAYER || self->d_out != 1) {
         PyErr_SetString(PyExc_ValueError, "jacobian is defined for a one-layer model with "
                         "d_out = 1 (the residuals of a least-squares fit)");
-        return NULL;
+        goto fail;
     }
-    const any_config *cfg = call_config(self, &temperature, 0.0, 0.0, &scratch);
-    if (!cfg || !(X = call_inputs(self, theta, X_obj))) return NULL;
     const size_t n = (size_t)PyArray_DIM(X, 0), P = self->n_params;
     size_t entries;
     if (!mt_size_mul(&entries, n, P, MT_MAX_SIZE)) {
