@@ -124,7 +124,8 @@ def reproduce(out_dir, quick=True, progress=True):
     rows, cells, results = [], [], []
     for setting, way, exp, theory in studies(quick):
         name = f"{setting}, {way}"
-        res = exp.run(out=os.path.join(out_dir, f"cells_{setting.split()[0]}_{way}.jsonl"),
+        kind = "em" if setting.startswith("EM") else "least_squares"
+        res = exp.run(out=os.path.join(out_dir, f"cells_{kind}_{way}.jsonl"),
                       progress=progress, blas_threads=1).result
         res.name = name
         results.append((setting, way, res))
