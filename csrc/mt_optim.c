@@ -140,6 +140,11 @@ mt_status mt_optimizer_step(mt_optimizer *o, double *theta, const double *grad,
     double lr = mt_lr_at(c, o->t);
     double wd = c->weight_decay;
     int decoupled = c->decoupled_decay != 0;
+    /* Adam's bias corrections depend on a coordinate's step count only, which nearly every
+     * coordinate shares: compute them once per distinct count (two pow calls per coordinate
+     * were most of a small model's step), the same values as per coordinate. */
+    uint64_t bc_k = 0; /* counts start at 1: 0 means none computed yet */
+    double bc1 = 1.0, bc2_sqrt = 1.0;
     for (size_t i = 0; i < p; i++) {
         double s = lr_scale ? lr_scale[i] : 1.0;
         if (s == 0.0) continue;
@@ -169,8 +174,11 @@ mt_status mt_optimizer_step(mt_optimizer *o, double *theta, const double *grad,
             o->v[i] = c->beta2 * o->v[i] + (1.0 - c->beta2) * g * g;
             /* Same grouping as torch: the bias corrections go to the step size and to the
              * square root separately, with eps added after both (Kingma & Ba's eps-hat). */
-            double bc1 = 1.0 - pow(c->beta1, (double)k);
-            double bc2_sqrt = sqrt(1.0 - pow(c->beta2, (double)k));
+            if (k != bc_k) {
+                bc_k = k;
+                bc1 = 1.0 - pow(c->beta1, (double)k);
+                bc2_sqrt = sqrt(1.0 - pow(c->beta2, (double)k));
+            }
             double denom = sqrt(o->v[i]) / bc2_sqrt + c->eps;
             theta[i] -= (lr_i / bc1) * (o->m[i] / denom);
             break;

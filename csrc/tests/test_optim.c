@@ -393,6 +393,29 @@ static void test_projection(void)
     CHECK(mt_project_rows_to_unit_sphere(x, 2, 0) == MT_EINVAL);
 }
 
+/* Adam coordinates whose step counts differ within one step (a coordinate held by a zero
+ * learning-rate scale does not count the step): each gets the bias corrections of its own
+ * count. With a constant gradient every counted step moves lr g / (|g| + eps) exactly in real
+ * arithmetic, so the positions count the steps; a correction from another coordinate's count
+ * would move the held coordinate about half as far. */
+static void test_adam_mixed_counts(void)
+{
+    mt_opt_config c = base_config(MT_OPT_ADAM);
+    mt_optimizer *o;
+    CHECK(mt_optimizer_alloc(&o, &c, P) == MT_OK);
+    const double g[P] = {0.5, 1.0, -2.0};
+    const double hold_middle[P] = {1.0, 0.0, 1.0}, all[P] = {1.0, 1.0, 1.0};
+    double th[P] = {0.0, 0.0, 0.0};
+    CHECK(mt_optimizer_step(o, th, g, hold_middle) == MT_OK);
+    CHECK(mt_optimizer_step(o, th, g, all) == MT_OK);
+    CHECK(o->count[0] == 2 && o->count[1] == 1 && o->count[2] == 2);
+    for (int i = 0; i < P; i++) {
+        double steps = i == 1 ? 1.0 : 2.0, a = g[i] < 0 ? -g[i] : g[i];
+        CHECK_CLOSE(th[i], -steps * 0.1 * g[i] / (a + 1e-8), 1e-13);
+    }
+    mt_optimizer_free(o);
+}
+
 int main(void)
 {
     test_hand_values();
@@ -401,5 +424,6 @@ int main(void)
     test_freeze_and_groups();
     test_errors_and_reset();
     test_projection();
+    test_adam_mixed_counts();
     TEST_MAIN_END();
 }
