@@ -235,7 +235,7 @@ def _init(spec, truth, template, mask, n):
     return lambda rng: near_truth_theta(
         truth, spec.fit_config(), n, rng, assignment=spec.assignment, params=spec.params,
         init_sd_gate=spec.init_sd_gate, init_sd_expert=spec.init_sd_expert, bounds=bounds,
-        free=spec.free)
+        free=mask)
 
 
 def _fit_sgd(spec, truth, X, y, n, s):

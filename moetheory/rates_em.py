@@ -60,6 +60,17 @@ def _em_atoms(theta, d, K, outer):
     return dict(gate_bias=p["beta0"], gate_weight=p["beta1"], expert=np.concatenate(expert, 1))
 
 
+def em_params_of_atoms(atoms):
+    """The inverse of :func:`_em_atoms`: an EM atom dict (gate bias, gate weight, expert =
+    (a, b, [c], sigma2)) as :func:`moetheory.estimate.em_unpack`'s keys."""
+    e, d = atoms["expert"], atoms["gate_weight"].shape[1]
+    out = dict(beta0=atoms["gate_bias"], beta1=atoms["gate_weight"], a=e[:, :d], b=e[:, d],
+               sigma2=e[:, -1])
+    if e.shape[1] == d + 3:
+        out["c"] = e[:, d + 1]
+    return out
+
+
 def _em_start(spec, truth, K, n, asg):
     """init(rng) for em(): the near-truth rule on the EM's parameters (CRPE-SGaME's order)."""
     beta0, beta1, a, b, c = _em_parts(truth)

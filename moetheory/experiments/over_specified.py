@@ -38,11 +38,6 @@ _QUICK = dict(em_grid=(100, 316, 1000, 3162), ls_grid=(1000, 3107, 9655), reps=8
               em_random=False)
 _FULL = dict(em_grid=(100, 316, 1000, 3162, 10000), ls_grid=sr.FULL_GRID, reps=20, restarts=5,
              em_random=True)
-_WAYS = {"published": "near-truth start, published stopping rule",
-         "converged": "near-truth start, EM to 1e-10",
-         "random": "5 random starts"}
-
-
 def settings(quick):
     """The settings of a run, as short texts (listed in results/REPORT.md)."""
     d = _QUICK if quick else _FULL
@@ -130,16 +125,15 @@ def reproduce(out_dir, quick=True, progress=True):
         res.name = name
         results.append((setting, way, res))
         t = res.table
-        start_fit = res.fit("D1_start")
-        overflow = int(np.sum(res.table["loss_overflow"]))
+        start_row, = res.summary({"D1_start": (None, TOL)})
         extra = dict(way=way, mode=mode, figure="over_specified.png",
                      move_at_largest_n=float(np.mean(t["move"][t["n"] == t["n"].max()])),
-                     start_slope=float(start_fit.slope), loss_overflow=overflow)
+                     start_slope=start_row["slope"], loss_overflow=int(np.sum(t["loss_overflow"])))
         claims = {"D1": (theory, TOL)}
         if "crpe_sgame" in t:  # the over-specified theorem's own loss (CRPE-SGaME): n^-1/2
             claims["crpe_sgame"] = (THEORY, TOL)
         rows += res.summary(claims, drop_invalid=True, **extra)
-        rows += res.summary({"D1_start": (None, TOL)}, **extra)
+        rows.append(dict(start_row, **extra))
         cells += table_rows(res.table, setting=setting, way=way)
     _figure(results, mode, os.path.join(out_dir, "over_specified.png"))
     write_rows(os.path.join(out_dir, "over_specified_cells.csv"), cells)

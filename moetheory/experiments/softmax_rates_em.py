@@ -11,6 +11,7 @@ from ..estimate import em_pack, em_sample
 from ..metrics import voronoi_loss
 from ..model import MoE
 from ..rates import Experiment
+from ..rates_em import em_params_of_atoms
 
 __all__ = ["EMRatesConfig", "CRPE_TRUTH", "crpe_truth_model", "crpe_truth", "crpe_sample",
            "em_experiment", "em_cell", "run_em", "cell_seed", "em_losses"]
@@ -64,21 +65,14 @@ def crpe_sample(n, seed):
     return X, em_sample(crpe_truth(), X, 2, seed=seed)
 
 
-def _em_dict(atoms):
-    """An EM atom dict (gate bias, gate weight, expert = (a, b, sigma2)) as em_unpack's keys."""
-    e = atoms["expert"]
-    d = e.shape[1] - 2
-    return dict(beta0=atoms["gate_bias"], beta1=atoms["gate_weight"], a=e[:, :d], b=e[:, d],
-                sigma2=e[:, d + 1])
-
-
 def em_losses(fitted, truth):
     """Both conventions of the same fit: ``D1``, moetheory's Voronoi loss (the exact-fit form,
     no over-specified exponents), and ``crpe_sgame``, CRPE-SGaME's published loss
     (:func:`moetheory.metrics.published.crpe_sgame_loss`: the rbar(m) exponents in multi-atom
     cells, the loss of its over-specified theorem)."""
     return {"D1": voronoi_loss(fitted, truth),
-            "crpe_sgame": voronoi_loss(_em_dict(fitted), _em_dict(truth), convention="crpe-sgame")}
+            "crpe_sgame": voronoi_loss(em_params_of_atoms(fitted), em_params_of_atoms(truth),
+                                       convention="crpe-sgame")}
 
 
 def em_experiment(config):
