@@ -166,3 +166,65 @@ void mt_gate_sigmoid_backward(double *ds, const double *dg, const double *g, siz
 {
     for (size_t i = 0; i < n * E; i++) ds[i] = dg[i] * g[i] * (1.0 - g[i]);
 }
+
+/* log sigmoid(x) and sigmoid(-x) without overflow or cancellation for either sign of x. */
+static double log_sigmoid(double x) { return (x < 0 ? x : 0.0) - log1p(exp(-fabs(x))); }
+static double sigmoid_of_minus(double x)
+{
+    return x >= 0 ? exp(-x) / (1.0 + exp(-x)) : 1.0 / (1.0 + exp(x));
+}
+
+mt_status mt_gate_normalized_sigmoid_forward(double *g, double *q, int *idx, const double *s,
+                                             size_t n, size_t E, size_t k)
+{
+    if (k > E) return MT_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        const double *si = s + i * E;
+        double *gi = g + i * E, *qi = q + i * E;
+        for (size_t e = 0; e < E; e++) {
+            gi[e] = 0.0;
+            qi[e] = sigmoid_of_minus(si[e]);
+        }
+        if (k == 0) {
+            for (size_t e = 0; e < E; e++) gi[e] = log_sigmoid(si[e]);
+            softmax_row(gi, gi, E);
+            continue;
+        }
+        int *ii = idx + i * k;
+        topk_select(ii, si, E, k);
+        /* log sigmoid is increasing, so the top score's is the row's largest: the safe shift */
+        double mx = log_sigmoid(si[ii[0]]), sum = 0.0;
+        for (size_t j = 0; j < k; j++) {
+            double w = exp(log_sigmoid(si[ii[j]]) - mx);
+            gi[ii[j]] = w;
+            sum += w;
+        }
+        for (size_t j = 0; j < k; j++) gi[ii[j]] /= sum;
+    }
+    return MT_OK;
+}
+
+void mt_gate_normalized_sigmoid_backward(double *ds, const double *dg, const double *g,
+                                         const double *q, const int *idx, size_t n, size_t E,
+                                         size_t k)
+{
+    /* g_e = p_e / Z over C: d g_e / d p_j = (delta_ej - g_e) / Z, and d p_j / d s_j = p_j q_j,
+     * so ds_j = (dg_j - <g, dg>) p_j q_j / Z = g_j q_j (dg_j - <g, dg>). */
+    for (size_t i = 0; i < n; i++) {
+        const double *dgi = dg + i * E, *gi = g + i * E, *qi = q + i * E;
+        double *dsi = ds + i * E;
+        double dot = 0.0;
+        if (k == 0) {
+            for (size_t e = 0; e < E; e++) dot += gi[e] * dgi[e];
+            for (size_t e = 0; e < E; e++) dsi[e] = gi[e] * qi[e] * (dgi[e] - dot);
+            continue;
+        }
+        const int *ii = idx + i * k;
+        for (size_t e = 0; e < E; e++) dsi[e] = 0.0;
+        for (size_t j = 0; j < k; j++) dot += gi[ii[j]] * dgi[ii[j]];
+        for (size_t j = 0; j < k; j++) {
+            size_t e = (size_t)ii[j];
+            dsi[e] = gi[e] * qi[e] * (dgi[e] - dot);
+        }
+    }
+}

@@ -1,4 +1,5 @@
-/* Gating kernels on precomputed scores: softmax, top-k softmax, hierarchical softmax, sigmoid.
+/* Gating kernels on precomputed scores: softmax, top-k softmax, hierarchical softmax, sigmoid,
+ * normalised sigmoid (DeepSeek-V3's gate, optionally top-k).
  * Each forward sits beside its backward. Backward kernels write (not accumulate) the score
  * gradient, because scores are intermediate values; parameter gradients accumulate elsewhere. */
 #ifndef MT_GATE_H
@@ -34,5 +35,19 @@ void mt_gate_hierarchical_backward(double *du, double *dv, const double *dg, con
 void mt_gate_sigmoid_forward(double *g, const double *s, size_t n, size_t E);
 /* ds: (n, E) = dg * g * (1 - g) */
 void mt_gate_sigmoid_backward(double *ds, const double *dg, const double *g, size_t n, size_t E);
+
+/* g: (n, E) normalised sigmoid gate: g_e = sigmoid(s_e) / sum_{j in C} sigmoid(s_j) over the set
+ * C of the row's k largest scores (k == 0: every expert; ties to the lowest index, as top-k),
+ * 0 outside C. Computed as a softmax of log sigmoid(s) over C, so scores far below zero, whose
+ * sigmoids underflow, still give a normalised row. q: (n, E) = 1 - sigmoid(s) = sigmoid(-s),
+ * kept for the backward; idx: (n, k) chosen experts (unused when k == 0). 0 <= k <= E. With
+ * k == 1 the chosen expert's gate is 1 whatever the scores, so no gradient reaches the router. */
+mt_status mt_gate_normalized_sigmoid_forward(double *g, double *q, int *idx, const double *s,
+                                             size_t n, size_t E, size_t k);
+/* ds: (n, E) = g_e (1 - sigmoid(s_e)) (dg_e - <g, dg>) on C, 0 elsewhere; the chosen set is held
+ * fixed. dg, g, q: (n, E); idx: (n, k) from the forward. */
+void mt_gate_normalized_sigmoid_backward(double *ds, const double *dg, const double *g,
+                                         const double *q, const int *idx, size_t n, size_t E,
+                                         size_t k);
 
 #endif

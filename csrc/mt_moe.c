@@ -56,20 +56,23 @@ static int add_block(mt_moe_layout *L, const char *name, size_t ndim, size_t s0,
     return add_block4(L, name, ndim, s0, s1, s2, 0);
 }
 
+/* The experts the gate routes over (all but the shared ones); n_shared < n_experts once valid. */
+static size_t routed_of(const mt_moe_config *c) { return c->n_experts - c->n_shared; }
+
 /* The layout, with every size checked: 0 when some block or the total exceeds MT_MAX_SIZE. */
 static int layout_checked(mt_moe_layout *L, const mt_moe_config *c)
 {
-    size_t E = c->n_experts, d = c->d_in, H = c->hidden, o = c->d_out;
+    size_t E = c->n_experts, R = routed_of(c), d = c->d_in, H = c->hidden, o = c->d_out;
     int ok = 1;
     memset(L, 0, sizeof *L);
     if (c->gate == MT_GATE_HIERARCHICAL) {
         ok = ok && add_block(L, "router.outer.weight", 2, c->groups, d, 0);
         if (c->bias) ok = ok && add_block(L, "router.outer.bias", 1, c->groups, 0, 0);
-        ok = ok && add_block(L, "router.inner.weight", 2, E, d, 0);
-        if (c->bias) ok = ok && add_block(L, "router.inner.bias", 1, E, 0, 0);
+        ok = ok && add_block(L, "router.inner.weight", 2, R, d, 0);
+        if (c->bias) ok = ok && add_block(L, "router.inner.bias", 1, R, 0, 0);
     } else {
-        ok = ok && add_block(L, "router.weight", 2, E, d, 0);
-        if (c->bias) ok = ok && add_block(L, "router.bias", 1, E, 0, 0);
+        ok = ok && add_block(L, "router.weight", 2, R, d, 0);
+        if (c->bias) ok = ok && add_block(L, "router.bias", 1, R, 0, 0);
     }
     if (c->expert == MT_EXPERT_FFN) {
         ok = ok && add_block(L, "experts.W1", 3, E, H, d);
@@ -127,32 +130,38 @@ mt_status mt_moe_config_validate(const mt_moe_config *c, mt_why *why)
                        c->aux_switch);
     if (!(c->aux_z >= 0) || !isfinite(c->aux_z))
         return mt_fail(why, "aux_z", "aux_z must be a finite number >= 0, got %g", c->aux_z);
-    const size_t E = c->n_experts;
+    if (c->n_shared >= c->n_experts)
+        return mt_fail(why, "n_shared", "n_shared must satisfy 0 <= n_shared < n_experts = %zu "
+                       "(at least one routed expert), got %zu", c->n_experts, c->n_shared);
+    /* the gate's experts: every one, or the routed ones beside shared experts */
+    const size_t E = routed_of(c);
+    const char *count = c->n_shared ? "n_experts - n_shared" : "n_experts";
     const char *gate = mt_name_of(mt_gate_names, MT_GATE_COUNT, (int)c->gate);
     switch (c->gate) {
     case MT_GATE_SOFTMAX:
     case MT_GATE_SIGMOID:
         if (c->top_k != 0)
-            return mt_fail(why, "top_k", "top_k applies to gate='topk' or 'temperature', not "
-                           "gate='%s'", gate);
+            return mt_fail(why, "top_k", "top_k applies to gate='topk', 'temperature' or "
+                           "'normalized_sigmoid', not gate='%s'", gate);
         break;
     case MT_GATE_TOPK:
         if (c->top_k < 1 || c->top_k > E)
-            return mt_fail(why, "top_k", "top_k must satisfy 1 <= top_k <= n_experts = %zu for "
-                           "gate='topk', got %zu", E, c->top_k);
+            return mt_fail(why, "top_k", "top_k must satisfy 1 <= top_k <= %s = %zu for "
+                           "gate='topk', got %zu", count, E, c->top_k);
         break;
     case MT_GATE_TEMPERATURE:
+    case MT_GATE_NORMALIZED_SIGMOID:
         if (c->top_k > E)
-            return mt_fail(why, "top_k", "top_k must satisfy 1 <= top_k <= n_experts = %zu, got "
-                           "%zu", E, c->top_k);
+            return mt_fail(why, "top_k", "top_k must satisfy 1 <= top_k <= %s = %zu, got "
+                           "%zu", count, E, c->top_k);
         break;
     case MT_GATE_HIERARCHICAL:
         if (c->top_k != 0)
-            return mt_fail(why, "top_k", "top_k applies to gate='topk' or 'temperature', not "
-                           "gate='hierarchical'");
+            return mt_fail(why, "top_k", "top_k applies to gate='topk', 'temperature' or "
+                           "'normalized_sigmoid', not gate='hierarchical'");
         if (c->groups < 1 || c->groups > E || E % c->groups != 0)
-            return mt_fail(why, "groups", "groups must be a divisor of n_experts = %zu for "
-                           "gate='hierarchical', got %zu", E, c->groups);
+            return mt_fail(why, "groups", "groups must be a divisor of %s = %zu for "
+                           "gate='hierarchical', got %zu", count, E, c->groups);
         break;
     default:
         return mt_fail(why, "gate", "gate must be one of the core's gates");
@@ -161,7 +170,7 @@ mt_status mt_moe_config_validate(const mt_moe_config *c, mt_why *why)
     if (!layout_checked(&L, c))
         return mt_fail(why, "n_params", "the model is too large: its parameter count n_params (d_in = %zu, "
                        "n_experts = %zu, hidden = %zu, depth = %zu, d_out = %zu) exceeds the "
-                       "limit of %zu", c->d_in, E, c->expert == MT_EXPERT_FFN ? c->hidden : 0,
+                       "limit of %zu", c->d_in, c->n_experts, c->expert == MT_EXPERT_FFN ? c->hidden : 0,
                        c->depth, c->d_out, MT_MAX_SIZE);
     return MT_OK;
 }
@@ -233,6 +242,9 @@ struct mt_moe_workspace {
     double *outer;   /* (n, G) hierarchical outer softmax */
     double *inner;   /* (n, E) hierarchical inner softmax */
     double *g;       /* (n, E) gates */
+    double *gr;      /* (n, R) the routed experts' gates when n_shared > 0 (g holds 1 for the
+                        shared ones); otherwise g is the gate's output and gr NULL */
+    double *q;       /* (n, R) normalized_sigmoid: 1 - sigmoid(s), for the backward */
     int *idx;        /* (n, k) top-k choices */
     double *z;       /* (n, E*H) ffn pre-activations; reused as their gradient in backward */
     double *a;       /* (n, E*H) all activations when they fit MT_KEEP_ACTIVATIONS, else (n, H):
@@ -255,6 +267,7 @@ struct mt_moe_workspace {
     offsets off;       /* where the kernels' blocks sit in theta: fixed by the configuration */
     size_t n_params;
     size_t groups, a_width, k; /* widths of the per-row buffers u/outer/du, a and idx */
+    size_t gr_width, q_width;  /* widths of gr and q: R or 0 when not used */
     int max_threads;   /* team size the gradient buffers below were sized for */
     double *grad_part; /* (max_threads - 1, P): gradients of the row blocks of threads 1.. */
     double *fused;     /* max_threads scratches of fused_stride doubles for mt_fused (NULL when
@@ -293,6 +306,8 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     if (mt_moe_config_check(c) != MT_OK || n_max < 1) return MT_EINVAL;
     size_t E = c->n_experts, G = c->gate == MT_GATE_HIERARCHICAL ? c->groups : 0;
     size_t H = c->expert == MT_EXPERT_FFN ? c->hidden : 0, o = c->d_out, k = c->top_k;
+    size_t gr_width = c->n_shared ? routed_of(c) : 0;
+    size_t q_width = c->gate == MT_GATE_NORMALIZED_SIGMOID ? routed_of(c) : 0;
     /* Every width below is at most a block's size or P (<= MT_MAX_SIZE by the config check);
      * only the products with n_max and the thread count can exceed memory, and those are
      * checked: a workspace that cannot exist is MT_ENOMEM, never a short buffer. */
@@ -308,7 +323,8 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     size_t parts, per_row, rows, doubles, ints;
     per_row = E /*s*/ + E /*t*/ + G /*u*/ + G /*outer*/ + E /*inner*/ + E /*g*/ +
               E * H /*z*/ + a_width /*a*/ + E * o /*o*/ + o /*f*/ + o /*df*/ + E /*dg*/ +
-              E /*ds*/ + G /*du*/ + E * o /*dO*/ + h_width /*zh*/ + h_width /*ah*/;
+              E /*ds*/ + G /*du*/ + E * o /*dO*/ + h_width /*zh*/ + h_width /*ah*/ +
+              gr_width /*gr*/ + q_width /*q*/;
     if (!mt_size_mul(&parts, (size_t)(max_threads - 1), L.n_params, limit) ||
         !mt_size_mul(&rows, n_max, per_row, limit) ||
         !mt_size_add(&doubles, rows, 2 * P + parts, limit) ||
@@ -327,8 +343,10 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     CARVE(s, E); CARVE(t, E); CARVE(u, G); CARVE(outer, G); CARVE(inner, E); CARVE(g, E);
     CARVE(z, E * H); CARVE(a, a_width); CARVE(o, E * o); CARVE(f, o); CARVE(df, o); CARVE(dg, E);
     CARVE(ds, E); CARVE(du, G); CARVE(dO, E * o);
-    CARVE(zh, h_width); CARVE(ah, h_width);
+    CARVE(zh, h_width); CARVE(ah, h_width); CARVE(gr, gr_width); CARVE(q, q_width);
 #undef CARVE
+    if (!gr_width) ws->gr = NULL;
+    if (!q_width) ws->q = NULL;
     ws->theta_eff = P ? p : NULL;
     ws->grad_eff = P ? p + P : NULL;
     p += 2 * P;
@@ -354,6 +372,8 @@ mt_status mt_moe_workspace_alloc(mt_moe_workspace **out, const mt_moe_config *c,
     ws->groups = G;
     ws->a_width = a_width;
     ws->k = k ? k : 1;
+    ws->gr_width = gr_width;
+    ws->q_width = q_width;
     ws->max_threads = max_threads;
     ws->off = offsets_of(c);
     ws->n_params = L.n_params;
@@ -444,17 +464,24 @@ static double row_logsumexp(const double *s, size_t E)
     return mx + log(sum);
 }
 
+/* The gate's own output: the routed experts' gates, (n, R). */
+static const double *routed_gates(const mt_moe_workspace *ws)
+{
+    return ws->gr ? ws->gr : ws->g;
+}
+
 double mt_moe_aux_loss(const mt_moe_config *c, const mt_moe_workspace *ws, size_t n)
 {
-    const size_t E = c->n_experts;
+    const size_t E = routed_of(c);
+    const double *g = routed_gates(ws);
     double loss = 0.0;
     if (c->aux_switch > 0) {
         double f[E > 0 ? E : 1];
-        top1_share(f, ws->g, n, E);
+        top1_share(f, g, n, E);
         double acc = 0.0;
         for (size_t e = 0; e < E; e++) {
             double P = 0.0;
-            for (size_t i = 0; i < n; i++) P += ws->g[i * E + e];
+            for (size_t i = 0; i < n; i++) P += g[i * E + e];
             acc += f[e] * P / (double)n;
         }
         loss += c->aux_switch * (double)E * acc;
@@ -475,7 +502,7 @@ double mt_moe_aux_loss(const mt_moe_config *c, const mt_moe_workspace *ws, size_
 static void switch_backward(double *dg, const mt_moe_config *c, const double *f, size_t n,
                             size_t n_total)
 {
-    const size_t E = c->n_experts;
+    const size_t E = routed_of(c);
     for (size_t i = 0; i < n; i++)
         for (size_t e = 0; e < E; e++)
             dg[i * E + e] += c->aux_switch * (double)E * f[e] / (double)n_total;
@@ -485,7 +512,7 @@ static void switch_backward(double *dg, const mt_moe_config *c, const double *f,
 static void z_backward(double *ds, const mt_moe_config *c, const double *s, size_t n,
                        size_t n_total)
 {
-    const size_t E = c->n_experts;
+    const size_t E = routed_of(c);
     for (size_t i = 0; i < n; i++) {
         const double *si = s + i * E;
         double lse = row_logsumexp(si, E);
@@ -546,7 +573,7 @@ static mt_status check_call(const mt_moe_config *c, const mt_moe_workspace *ws, 
     if (w->d_in != c->d_in || w->n_experts != c->n_experts || w->hidden != c->hidden ||
         w->d_out != c->d_out || w->groups != c->groups || w->top_k != c->top_k ||
         w->gate != c->gate || w->expert != c->expert || w->normalize != c->normalize ||
-        w->bias != c->bias || w->depth != c->depth)
+        w->bias != c->bias || w->depth != c->depth || w->n_shared != c->n_shared)
         return MT_EINVAL;
     return MT_OK;
 }
@@ -620,12 +647,17 @@ static mt_moe_workspace rows_view(const mt_moe_workspace *ws, size_t r)
 {
     const size_t E = ws->cfg.n_experts, O = ws->cfg.d_out, G = ws->groups;
     const size_t EH = ws->cfg.expert == MT_EXPERT_FFN ? E * ws->cfg.hidden : 0;
+    /* the gate's buffers are R = E - n_shared wide, so the whole batch's scores are one
+     * (n, R) array (the z-loss reads it so) */
+    const size_t R = routed_of(&ws->cfg);
     mt_moe_workspace v = *ws;
     v.n_max = ws->n_max - r;
-    v.s += r * E; v.t += r * E; v.u += r * G; v.outer += r * G; v.inner += r * E;
+    v.s += r * R; v.t += r * R; v.u += r * G; v.outer += r * G; v.inner += r * R;
     v.g += r * E; v.idx += r * ws->k; v.z += r * EH; v.a += r * ws->a_width;
-    v.o += r * E * O; v.f += r * O; v.df += r * O; v.dg += r * E; v.ds += r * E; v.du += r * G;
+    v.o += r * E * O; v.f += r * O; v.df += r * O; v.dg += r * E; v.ds += r * R; v.du += r * G;
     v.dO += r * E * O;
+    if (v.gr) v.gr += r * ws->gr_width;
+    if (v.q) v.q += r * ws->q_width;
     v.zh += r * (ws->cfg.depth - 1) * ws->a_width;
     v.ah += r * (ws->cfg.depth - 1) * ws->a_width;
     return v;
@@ -687,11 +719,11 @@ static mt_status backward_rows(double *grad, double *dX, const double *dout, con
                                const double *X, size_t n, const mt_moe_config *c,
                                mt_moe_workspace *ws)
 {
-    const size_t E = c->n_experts, d = c->d_in, O = c->d_out, P = ws->n_params;
+    const size_t E = routed_of(c), d = c->d_in, O = c->d_out, P = ws->n_params;
     double share_buf[E];
     const double *share = NULL;
     if (c->aux_switch > 0) {
-        top1_share(share_buf, ws->g, n, E);
+        top1_share(share_buf, routed_gates(ws), n, E);
         share = share_buf;
     }
     const int T = team_size(ws, n);
@@ -744,6 +776,47 @@ mt_status mt_moe_backward(double *grad, double *dX, const double *dout, const do
     return MT_OK;
 }
 
+/* ws->g (n, E): the gate on the routed experts' scores, and 1 for the shared experts. */
+static mt_status gates_forward(const double *theta, const double *X, size_t n,
+                               const mt_moe_config *c, mt_moe_workspace *ws)
+{
+    mt_status st = MT_OK;
+    const offsets off = ws->off;
+    const size_t E = c->n_experts, R = routed_of(c), S = c->n_shared, d = c->d_in;
+    double *g = S ? ws->gr : ws->g;
+    if (c->gate == MT_GATE_HIERARCHICAL) affine(ws->u, X, theta, off.ow, off.ob, n, d, c->groups);
+    affine(ws->s, X, theta, off.rw, off.rb, n, d, R);
+    switch (c->gate) {
+    case MT_GATE_HIERARCHICAL:
+        mt_gate_hierarchical_forward(g, ws->outer, ws->inner, ws->u, ws->s, n, R, c->groups);
+        break;
+    case MT_GATE_SOFTMAX:
+        mt_gate_softmax_forward(g, ws->s, n, R);
+        break;
+    case MT_GATE_TOPK:
+        st = mt_gate_topk_forward(g, ws->idx, ws->s, n, R, c->top_k);
+        break;
+    case MT_GATE_TEMPERATURE:
+        mt_act_forward(ws->t, ws->s, n * R, c->gate_activation);
+        for (size_t i = 0; i < n * R; i++) ws->t[i] /= c->temperature;
+        if (c->top_k) st = mt_gate_topk_forward(g, ws->idx, ws->t, n, R, c->top_k);
+        else mt_gate_softmax_forward(g, ws->t, n, R);
+        break;
+    case MT_GATE_SIGMOID:
+        mt_gate_sigmoid_forward(g, ws->s, n, R);
+        break;
+    case MT_GATE_NORMALIZED_SIGMOID:
+        st = mt_gate_normalized_sigmoid_forward(g, ws->q, ws->idx, ws->s, n, R, c->top_k);
+        break;
+    }
+    if (st != MT_OK || !S) return st;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t e = 0; e < S; e++) ws->g[i * E + e] = 1.0;
+        memcpy(ws->g + i * E + S, g + i * R, R * sizeof *g);
+    }
+    return MT_OK;
+}
+
 static mt_status forward_impl(double *out, double *gates, const double *theta, const double *X,
                               size_t n, const mt_moe_config *c, mt_moe_workspace *ws)
 {
@@ -751,33 +824,7 @@ static mt_status forward_impl(double *out, double *gates, const double *theta, c
     const offsets off = ws->off;
     const size_t E = c->n_experts, d = c->d_in, H = c->hidden, O = c->d_out;
 
-    /* Gates. */
-    switch (c->gate) {
-    case MT_GATE_HIERARCHICAL:
-        affine(ws->u, X, theta, off.ow, off.ob, n, d, c->groups);
-        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
-        mt_gate_hierarchical_forward(ws->g, ws->outer, ws->inner, ws->u, ws->s, n, E, c->groups);
-        break;
-    case MT_GATE_SOFTMAX:
-        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
-        mt_gate_softmax_forward(ws->g, ws->s, n, E);
-        break;
-    case MT_GATE_TOPK:
-        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
-        st = mt_gate_topk_forward(ws->g, ws->idx, ws->s, n, E, c->top_k);
-        break;
-    case MT_GATE_TEMPERATURE:
-        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
-        mt_act_forward(ws->t, ws->s, n * E, c->gate_activation);
-        for (size_t i = 0; i < n * E; i++) ws->t[i] /= c->temperature;
-        if (c->top_k) st = mt_gate_topk_forward(ws->g, ws->idx, ws->t, n, E, c->top_k);
-        else mt_gate_softmax_forward(ws->g, ws->t, n, E);
-        break;
-    case MT_GATE_SIGMOID:
-        affine(ws->s, X, theta, off.rw, off.rb, n, d, E);
-        mt_gate_sigmoid_forward(ws->g, ws->s, n, E);
-        break;
-    }
+    st = gates_forward(theta, X, n, c, ws);
     if (st != MT_OK) return st;
 
     /* Experts: every expert on every row (dense compute, also for top-k). */
@@ -837,6 +884,49 @@ done:
     return MT_OK;
 }
 
+/* From ws->dg (n, E) = d loss / d g: grad += the router's gradient, dX += its part (if dX).
+ * The shared experts' columns of dg are dropped (their gates are constants) and the routed
+ * ones packed to (n, R) in place. share, n_total: as backward_impl. */
+static void gates_backward(double *grad, double *dX, const double *X, const double *theta,
+                           size_t n, const mt_moe_config *c, mt_moe_workspace *ws,
+                           const double *share, size_t n_total)
+{
+    const offsets off = ws->off;
+    const size_t E = c->n_experts, R = routed_of(c), S = c->n_shared, d = c->d_in;
+    /* row i moves to i * R <= i * E + S: front to back, each row's move never overwrites a
+     * row still to be moved */
+    if (S)
+        for (size_t i = 0; i < n; i++) memmove(ws->dg + i * R, ws->dg + i * E + S, R * sizeof *ws->dg);
+    const double *g = routed_gates(ws);
+    if (share) switch_backward(ws->dg, c, share, n, n_total);
+    switch (c->gate) {
+    case MT_GATE_HIERARCHICAL:
+        mt_gate_hierarchical_backward(ws->du, ws->ds, ws->dg, ws->outer, ws->inner, n, R, c->groups);
+        affine_backward(grad, dX, ws->du, X, theta, off.ow, off.ob, n, d, c->groups);
+        break;
+    case MT_GATE_SOFTMAX:
+        mt_gate_softmax_backward(ws->ds, ws->dg, g, n, R);
+        break;
+    case MT_GATE_TOPK:
+        mt_gate_topk_backward(ws->ds, ws->dg, g, ws->s, ws->idx, n, R, c->top_k);
+        break;
+    case MT_GATE_TEMPERATURE:
+        if (c->top_k) mt_gate_topk_backward(ws->ds, ws->dg, g, ws->t, ws->idx, n, R, c->top_k);
+        else mt_gate_softmax_backward(ws->ds, ws->dg, g, n, R);
+        for (size_t i = 0; i < n * R; i++) ws->ds[i] /= c->temperature;
+        mt_act_backward(ws->ds, ws->ds, ws->s, n * R, c->gate_activation);
+        break;
+    case MT_GATE_SIGMOID:
+        mt_gate_sigmoid_backward(ws->ds, ws->dg, g, n, R);
+        break;
+    case MT_GATE_NORMALIZED_SIGMOID:
+        mt_gate_normalized_sigmoid_backward(ws->ds, ws->dg, g, ws->q, ws->idx, n, R, c->top_k);
+        break;
+    }
+    if (c->aux_z > 0) z_backward(ws->ds, c, ws->s, n, n_total);
+    affine_backward(grad, dX, ws->ds, X, theta, off.rw, off.rb, n, d, R);
+}
+
 /* share: the Switch loss's top-1 shares of the whole batch (NULL when that loss is off);
  * n_total: the whole batch's rows, which the auxiliary losses average over. */
 static mt_status backward_impl(double *grad, double *dX, const double *dout, const double *theta,
@@ -849,7 +939,6 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
     if (is_narrow(c, ws)) {
         mt_narrow_backward(ws->dg, grad + off.W2, off.b2 == SIZE_MAX ? NULL : grad + off.b2,
                            ws->a, dout, ws->o, ws->g, theta + off.W2, n, E, H);
-        if (share) switch_backward(ws->dg, c, share, n, n_total);
         mt_act_backward(ws->z, ws->a, ws->z, n * E * H, c->activation);
         if (dX) memset(dX, 0, n * d * sizeof *dX);
         affine_backward(grad, dX, ws->z, X, theta, off.W1, off.b1, n, d, E * H);
@@ -869,8 +958,6 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
             dgi[e] = acc;
         }
     }
-
-    if (share) switch_backward(ws->dg, c, share, n, n_total);
 
     /* Experts. */
     if (c->expert == MT_EXPERT_FFN) {
@@ -923,29 +1010,7 @@ static mt_status backward_impl(double *grad, double *dX, const double *dout, con
     }
 
 gates:
-    switch (c->gate) {
-    case MT_GATE_HIERARCHICAL:
-        mt_gate_hierarchical_backward(ws->du, ws->ds, ws->dg, ws->outer, ws->inner, n, E, c->groups);
-        affine_backward(grad, dX, ws->du, X, theta, off.ow, off.ob, n, d, c->groups);
-        break;
-    case MT_GATE_SOFTMAX:
-        mt_gate_softmax_backward(ws->ds, ws->dg, ws->g, n, E);
-        break;
-    case MT_GATE_TOPK:
-        mt_gate_topk_backward(ws->ds, ws->dg, ws->g, ws->s, ws->idx, n, E, c->top_k);
-        break;
-    case MT_GATE_TEMPERATURE:
-        if (c->top_k) mt_gate_topk_backward(ws->ds, ws->dg, ws->g, ws->t, ws->idx, n, E, c->top_k);
-        else mt_gate_softmax_backward(ws->ds, ws->dg, ws->g, n, E);
-        for (size_t i = 0; i < n * E; i++) ws->ds[i] /= c->temperature;
-        mt_act_backward(ws->ds, ws->ds, ws->s, n * E, c->gate_activation);
-        break;
-    case MT_GATE_SIGMOID:
-        mt_gate_sigmoid_backward(ws->ds, ws->dg, ws->g, n, E);
-        break;
-    }
-    if (c->aux_z > 0) z_backward(ws->ds, c, ws->s, n, n_total);
-    affine_backward(grad, dX, ws->ds, X, theta, off.rw, off.rb, n, d, E);
+    gates_backward(grad, dX, X, theta, n, c, ws, share, n_total);
     return MT_OK;
 }
 

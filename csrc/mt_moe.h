@@ -1,4 +1,6 @@
-/* One Mixture-of-Experts layer: f(x) = sum_e g_e(x) h_e(x), forward and backward over a batch.
+/* One Mixture-of-Experts layer: f(x) = sum_e g_e(x) h_e(x), forward and backward over a batch;
+ * with n_shared = S > 0 the first S experts are shared (DeepSeekMoE): g_e = 1 for e < S, and the
+ * gate routes over the R = E - S others, f(x) = sum_{e<S} h_e(x) + sum_{r<R} g_r(x) h_{S+r}(x).
  * Parameters live in one flat vector theta; mt_moe_layout says where each named block is.
  * The exact conventions are in docs/model.md. */
 #ifndef MT_MOE_H
@@ -14,7 +16,8 @@ typedef enum {
     MT_GATE_TOPK,
     MT_GATE_TEMPERATURE,   /* softmax(act(s) / temperature), optionally then top-k */
     MT_GATE_HIERARCHICAL,  /* outer softmax over G groups times inner softmax within a group */
-    MT_GATE_SIGMOID        /* independent sigmoid per expert */
+    MT_GATE_SIGMOID,       /* independent sigmoid per expert */
+    MT_GATE_NORMALIZED_SIGMOID /* sigmoid(s_e) / sum of the chosen sigmoids (all, or top-k) */
 } mt_gate_kind;
 
 typedef enum { MT_EXPERT_FFN = 0, MT_EXPERT_LINEAR } mt_expert_kind;
@@ -24,7 +27,10 @@ typedef struct {
     size_t depth;          /* ffn: hidden layers per expert, >= 1 (1: W2 act(W1 x + b1) + b2;
                               each further layer is act(Wh z + bh), H -> H); linear: must be 1 */
     size_t groups;         /* hierarchical only, divides n_experts */
-    size_t top_k;          /* 0 = dense; topk gate: 1..E; temperature gate: 0 or 1..E */
+    size_t top_k;          /* 0 = dense; topk gate: 1..R; temperature and normalized_sigmoid
+                              gates: 0 or 1..R (R = n_experts - n_shared routed experts) */
+    size_t n_shared;       /* 0..n_experts-1: experts 0..n_shared-1 are always on with weight 1;
+                              the router has one row per routed expert (docs/model.md) */
     mt_gate_kind gate;
     mt_expert_kind expert;
     mt_act activation;     /* expert hidden activation (ffn) */
@@ -34,9 +40,10 @@ typedef struct {
     int normalize;         /* 1: every weight row acting on x (router rows, expert first-layer
                               rows) is used as w / |w|; gradients pass through the normalisation */
     /* Auxiliary router losses added to the training loss (0 = off):
-     * aux_switch * E * sum_e f_e P_e (Switch Transformer; f_e the share of rows whose largest
-     * gate is e, held constant; P_e the mean gate of e) and aux_z * mean_i logsumexp(s_i)^2
-     * (router z-loss on the raw scores s; the inner scores for the hierarchical gate). */
+     * aux_switch * R * sum_e f_e P_e (Switch Transformer; f_e the share of rows whose largest
+     * gate is e, held constant; P_e the mean gate of e; over the R routed experts) and
+     * aux_z * mean_i logsumexp(s_i)^2 (router z-loss on the raw scores s; the inner scores for
+     * the hierarchical gate). */
     double aux_switch, aux_z;
 } mt_moe_config;
 

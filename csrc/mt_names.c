@@ -10,7 +10,7 @@
 #include "mt_train.h"
 
 /* Each table must list its enum's values in order; the asserts tie the counts to the enums. */
-_Static_assert(MT_GATE_SIGMOID + 1 == MT_GATE_COUNT, "mt_gate_names");
+_Static_assert(MT_GATE_NORMALIZED_SIGMOID + 1 == MT_GATE_COUNT, "mt_gate_names");
 _Static_assert(MT_EXPERT_LINEAR + 1 == MT_EXPERT_COUNT, "mt_expert_names");
 _Static_assert(MT_INPUT_GRID + 1 == MT_INPUT_COUNT, "mt_input_names");
 _Static_assert(MT_OPT_ADAM + 1 == MT_OPT_COUNT, "mt_opt_names");
@@ -20,7 +20,8 @@ _Static_assert(MT_EM_TANH + 1 == MT_EM_ACT_COUNT, "mt_em_act_names");
 _Static_assert(MT_GMOE_DIAG + 1 == MT_GMOE_COV_COUNT, "mt_gmoe_cov_names");
 
 const char *const mt_gate_names[MT_GATE_COUNT] = {"softmax", "topk", "temperature",
-                                                  "hierarchical", "sigmoid"};
+                                                  "hierarchical", "sigmoid",
+                                                  "normalized_sigmoid"};
 const char *const mt_expert_names[MT_EXPERT_COUNT] = {"ffn", "linear"};
 const char *const mt_act_names[MT_ACT_COUNT] = {"identity", "relu", "leaky_relu", "gelu", "tanh",
                                                 "sigmoid", "he1", "he2", "he3", "he4", "he5",

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-#define MT_GATE_COUNT 5      /* mt_gate_kind (mt_moe.h) */
+#define MT_GATE_COUNT 6      /* mt_gate_kind (mt_moe.h) */
 #define MT_EXPERT_COUNT 2    /* mt_expert_kind (mt_moe.h) */
 #define MT_INPUT_COUNT 4     /* mt_input_kind (mt_train.h) */
 #define MT_OPT_COUNT 4       /* mt_opt_kind (mt_optim.h) */

@@ -561,9 +561,9 @@ static int layer_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"d_in", "n_experts", "expert", "hidden", "activation", "gate",
                              "top_k", "temperature", "gate_activation", "groups", "d_out",
-                             "bias", "normalize", "depth", NULL};
+                             "bias", "normalize", "depth", "n_shared", NULL};
     size_arg d_in = {"d_in", 0}, E = {"n_experts", 0}, hidden = {"hidden", 0};
-    size_arg d_out = {"d_out", 1}, depth = {"depth", 1};
+    size_arg d_out = {"d_out", 1}, depth = {"depth", 1}, n_shared = {"n_shared", 0};
     opt_size_arg top_k = {"top_k", 0, 0}, groups = {"groups", 0, 0};
     name_arg expert = {"expert", mt_expert_names, MT_EXPERT_COUNT, 0};
     name_arg act = {"activation", mt_act_names, MT_ACT_COUNT, 0};
@@ -573,11 +573,11 @@ static int layer_init(ModelObject *self, PyObject *args, PyObject *kw)
     bool_arg bias = {"bias", 1}, normalize = {"normalize", 0};
     PyObject *gate_act_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kw, "O&O&O&O&O&O&O&O&OO&O&O&|O&O&", kwlist, conv_size, &d_in, conv_size, &E,
+            args, kw, "O&O&O&O&O&O&O&O&OO&O&O&|O&O&O&", kwlist, conv_size, &d_in, conv_size, &E,
             conv_name, &expert, conv_size, &hidden, conv_name, &act, conv_name, &gate,
             conv_opt_size, &top_k, conv_real, &temperature, &gate_act_obj, conv_opt_size,
             &groups, conv_size, &d_out, conv_bool, &bias, conv_bool, &normalize, conv_size,
-            &depth))
+            &depth, conv_size, &n_shared))
         return -1;
     if (gate_act_obj != Py_None && !conv_name(gate_act_obj, &gate_act)) return -1;
     /* 0 is the core's "no top-k"; a given top_k is a count of experts */
@@ -589,6 +589,7 @@ static int layer_init(ModelObject *self, PyObject *args, PyObject *kw)
     mt_moe_config c = {
         .d_in = d_in.value, .n_experts = E.value, .hidden = hidden.value, .depth = depth.value,
         .d_out = d_out.value, .groups = groups.value, .top_k = top_k.value,
+        .n_shared = n_shared.value,
         .gate = (mt_gate_kind)gate.value, .expert = (mt_expert_kind)expert.value,
         .activation = (mt_act)act.value, .gate_activation = (mt_act)gate_act.value,
         .temperature = temperature.value, .bias = bias.value, .normalize = normalize.value};
@@ -702,7 +703,8 @@ static PyObject *Stack(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
 static PyMethodDef model_functions[] = {
     {"Layer", (PyCFunction)(void (*)(void))Layer, METH_VARARGS | METH_KEYWORDS,
      "Layer(d_in, n_experts, expert, hidden, activation, gate, top_k, temperature, "
-     "gate_activation, groups, d_out, bias, normalize=False, depth=1) -> Model: one MoE layer "
+     "gate_activation, groups, d_out, bias, normalize=False, depth=1, n_shared=0) -> Model: one "
+     "MoE layer "
      "of the C core (top_k, gate_activation and groups may be None)."},
     {"Stack", (PyCFunction)(void (*)(void))Stack, METH_VARARGS | METH_KEYWORDS,
      "Stack(layers) -> Model: a deep MoE, a plain stack of Layer models with one flat theta."},

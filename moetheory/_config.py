@@ -94,15 +94,15 @@ def _applies(name, value, gate, gates):
 
 
 def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
-               gate_activation, groups, d_out, bias, normalize=False, depth=1):
+               gate_activation, groups, d_out, bias, normalize=False, depth=1, n_shared=0):
     """An MoE configuration as a plain dict, its values checked by building the C layer.
 
     Returns (config, layer): the dict (as the constructor accepts it) and the C layer."""
-    _applies("top_k", top_k, gate, ("topk", "temperature"))
+    _applies("top_k", top_k, gate, ("topk", "temperature", "normalized_sigmoid"))
     _applies("gate_activation", gate_activation, gate, ("temperature",))
     _applies("groups", groups, gate, ("hierarchical",))
     layer = _core.Layer(d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
-                        gate_activation, groups, d_out, bias, normalize, depth)
+                        gate_activation, groups, d_out, bias, normalize, depth, n_shared)
     config = dict(d_in=integer("d_in", d_in), n_experts=integer("n_experts", n_experts),
                   expert=expert, hidden=integer("hidden", hidden), depth=integer("depth", depth),
                   activation=activation, gate=gate,
@@ -110,5 +110,6 @@ def moe_config(d_in, n_experts, expert, hidden, activation, gate, top_k, tempera
                   temperature=real("temperature", temperature), gate_activation=gate_activation,
                   groups=None if groups is None else integer("groups", groups),
                   d_out=integer("d_out", d_out), bias=boolean("bias", bias),
-                  normalize=boolean("normalize", normalize))
+                  normalize=boolean("normalize", normalize),
+                  n_shared=integer("n_shared", n_shared))
     return config, layer

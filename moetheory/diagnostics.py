@@ -89,7 +89,8 @@ def routing(model, X, *, dead_threshold=1e-3):
     X : array_like, shape (n, d_in)
     dead_threshold : float
         An expert is dead when no row picks it first and its mean gate is below
-        dead_threshold / E.
+        dead_threshold / E. With shared experts every statistic is over the E - n_shared
+        routed experts.
 
     Returns
     -------
@@ -98,7 +99,8 @@ def routing(model, X, *, dead_threshold=1e-3):
     if not isinstance(model, MoE):
         raise TypeError(f"model must be a moetheory.MoE, got {type(model).__name__}")
     dead_threshold = _config.real("dead_threshold", dead_threshold, low=0.0)
-    g = model.gates(X)
+    # over the routed experts: a shared expert's gate is 1 on every row, routing nothing
+    g = model.gates(X)[:, model.config["n_shared"]:]
     n, E = g.shape
     mean_gate = g.mean(axis=0)
     top1 = np.bincount(np.argmax(g, axis=1), minlength=E) / n

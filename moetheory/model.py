@@ -337,7 +337,7 @@ class _Stored:
 
 
 class MoE(FlatModel):
-    """A Mixture-of-Experts layer f(x) = sum_e g_e(x) h_e(x).
+    """A Mixture-of-Experts layer f(x) = sum_e g_e(x) h_e(x), optionally with shared experts.
 
     The exact conventions (gates, experts, parameter order, initialisation) are in
     ``docs/model.md``.
@@ -359,12 +359,15 @@ class MoE(FlatModel):
         (E, depth-1, hidden). Linear experts need depth=1.
     activation : str
         relu, leaky_relu, gelu, tanh, sigmoid, identity, or the Hermite polynomials he1 .. he8.
-    gate : {"softmax", "topk", "temperature", "hierarchical", "sigmoid"}
-        The gating function (see docs/model.md).
+    gate : {"softmax", "topk", "temperature", "hierarchical", "sigmoid", "normalized_sigmoid"}
+        The gating function (see docs/model.md). ``"normalized_sigmoid"`` is DeepSeek-V3's:
+        sigmoid(s_e) divided by the sum of the kept experts' sigmoids.
     top_k : int, optional
-        Experts kept per row, 1 <= top_k <= E: required by ``"topk"``, optional for
-        ``"temperature"``. Top-1 uses the Switch convention (the chosen expert's full-softmax
-        probability), so the router receives a gradient.
+        Experts kept per row, 1 <= top_k <= E (the routed experts' count with `n_shared`):
+        required by ``"topk"``, optional for ``"temperature"`` and ``"normalized_sigmoid"``.
+        Top-1 under ``"topk"`` uses the Switch convention (the chosen expert's full-softmax
+        probability), so the router receives a gradient; top-1 normalised sigmoid gates are
+        1 and pass the router no gradient.
     temperature : float
         The temperature gate's temperature, finite and >= 2.2e-308 (the smallest normal float:
         a subnormal one overflows the scores); settable later, ``model.temperature = t``.
@@ -382,6 +385,11 @@ class MoE(FlatModel):
         alternative, projecting rows back to the sphere after each step, is
         ``train(..., project="sphere")``; the two agree under gradient flow, not under
         discrete steps.)
+    n_shared : int
+        Shared experts (DeepSeekMoE), 0 <= n_shared < E: experts 0 .. n_shared-1 are always on
+        with weight 1, f(x) = sum_{e < S} h_e(x) + sum_r g_r(x) h_{S+r}(x), and the gate routes
+        over the other E - n_shared experts (``router.weight`` has one row per routed expert;
+        ``gates(X)`` still returns (n, E), 1 in the shared columns).
     seed : int
         Seed of the initialisation.
 
@@ -404,10 +412,10 @@ class MoE(FlatModel):
 
     def __init__(self, d_in, n_experts, *, expert="ffn", hidden=8, activation="relu",
                  gate="softmax", top_k=None, temperature=1.0, gate_activation=None, groups=None,
-                 d_out=1, bias=True, normalize=False, depth=1, seed=0):
+                 d_out=1, bias=True, normalize=False, depth=1, n_shared=0, seed=0):
         self._config, self._layer = _config.moe_config(
             d_in, n_experts, expert, hidden, activation, gate, top_k, temperature,
-            gate_activation, groups, d_out, bias, normalize, depth)
+            gate_activation, groups, d_out, bias, normalize, depth, n_shared)
         self._temperature = self._config["temperature"]
         self._setup_parameters(seed)
 
@@ -483,6 +491,8 @@ class MoE(FlatModel):
         c = self._config
         extras = ", ".join(f"{k}={c[k]!r}" for k in ("top_k", "groups", "gate_activation")
                            if c[k] is not None)
+        if c["n_shared"]:
+            extras = ", ".join(filter(None, (extras, f"n_shared={c['n_shared']}")))
         return (f"MoE(d_in={c['d_in']}, n_experts={c['n_experts']}, expert={c['expert']!r}, "
                 f"hidden={c['hidden']}, depth={c['depth']}, activation={c['activation']!r}, "
                 f"gate={c['gate']!r}"

@@ -42,6 +42,13 @@ def _indices(keep, n, what):
     return keep
 
 
+def _check_routed_only(config, who):
+    """ValueError for a model with shared experts: the surgeries index router rows by expert."""
+    if config.get("n_shared"):
+        raise ValueError(f"{who} needs a model without shared experts (its router rows are "
+                         f"indexed by expert); got n_shared={config['n_shared']}")
+
+
 def experts(model, keep):
     """A model made of the kept experts of `model` (router rows and expert parameters copied).
 
@@ -59,6 +66,7 @@ def experts(model, keep):
         min(top_k, k); hierarchical gates keep only the groups that keep an expert.
     """
     c = model.config
+    _check_routed_only(c, "experts")
     E = c["n_experts"]
     keep = _indices(keep, E, "expert")
     changes = dict(n_experts=int(keep.size))
@@ -157,7 +165,7 @@ def expert_outputs(model, X):
     """
     c = model.config
     single = _new_model(c, n_experts=1, gate="softmax", top_k=None, temperature=1.0,
-                        gate_activation=None, groups=None)
+                        gate_activation=None, groups=None, n_shared=0)
     X = np.asarray(X, dtype=np.float64)
     H = np.empty((X.shape[0], c["n_experts"], c["d_out"]))
     expert_names = [n for n in single.params if n.startswith("experts.")]
@@ -292,6 +300,7 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
     # Duplicates are judged by the first layer only, and the parity rule (h(-z) = -h(z)) holds
     # for one hidden layer, not through further layers.
     _check_one_hidden_layer(c, "merge_duplicates")
+    _check_routed_only(c, "merge_duplicates")
     plain_temperature = (c["gate"] == "temperature" and c["top_k"] is None
                          and c["gate_activation"] is None)
     if c["gate"] not in ("sigmoid", "softmax") and not plain_temperature:

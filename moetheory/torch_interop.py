@@ -123,10 +123,15 @@ def _classes():
             return s if b is None else s + b
 
         def gates(self, X):
-            """Gate weights, shape (n, E)."""
+            """Gate weights, shape (n, E): 1 for the shared experts, then the routed ones'."""
+            g = self._routed_gates(X)
+            S = self.config.get("n_shared", 0)
+            return g if not S else torch.cat([torch.ones(g.shape[0], S, dtype=g.dtype), g], 1)
+
+        def _routed_gates(self, X):
             c = self.config
             if c["gate"] == "hierarchical":
-                E, G = c["n_experts"], c["groups"]
+                E, G = c["n_experts"] - c.get("n_shared", 0), c["groups"]
                 u = self._affine(X, "router.outer.weight", "router.outer.bias")
                 v = self._affine(X, "router.inner.weight", "router.inner.bias")
                 P = torch.softmax(u, dim=1)
@@ -143,6 +148,11 @@ def _classes():
                 return torch.softmax(t, dim=1) if c["top_k"] is None else _topk(torch, t, c["top_k"])
             if c["gate"] == "sigmoid":
                 return torch.sigmoid(s)
+            if c["gate"] == "normalized_sigmoid":
+                p = torch.sigmoid(s)
+                if c["top_k"] is not None:
+                    p = p * (_topk(torch, s, c["top_k"]) > 0)  # the chosen set, held fixed
+                return p / p.sum(dim=1, keepdim=True)
             raise ValueError(f"unknown gate {c['gate']!r}")
 
         def expert_outputs(self, X):

@@ -35,6 +35,13 @@ def _gate_variants():
             yield dict(gate="temperature", top_k=k, temperature=TEMPERATURE, gate_activation=a)
     yield dict(gate="hierarchical", groups=2)
     yield dict(gate="sigmoid")
+    for k in (None, 1, 2):
+        yield dict(gate="normalized_sigmoid", top_k=k)
+    # shared experts (always on) beside R = 3 routed ones, under gates of each kind of backward
+    yield dict(gate="softmax", n_shared=1)
+    yield dict(gate="topk", top_k=2, n_shared=1)
+    yield dict(gate="hierarchical", groups=3, n_shared=1)
+    yield dict(gate="normalized_sigmoid", top_k=2, n_shared=2)
 
 
 def _expert_variants():
@@ -90,6 +97,8 @@ def config_id(config):
         parts.append(f"ga_{config['gate_activation']}")
     if config["groups"] is not None:
         parts.append(f"G{config['groups']}")
+    if config["n_shared"]:
+        parts.append(f"S{config['n_shared']}")
     parts.append(config["activation"] if config["expert"] == "ffn" else "linear")
     if config["depth"] > 1:
         parts.append(f"depth{config['depth']}")

@@ -8,9 +8,13 @@ never imports ``moetheory``. The tests compare the package against it, and the b
 A *config* is a plain dict with exactly the keys in ``CONFIG_KEYS``::
 
     d_in, n_experts, expert ("ffn" | "linear"), hidden, depth, activation,
-    gate ("softmax" | "topk" | "temperature" | "hierarchical" | "sigmoid"),
+    gate ("softmax" | "topk" | "temperature" | "hierarchical" | "sigmoid" |
+          "normalized_sigmoid"),
     top_k (None | int), temperature (float), gate_activation (None | activation name),
-    groups (None | int), d_out, bias (bool), normalize (bool)
+    groups (None | int), d_out, bias (bool), normalize (bool), n_shared (int)
+
+With n_shared = S > 0 the first S experts are shared: their gate is 1 on every row, and the
+gate (and the router's parameters) covers the R = E - S routed experts only.
 
 Shapes: n samples, d = d_in, E experts, H hidden, D = depth (hidden layers per ffn expert),
 o = d_out, G router groups. Samples first.
@@ -31,10 +35,11 @@ __all__ = [
 
 HERMITE = tuple(f"he{k}" for k in range(1, 9))
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "sigmoid", "identity") + HERMITE
-GATES = ("softmax", "topk", "temperature", "hierarchical", "sigmoid")
+GATES = ("softmax", "topk", "temperature", "hierarchical", "sigmoid", "normalized_sigmoid")
 EXPERTS = ("ffn", "linear")
 CONFIG_KEYS = ("d_in", "n_experts", "expert", "hidden", "depth", "activation", "gate", "top_k",
-               "temperature", "gate_activation", "groups", "d_out", "bias", "normalize")
+               "temperature", "gate_activation", "groups", "d_out", "bias", "normalize",
+               "n_shared")
 
 # With normalize=True these blocks' rows (each acting on x) are used as w / |w|.
 DIRECTION_BLOCKS = ("router.weight", "router.outer.weight", "router.inner.weight", "experts.W1",
@@ -48,12 +53,12 @@ LEAKY_SLOPE = 0.01
 
 def make_config(d_in, n_experts, *, expert="ffn", hidden=8, depth=1, activation="relu",
                 gate="softmax", top_k=None, temperature=1.0, gate_activation=None, groups=None,
-                d_out=1, bias=True, normalize=False):
+                d_out=1, bias=True, normalize=False, n_shared=0):
     """A full config dict with the same defaults as ``moetheory.MoE`` (seed excluded)."""
     config = dict(d_in=d_in, n_experts=n_experts, expert=expert, hidden=hidden, depth=depth,
                   activation=activation, gate=gate, top_k=top_k, temperature=temperature,
                   gate_activation=gate_activation, groups=groups, d_out=d_out, bias=bias,
-                  normalize=normalize)
+                  normalize=normalize, n_shared=n_shared)
     validate_config(config)
     return config
 
@@ -74,7 +79,10 @@ def validate_config(config):
     for key in ("d_in", "n_experts", "d_out"):
         if int(config[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    E = config["n_experts"]
+    S = config["n_shared"]
+    if isinstance(S, bool) or int(S) != S or not 0 <= S < config["n_experts"]:
+        raise ValueError(f"n_shared must be an integer in [0, n_experts), got {S!r}")
+    E = routed(config)  # what the gate routes over
     if config["expert"] not in EXPERTS:
         raise ValueError(f"expert must be one of {EXPERTS}, got {config['expert']!r}")
     depth = config["depth"]
@@ -94,7 +102,7 @@ def validate_config(config):
     k = config["top_k"]
     if gate == "topk" and k is None:
         raise ValueError("gate='topk' needs top_k")
-    if gate not in ("topk", "temperature") and k is not None:
+    if gate not in ("topk", "temperature", "normalized_sigmoid") and k is not None:
         raise ValueError("top_k is only used by the 'topk' and 'temperature' gates, "
                          f"got gate={gate!r}")
     if k is not None and not 1 <= k <= E:
@@ -113,9 +121,15 @@ def validate_config(config):
         raise ValueError(f"gate_activation must be None or one of {ACTIVATIONS}, got {ga!r}")
 
 
+def routed(config):
+    """R, the experts the gate routes over: all but the shared ones."""
+    return config["n_experts"] - config["n_shared"]
+
+
 def param_shapes(config):
     """The parameters as a list of (name, shape), in the exact order they sit in ``theta``."""
     d, E, o = config["d_in"], config["n_experts"], config["d_out"]
+    R = routed(config)
     bias = bool(config["bias"])
     shapes = []
     if config["gate"] == "hierarchical":
@@ -123,13 +137,13 @@ def param_shapes(config):
         shapes.append(("router.outer.weight", (G, d)))
         if bias:
             shapes.append(("router.outer.bias", (G,)))
-        shapes.append(("router.inner.weight", (E, d)))
+        shapes.append(("router.inner.weight", (R, d)))
         if bias:
-            shapes.append(("router.inner.bias", (E,)))
+            shapes.append(("router.inner.bias", (R,)))
     else:
-        shapes.append(("router.weight", (E, d)))
+        shapes.append(("router.weight", (R, d)))
         if bias:
-            shapes.append(("router.bias", (E,)))
+            shapes.append(("router.bias", (R,)))
     if config["expert"] == "ffn":
         H = config["hidden"]
         shapes.append(("experts.W1", (E, H, d)))
@@ -294,13 +308,26 @@ def _topk_backward(dg, p, mask, k):
 
 
 def scores(params, X, config):
-    """s = X @ router.weight.T + router.bias, shape (n, E) (not for the hierarchical gate)."""
-    E = config["n_experts"]
-    return X @ params["router.weight"].T + _bias(params, "router.bias", (E,))
+    """s = X @ router.weight.T + router.bias, shape (n, R) (not for the hierarchical gate)."""
+    return X @ params["router.weight"].T + _bias(params, "router.bias", (routed(config),))
 
 
 def _gate_forward(params, X, config):
-    gate, E = config["gate"], config["n_experts"]
+    """(g, cache) with g (n, E): the routed gate of `_routed_gate_forward`, 1 for shared experts."""
+    g, cache = _routed_gate_forward(params, X, config)
+    S = config["n_shared"]
+    return np.concatenate([np.ones((X.shape[0], S)), g], axis=1), cache
+
+
+def _normalized_sigmoid_forward(s, k):
+    """g = sigmoid(s) / (sum of the chosen sigmoids) on the k largest scores (k None: all)."""
+    mask = np.ones(s.shape, dtype=bool) if k is None else _topk_mask(s, k)
+    p = np.where(mask, _sigmoid(s), 0.0)
+    return p / p.sum(axis=1, keepdims=True), mask
+
+
+def _routed_gate_forward(params, X, config):
+    gate, E = config["gate"], routed(config)
     cache = {}
     if gate == "hierarchical":
         G = config["groups"]
@@ -333,14 +360,19 @@ def _gate_forward(params, X, config):
         cache["t"] = t
     elif gate == "sigmoid":
         g = _sigmoid(s)
+    elif gate == "normalized_sigmoid":
+        g, mask = _normalized_sigmoid_forward(s, config["top_k"])
+        cache.update(g=g, mask=mask)
     else:
         raise ValueError(f"unknown gate {gate!r}")
     return g, cache
 
 
 def _gate_backward(dg, cache, params, X, config, grads):
-    """Accumulate the router gradients into ``grads`` (dict of views) from dL/dg (n, E)."""
-    gate, E = config["gate"], config["n_experts"]
+    """Accumulate the router gradients into ``grads`` (dict of views) from dL/dg (n, E): the
+    shared experts' gates are constants, so only the routed columns reach the router."""
+    gate, E = config["gate"], routed(config)
+    dg = dg[:, config["n_shared"]:]
     if gate == "hierarchical":
         P, Q = cache["P"], cache["Q"]
         n, G, m = Q.shape
@@ -371,6 +403,12 @@ def _gate_backward(dg, cache, params, X, config, grads):
     elif gate == "sigmoid":
         g = _sigmoid(cache["s"])
         ds = dg * g * (1.0 - g)
+    elif gate == "normalized_sigmoid":
+        # g = p / Z on the chosen set C: dL/dp_j = (dg_j - sum_C g dg) / Z, dp/ds = p (1 - p)
+        g, mask, p = cache["g"], cache["mask"], _sigmoid(cache["s"])
+        Z = np.sum(np.where(mask, p, 0.0), axis=1, keepdims=True)
+        dp = (dg - np.sum(g * dg, axis=1, keepdims=True)) / Z
+        ds = np.where(mask, dp * p * (1.0 - p), 0.0)
     else:
         raise ValueError(f"unknown gate {gate!r}")
     grads["router.weight"] += ds.T @ X
@@ -559,8 +597,8 @@ def kink_margin(theta, X, config):
     if config["expert"] == "ffn" and config["activation"] in kinked:
         _, cache = _experts_forward(params, X, config)
         margin = min(margin, min(float(np.min(np.abs(Z))) for Z in cache["Zs"]))
-    gate, k, E = config["gate"], config["top_k"], config["n_experts"]
-    if gate in ("topk", "temperature"):
+    gate, k, E = config["gate"], config["top_k"], routed(config)
+    if gate in ("topk", "temperature", "normalized_sigmoid"):
         s = scores(params, X, config)
         t = s
         if gate == "temperature":

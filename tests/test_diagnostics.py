@@ -35,12 +35,18 @@ def test_routing_rejects_non_models():
 
 @pytest.mark.parametrize("gate, kw", [("softmax", {}), ("topk", {"top_k": 2}),
                                       ("temperature", {"temperature": 0.7}),
-                                      ("hierarchical", {"groups": 2}), ("sigmoid", {})])
+                                      ("hierarchical", {"groups": 2}), ("sigmoid", {}),
+                                      ("normalized_sigmoid", {"top_k": 2}),
+                                      ("softmax", {"n_shared": 1}),
+                                      ("hierarchical", {"groups": 3, "n_shared": 1}),
+                                      ("normalized_sigmoid", {"n_shared": 2})])
 def test_auxiliary_losses_value_and_gradient(gate, kw):
     """The C auxiliary losses equal the NumPy functions of moetheory.diagnostics, and their
-    gradients equal central differences (away from top-1 ties: shares are piecewise constant)."""
+    gradients equal central differences (away from top-1 ties: shares are piecewise constant).
+    With shared experts both losses are over the routed experts' gates and scores."""
     rng = np.random.default_rng(3)
     model = mt.MoE(3, 4, hidden=3, activation="tanh", gate=gate, seed=1, **kw)
+    S = kw.get("n_shared", 0)
     model.theta[:] = rng.normal(size=model.n_params)
     X, y = rng.normal(size=(9, 3)), rng.normal(size=9)
     mse, _ = model.loss_and_grad(X, y)
@@ -48,7 +54,7 @@ def test_auxiliary_losses_value_and_gradient(gate, kw):
     p = model.params
     w, b = (p["router.inner.weight"], p["router.inner.bias"]) if gate == "hierarchical" else \
         (p["router.weight"], p["router.bias"])
-    expected = mse + 0.3 * diagnostics.switch_loss(model.gates(X)) + \
+    expected = mse + 0.3 * diagnostics.switch_loss(model.gates(X)[:, S:]) + \
         0.05 * diagnostics.z_loss(X @ w.T + b)
     assert loss == pytest.approx(expected, rel=1e-12)
     theta = model.theta.copy()

@@ -73,7 +73,8 @@ def _slow_directions(theta, config):
 
 def slow_gates(theta, X, config):
     P = ref.unpack(_slow_directions(theta, config), config)
-    E, bias = config["n_experts"], config["bias"]
+    S, bias = config["n_shared"], config["bias"]
+    E = config["n_experts"] - S  # the gate's experts; the shared ones' gates are 1
     out = np.zeros((X.shape[0], E))
     for i, x in enumerate(X):
         if config["gate"] == "hierarchical":
@@ -102,8 +103,13 @@ def slow_gates(theta, X, config):
             g = _slow_softmax(t) if config["top_k"] is None else _slow_topk(t, config["top_k"])
         elif gate == "sigmoid":
             g = [1.0 / (1.0 + math.exp(-v)) for v in s]
+        elif gate == "normalized_sigmoid":
+            k = config["top_k"] or E
+            chosen = sorted(range(E), key=lambda e: (-s[e], e))[:k]  # ties -> lowest index
+            p = {e: 1.0 / (1.0 + math.exp(-s[e])) for e in chosen}
+            g = [p[e] / sum(p.values()) if e in p else 0.0 for e in range(E)]
         out[i] = g
-    return out
+    return np.hstack([np.ones((X.shape[0], S)), out])
 
 
 def slow_forward(theta, X, config):
@@ -178,11 +184,15 @@ def test_gate_properties(grid_config, rng):
     theta = rng.standard_normal(ref.n_params(config))
     X = rng.standard_normal((50, config["d_in"]))
     g = ref.gates(theta, X, config)
-    E, gate, k = config["n_experts"], config["gate"], config["top_k"]
+    E, gate, k, S = config["n_experts"], config["gate"], config["top_k"], config["n_shared"]
     assert g.shape == (50, E)
+    assert np.all(g[:, :S] == 1.0)  # shared experts: always on with weight 1
+    g = g[:, S:]
     assert np.all(g >= 0) and np.all(g <= 1)
     if gate == "sigmoid":
         pass  # independent per expert, no normalisation
+    elif k == 1 and gate == "normalized_sigmoid":
+        assert np.all(g.sum(axis=1) == 1)  # sigmoid_c / sigmoid_c
     elif k == 1:
         assert np.all(g.sum(axis=1) < 1)  # Switch: softmax(s)_c of the chosen c, below 1
     else:

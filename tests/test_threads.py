@@ -81,7 +81,9 @@ def test_same_thread_count_gives_the_same_bits(threads, rng):
 
 
 @pytest.mark.parametrize("gate, kw", [("softmax", {}), ("topk", {"top_k": 2}),
-                                      ("hierarchical", {"groups": 2})])
+                                      ("hierarchical", {"groups": 2}),
+                                      ("softmax", {"n_shared": 1}),
+                                      ("normalized_sigmoid", {"top_k": 2, "n_shared": 1})])
 def test_auxiliary_losses_average_over_the_whole_batch(gate, kw, threads, rng):
     """The Switch loss's top-1 shares and the z-loss's mean are whole-batch quantities: a
     thread that used its own rows' shares or divided by its own row count would differ."""

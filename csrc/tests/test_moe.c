@@ -58,9 +58,9 @@ int main(void)
 {
     /* Gradients: every gate with both expert kinds and a few activations away from kinks. */
     mt_gate_kind gates[] = {MT_GATE_SOFTMAX, MT_GATE_TOPK, MT_GATE_TEMPERATURE,
-                            MT_GATE_HIERARCHICAL, MT_GATE_SIGMOID};
+                            MT_GATE_HIERARCHICAL, MT_GATE_SIGMOID, MT_GATE_NORMALIZED_SIGMOID};
     mt_act acts[] = {MT_ACT_TANH, MT_ACT_GELU, MT_ACT_SIGMOID, MT_ACT_HE3, MT_ACT_HE8};
-    for (size_t gi = 0; gi < 5; gi++)
+    for (size_t gi = 0; gi < 6; gi++)
         for (int ex = 0; ex < 2; ex++)
             for (size_t ai = 0; ai < 5; ai++)
                 for (int bias = 0; bias < 2; bias++) {
@@ -81,6 +81,31 @@ int main(void)
     c1.gate = MT_GATE_TOPK;
     c1.top_k = 1;
     check_gradient(c1);
+    /* Shared experts beside routed ones, under a dense, a top-k and a grouped gate. */
+    mt_moe_config cs = base();
+    cs.n_shared = 1;
+    check_gradient(cs);
+    cs.gate = MT_GATE_NORMALIZED_SIGMOID;
+    cs.top_k = 2;
+    check_gradient(cs);
+    cs.top_k = 0;
+    cs.gate = MT_GATE_HIERARCHICAL;
+    cs.groups = 3;
+    check_gradient(cs);
+    cs.n_shared = 4; /* no routed expert left */
+    CHECK(mt_moe_config_check(&cs) == MT_EINVAL);
+
+    /* The normalised sigmoid: a softmax of log sigmoid, finite where every sigmoid underflows;
+     * top-k picks by score with ties to the lowest index. */
+    double sn[3] = {-800.0, -801.0, 2.0}, gn[3], qn[3];
+    int in[2];
+    CHECK(mt_gate_normalized_sigmoid_forward(gn, qn, in, sn, 1, 3, 2) == MT_OK);
+    CHECK(in[0] == 2 && in[1] == 0 && gn[1] == 0.0);
+    CHECK_CLOSE(gn[0] + gn[2], 1.0, 1e-15);
+    double tiny[2] = {-800.0, -801.0}, gt[2], qt[2];
+    CHECK(mt_gate_normalized_sigmoid_forward(gt, qt, in, tiny, 1, 2, 0) == MT_OK);
+    CHECK_CLOSE(gt[0], 1.0 / (1.0 + exp(-1.0)), 1e-12);
+    CHECK(mt_gate_normalized_sigmoid_forward(gt, qt, in, tiny, 1, 2, 3) == MT_EINVAL);
     /* Normalised directions: the gradient passes through w / |w|. */
     mt_moe_config cn = base();
     cn.normalize = 1;

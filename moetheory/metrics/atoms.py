@@ -97,7 +97,7 @@ def has_gauge(config):
         False for "sigmoid" and "temperature" with one (see the module notes).
     """
     gate = config["gate"]
-    if gate == "sigmoid":
+    if gate in ("sigmoid", "normalized_sigmoid"):
         return False
     if gate == "temperature":
         return config.get("gate_activation") in (None, "identity")
@@ -180,6 +180,11 @@ def atoms(model, params=None):
     """
     model = _moe(model)
     config = model.config
+    if config.get("n_shared"):
+        # each atom pairs a gate row with its expert; a shared expert has no gate row, and the
+        # losses over such pairs (metrics.voronoi) are not defined for it here
+        raise ValueError(f"atoms needs a model whose every expert is routed; this one has "
+                         f"n_shared={config['n_shared']} shared experts")
     blocks = _selected_blocks(model, params)
     p = _effective(model)
     E = config["n_experts"]
