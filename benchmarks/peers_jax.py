@@ -59,6 +59,14 @@ def _topk_gate(t, k):
 
 
 def gates(w, P, X):
+    _, jnp = _mods()
+    g = _routed_gates(w, P, X)
+    if not w.n_shared:
+        return g
+    return jnp.concatenate([jnp.ones((X.shape[0], w.n_shared), dtype=g.dtype), g], axis=1)
+
+
+def _routed_gates(w, P, X):
     jax, jnp = _mods()
     n = X.shape[0]
     if w.gate == "hierarchical":
@@ -68,8 +76,8 @@ def gates(w, P, X):
             u = u + P["router.outer.bias"]
             v = v + P["router.inner.bias"]
         G = w.groups
-        gv = jax.nn.softmax(v.reshape(n, G, w.E // G), axis=2)
-        return (jax.nn.softmax(u, axis=1)[:, :, None] * gv).reshape(n, w.E)
+        gv = jax.nn.softmax(v.reshape(n, G, w.R // G), axis=2)
+        return (jax.nn.softmax(u, axis=1)[:, :, None] * gv).reshape(n, w.R)
     s = X @ P["router.weight"].T
     if w.bias:
         s = s + P["router.bias"]
@@ -77,6 +85,12 @@ def gates(w, P, X):
         return jax.nn.softmax(s, axis=1)
     if w.gate == "sigmoid":
         return jax.nn.sigmoid(s)
+    if w.gate == "normalized_sigmoid":                      # DeepSeek-V3's gate
+        p = jax.nn.sigmoid(s)
+        if w.top_k is not None:
+            _, idx = jax.lax.top_k(jax.lax.stop_gradient(s), w.top_k)
+            p = p * (jnp.sum(jax.nn.one_hot(idx, s.shape[1], dtype=p.dtype), axis=1) > 0)
+        return p / jnp.sum(p, axis=1, keepdims=True)
     if w.gate == "topk":
         return _topk_gate(s, w.top_k)
     if w.gate == "temperature":

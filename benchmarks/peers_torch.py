@@ -60,6 +60,13 @@ def _topk_gate(t, k):
 
 
 def gates(w: Workload, P, X):
+    g = _routed_gates(w, P, X)
+    if not w.n_shared:
+        return g
+    return torch.cat([torch.ones(X.shape[0], w.n_shared, dtype=g.dtype), g], dim=1)
+
+
+def _routed_gates(w: Workload, P, X):
     n = X.shape[0]
     if w.gate == "hierarchical":
         u = X @ P["router.outer.weight"].T
@@ -69,13 +76,19 @@ def gates(w: Workload, P, X):
             v = v + P["router.inner.bias"]
         G = w.groups
         gu = torch.softmax(u, dim=1)
-        gv = torch.softmax(v.view(n, G, w.E // G), dim=2)
-        return (gu.unsqueeze(2) * gv).reshape(n, w.E)
+        gv = torch.softmax(v.view(n, G, w.R // G), dim=2)
+        return (gu.unsqueeze(2) * gv).reshape(n, w.R)
     s = torch.addmm(P["router.bias"], X, P["router.weight"].T) if w.bias else X @ P["router.weight"].T
     if w.gate == "softmax":
         return torch.softmax(s, dim=1)
     if w.gate == "sigmoid":
         return torch.sigmoid(s)
+    if w.gate == "normalized_sigmoid":                      # DeepSeek-V3's gate
+        p = torch.sigmoid(s)
+        if w.top_k is not None:
+            idx = torch.topk(s.detach(), w.top_k, dim=1).indices
+            p = p * torch.zeros_like(s, dtype=torch.bool).scatter_(1, idx, True)
+        return p / p.sum(dim=1, keepdim=True)
     if w.gate == "topk":
         return _topk_gate(s, w.top_k)
     if w.gate == "temperature":

@@ -37,6 +37,7 @@ class Workload:
     temperature: Optional[float] = None
     gate_activation: Optional[str] = None
     groups: Optional[int] = None
+    n_shared: int = 0  # shared experts, always on (gate 1); the router covers the E - n_shared others
     optimizer: str = "sgd"
     d_out: int = 1
     expert: str = "ffn"
@@ -54,7 +55,8 @@ class Workload:
                     activation=self.activation, gate=self.gate, top_k=self.top_k,
                     temperature=1.0 if self.temperature is None else self.temperature,
                     gate_activation=self.gate_activation,
-                    groups=self.groups, d_out=self.d_out, bias=self.bias, depth=1)
+                    groups=self.groups, d_out=self.d_out, bias=self.bias, depth=1,
+                    n_shared=self.n_shared)
 
     def mt_kwargs(self) -> dict:
         """Keyword arguments of moetheory.MoE (besides d, E, seed); gate options only when used."""
@@ -68,7 +70,14 @@ class Workload:
             kw["gate_activation"] = self.gate_activation
         if self.groups is not None:
             kw["groups"] = self.groups
+        if self.n_shared:
+            kw["n_shared"] = self.n_shared
         return kw
+
+    @property
+    def R(self) -> int:
+        """The experts the router covers."""
+        return self.E - self.n_shared
 
 
 W1 = Workload("W1", d=10, E=4, m=4, n=1_000, steps=2_000, quick_steps=200, what="tiny: per-step overhead")
@@ -82,12 +91,14 @@ W2_TEMP = dataclasses.replace(W2, name="W2-temp0.5", gate="temperature", tempera
                               what="W2, softmax at temperature 0.5")
 W2_HIER = dataclasses.replace(W2, name="W2-hier2", gate="hierarchical", groups=2,
                               what="W2, hierarchical gate, 2 groups")
+W2_DEEPSEEK = dataclasses.replace(W2, name="W2-ds2", gate="normalized_sigmoid", top_k=2, n_shared=2,
+                                  what="W2, DeepSeekMoE: 2 shared + 6 routed, normalised sigmoid top-2")
 W1_ADAM = dataclasses.replace(W1, name="W1-adam", optimizer="adam", what="W1 with Adam")
 W2_ADAM = dataclasses.replace(W2, name="W2-adam", optimizer="adam", what="W2 with Adam")
 
 #: section name -> workloads in it
 SECTIONS = {
-    "loss_and_grad": [W1, W2, W3, W2_TOPK, W2_TEMP, W2_HIER],
+    "loss_and_grad": [W1, W2, W3, W2_TOPK, W2_TEMP, W2_HIER, W2_DEEPSEEK],
     "training step": [W1, W2, W3, W4, W1_ADAM, W2_ADAM],
 }
 
@@ -117,13 +128,13 @@ def param_shapes(w: Workload):
         out += [("router.outer.weight", (w.groups, d))]
         if w.bias:
             out += [("router.outer.bias", (w.groups,))]
-        out += [("router.inner.weight", (E, d))]
+        out += [("router.inner.weight", (w.R, d))]
         if w.bias:
-            out += [("router.inner.bias", (E,))]
+            out += [("router.inner.bias", (w.R,))]
     else:
-        out += [("router.weight", (E, d))]
+        out += [("router.weight", (w.R, d))]
         if w.bias:
-            out += [("router.bias", (E,))]
+            out += [("router.bias", (w.R,))]
     if w.expert == "ffn":
         out += [("experts.W1", (E, H, d))]
         if w.bias:
@@ -181,6 +192,11 @@ def _softmax(t, axis=-1):
 
 
 def _gates_np(w: Workload, P, X):
+    g = _routed_gates_np(w, P, X)
+    return np.hstack([np.ones((X.shape[0], w.n_shared)), g]) if w.n_shared else g
+
+
+def _routed_gates_np(w: Workload, P, X):
     n = X.shape[0]
     if w.gate == "hierarchical":
         u = X @ P["router.outer.weight"].T + P.get("router.outer.bias", 0.0)
@@ -190,6 +206,14 @@ def _gates_np(w: Workload, P, X):
     s = X @ P["router.weight"].T + P.get("router.bias", 0.0)
     if w.gate == "sigmoid":
         return 1.0 / (1.0 + np.exp(-s))
+    if w.gate == "normalized_sigmoid":
+        p = 1.0 / (1.0 + np.exp(-s))
+        if w.top_k is not None:
+            idx = np.argsort(-s, axis=1, kind="stable")[:, :w.top_k]
+            keep = np.zeros_like(s, dtype=bool)
+            np.put_along_axis(keep, idx, True, axis=1)
+            p = np.where(keep, p, 0.0)
+        return p / p.sum(axis=1, keepdims=True)
     k = w.top_k if w.gate in ("topk", "temperature") else None
     if w.gate == "temperature":
         if w.gate_activation not in (None, "identity"):

@@ -17,8 +17,6 @@
 int mt_fused_supports(const mt_moe_config *c)
 {
     if (c->d_out != 1 || c->depth != 1 || c->aux_switch > 0 || c->aux_z > 0) return 0;
-    /* shared experts and the normalised sigmoid gate take the general path */
-    if (c->n_shared > 0 || c->gate == MT_GATE_NORMALIZED_SIGMOID) return 0;
     if (c->expert != MT_EXPERT_FFN && c->expert != MT_EXPERT_LINEAR) return 0;
     return c->d_in <= MT_FUSED_MAX_D &&
            mt_fused_router_rows(c) + mt_fused_expert_rows(c) <= MT_FUSED_MAX_ROWS;

@@ -24,7 +24,7 @@ static inline size_t mt_fused_groups(const mt_moe_config *c)
 }
 static inline size_t mt_fused_router_rows(const mt_moe_config *c)
 {
-    return mt_fused_groups(c) + c->n_experts;
+    return mt_fused_groups(c) + c->n_experts - c->n_shared; /* routed experts only */
 }
 static inline size_t mt_fused_expert_rows(const mt_moe_config *c)
 {
@@ -41,8 +41,10 @@ typedef struct {
     double *S;        /* (r, B): scores; overwritten by their gradients in backward */
     double *A;        /* (E*H, B): FFN activations; overwritten by their gradients */
     double *G, *Tt;   /* (E, B): gates; temperature gate's act(s) / T, then its gradient */
+    double *Gr;       /* G's rows of the routed experts (G + n_shared * B): the gate's output */
     double *M, *P;    /* (E, B): top-k: 1 on the chosen experts, else 0; the full softmax
-                         (top-1) or the hierarchical gate's softmax within groups */
+                         (top-1), the hierarchical gate's softmax within groups, or the
+                         normalised sigmoid gate's 1 - sigmoid(s) */
     double *Q;        /* (groups, B): the hierarchical gate's softmax over groups */
     double *O;        /* (E, B): expert outputs */
     double *f, *df;   /* (B,) */
@@ -68,6 +70,7 @@ static inline mt_fused_scratch mt_fused_carve(double *p, const mt_moe_config *c)
 #define MT_TAKE(field, count) s.field = p; p += mt_fused_round8(count);
     MT_FUSED_BUFFERS(MT_TAKE)
 #undef MT_TAKE
+    s.Gr = s.G + c->n_shared * B;
     return s;
 }
 

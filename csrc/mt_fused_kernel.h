@@ -263,9 +263,9 @@ MT_INLINE void softmax_lanes_backward(double *dS, const double *dG, const double
  * the softmax over the chosen, for k == 1 the chosen expert's full softmax probability, which
  * stays in P for the backward. A NaN score makes its lane's gates NaN (0 * NaN), so it cannot
  * vanish unseen. */
-MT_INLINE void topk_lanes(mt_fused_scratch *s, const double *restrict S, size_t E, size_t k)
+MT_INLINE void topk_select_lanes(double *restrict M, const double *restrict S, size_t E,
+                                 size_t k)
 {
-    double *restrict M = s->M, *restrict G = s->G;
     double best[B], pick[B];
     for (size_t i = 0; i < E * B; i++) M[i] = 0.0;
     for (size_t j = 0; j < k; j++) { /* the j-th largest of the experts not yet chosen */
@@ -281,6 +281,12 @@ MT_INLINE void topk_lanes(mt_fused_scratch *s, const double *restrict S, size_t 
         for (size_t e = 0; e < E; e++)
             for (size_t l = 0; l < B; l++) M[e * B + l] = pick[l] == (double)e ? 1.0 : M[e * B + l];
     }
+}
+
+MT_INLINE void topk_lanes(mt_fused_scratch *s, const double *restrict S, size_t E, size_t k)
+{
+    double *restrict M = s->M, *restrict G = s->Gr;
+    topk_select_lanes(M, S, E, k);
     if (k == 1) {
         softmax_lanes(s->P, S, E);
         for (size_t i = 0; i < E * B; i++) G[i] = M[i] * s->P[i];
@@ -309,13 +315,13 @@ MT_INLINE void topk_lanes_backward(double *dS, const double *dG, const mt_fused_
                                    size_t E, size_t k)
 {
     if (k >= 2) {
-        softmax_lanes_backward(dS, dG, s->G, E);
+        softmax_lanes_backward(dS, dG, s->Gr, E);
         return;
     }
     double w[B];
     for (size_t l = 0; l < B; l++) w[l] = 0.0;
     for (size_t e = 0; e < E; e++) /* one non-zero term per lane: g is 0 off the chosen */
-        for (size_t l = 0; l < B; l++) w[l] += dG[e * B + l] * s->G[e * B + l];
+        for (size_t l = 0; l < B; l++) w[l] += dG[e * B + l] * s->Gr[e * B + l];
     for (size_t e = 0; e < E; e++)
         for (size_t l = 0; l < B; l++)
             dS[e * B + l] = w[l] * s->M[e * B + l] - w[l] * s->P[e * B + l];
@@ -330,7 +336,7 @@ MT_INLINE void hierarchical_lanes(mt_fused_scratch *s, size_t E, size_t Gg)
     const size_t per = E / Gg;
     softmax_lanes(s->Q, s->S, Gg);
     for (size_t grp = 0; grp < Gg; grp++) {
-        double *Pg = s->P + grp * per * B, *Gr = s->G + grp * per * B;
+        double *Pg = s->P + grp * per * B, *Gr = s->Gr + grp * per * B;
         const double *q = s->Q + grp * B;
         softmax_lanes(Pg, s->S + (Gg + grp * per) * B, per);
         for (size_t j = 0; j < per; j++)
@@ -359,13 +365,67 @@ MT_INLINE void hierarchical_lanes_backward(mt_fused_scratch *s, size_t E, size_t
     softmax_lanes_backward(du, du, s->Q, Gg);
 }
 
+/* The normalised sigmoid gate of mt_gate_normalized_sigmoid_forward, lane by lane, on the
+ * router rows of S (E, B): Gr = sigmoid(s) over the sum of the chosen sigmoids (M: the top-k,
+ * or every expert when k == 0), P = sigmoid(-s) for the backward. Each lane's sigmoids are
+ * scaled by exp(-min(0, max chosen s)) first, exactly, so a lane whose sigmoids all underflow
+ * is still normalised (the general path takes a softmax of log sigmoid: the two agree to
+ * rounding, not bitwise). */
+MT_INLINE void normalized_sigmoid_lanes(mt_fused_scratch *s, size_t E, size_t k)
+{
+    const double *restrict S = s->S;
+    double *restrict G = s->Gr, *restrict Q = s->P, *restrict M = s->M;
+    double shift[B], sum[B];
+    if (k) topk_select_lanes(M, S, E, k);
+    for (size_t l = 0; l < B; l++) shift[l] = -INFINITY;
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) {
+            const double v = S[e * B + l];
+            const int in = k ? M[e * B + l] != 0.0 : 1;
+            shift[l] = in && v > shift[l] ? v : shift[l];
+        }
+    for (size_t l = 0; l < B; l++) shift[l] = shift[l] < 0.0 ? shift[l] : 0.0;
+    for (size_t l = 0; l < B; l++) sum[l] = 0.0;
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) {
+            /* sigmoid(v) e^-shift: v >= 0 (then shift = 0) 1 / (1 + e^-v); v < 0
+             * e^(v - shift) / (1 + e^v), with v - shift <= 0 on the chosen */
+            const double v = S[e * B + l], t = mt_exp(v < 0 ? v : -v);
+            const double w = (v < 0 ? mt_exp(v - shift[l]) : 1.0) / (1.0 + t);
+            const double g = k ? M[e * B + l] * w : w;
+            Q[e * B + l] = (v < 0 ? 1.0 : t) / (1.0 + t);
+            G[e * B + l] = g;
+            sum[l] += g;
+        }
+    /* divided, not multiplied by 1 / sum: top-1 then gives exactly 1, and the router exactly
+     * no gradient, as on the general path */
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) G[e * B + l] /= sum[l];
+}
+
+/* Its backward: dS = g q (dg - <g, dg>), 0 off the chosen (g is 0 there); dS may alias dG. */
+MT_INLINE void normalized_sigmoid_lanes_backward(double *dS, const double *dG,
+                                                 const mt_fused_scratch *s, size_t E)
+{
+    double dot[B];
+    for (size_t l = 0; l < B; l++) dot[l] = 0.0;
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++) dot[l] += s->Gr[e * B + l] * dG[e * B + l];
+    for (size_t e = 0; e < E; e++)
+        for (size_t l = 0; l < B; l++)
+            dS[e * B + l] = s->Gr[e * B + l] * s->P[e * B + l] * (dG[e * B + l] - dot[l]);
+}
+
+/* The gates G (E, B): 1 in the shared experts' rows, the gate over the R routed experts' scores
+ * (S's router rows) in the others (Gr). */
 MT_INLINE void gates_forward(mt_fused_scratch *s, const mt_moe_config *c)
 {
-    const size_t E = c->n_experts;
+    const size_t E = c->n_experts - c->n_shared;
+    for (size_t i = 0; i < c->n_shared * B; i++) s->G[i] = 1.0;
     const double *scores = s->S; /* what the softmax or the top-k acts on */
     switch (c->gate) {
     case MT_GATE_SIGMOID: /* elementwise, so the row-major gate serves the transposed layout */
-        mt_gate_sigmoid_forward(s->G, s->S, B, E);
+        mt_gate_sigmoid_forward(s->Gr, s->S, B, E);
         return;
     case MT_GATE_HIERARCHICAL:
         hierarchical_lanes(s, E, c->groups);
@@ -375,11 +435,14 @@ MT_INLINE void gates_forward(mt_fused_scratch *s, const mt_moe_config *c)
         for (size_t i = 0; i < E * B; i++) s->Tt[i] /= c->temperature;
         scores = s->Tt;
         break;
+    case MT_GATE_NORMALIZED_SIGMOID:
+        normalized_sigmoid_lanes(s, E, c->top_k);
+        return;
     default:
         break;
     }
     if (c->top_k) topk_lanes(s, scores, E, c->top_k);
-    else softmax_lanes(s->G, scores, E);
+    else softmax_lanes(s->Gr, scores, E);
 }
 
 /* Where the gates' gradient dG (E, B) is put for gates_backward: the router rows of S, whose
@@ -395,23 +458,26 @@ MT_INLINE double *gate_grad(mt_fused_scratch *s, const mt_moe_config *c)
 /* dG (gate_grad's rows) becomes d loss / d (router scores) in S's router rows. */
 MT_INLINE void gates_backward(mt_fused_scratch *s, const mt_moe_config *c)
 {
-    const size_t E = c->n_experts;
+    const size_t E = c->n_experts - c->n_shared;
     switch (c->gate) {
+    case MT_GATE_NORMALIZED_SIGMOID:
+        normalized_sigmoid_lanes_backward(s->S, s->S, s, E);
+        break;
     case MT_GATE_SIGMOID:
-        mt_gate_sigmoid_backward(s->S, s->S, s->G, B, E);
+        mt_gate_sigmoid_backward(s->S, s->S, s->Gr, B, E);
         break;
     case MT_GATE_HIERARCHICAL:
         hierarchical_lanes_backward(s, E, c->groups);
         break;
     case MT_GATE_TEMPERATURE:
         if (c->top_k) topk_lanes_backward(s->Tt, s->Tt, s, E, c->top_k);
-        else softmax_lanes_backward(s->Tt, s->Tt, s->G, E);
+        else softmax_lanes_backward(s->Tt, s->Tt, s->Gr, E);
         for (size_t i = 0; i < E * B; i++) s->Tt[i] /= c->temperature;
         mt_act_backward(s->S, s->Tt, s->S, E * B, c->gate_activation);
         break;
     default:
         if (c->top_k) topk_lanes_backward(s->S, s->S, s, E, c->top_k);
-        else softmax_lanes_backward(s->S, s->S, s->G, E);
+        else softmax_lanes_backward(s->S, s->S, s->Gr, E);
         break;
     }
 }
@@ -482,10 +548,10 @@ MT_INLINE double block(mt_fused_scratch *s, const double *X, const double *y, si
 
     /* Backward. The gates take dg = df o (gates_backward turns them into the router scores'
      * gradient); the experts' rows take their scores' gradient. O becomes dO = g df. */
-    double *dG = gate_grad(s, c);
+    double *dG = gate_grad(s, c); /* the routed experts' rows: a shared gate is a constant */
     for (size_t e = 0; e < E; e++)
         for (size_t l = 0; l < B; l++) {
-            dG[e * B + l] = s->df[l] * s->O[e * B + l];
+            if (e >= c->n_shared) dG[(e - c->n_shared) * B + l] = s->df[l] * s->O[e * B + l];
             s->O[e * B + l] = s->G[e * B + l] * s->df[l];
         }
     if (ffn) {
@@ -555,11 +621,11 @@ MT_INLINE void pack_rows(double *Wp, double *bp, const double *theta, size_t w, 
 MT_INLINE void pack(mt_fused_scratch *s, const double **w2, const double **b2,
                     const double *theta, const mt_moe_config *c, const mt_fused_offsets *off)
 {
-    const size_t E = c->n_experts, d = c->d_in, Gg = mt_fused_groups(c);
+    const size_t d = c->d_in, Gg = mt_fused_groups(c);
     const size_t nr = mt_fused_router_rows(c), R2 = mt_fused_expert_rows(c);
     const int ffn = c->expert == MT_EXPERT_FFN;
     if (Gg) pack_rows(s->Wp, s->bp, theta, off->ow, off->ob, Gg, d);
-    pack_rows(s->Wp + Gg * d, s->bp + Gg, theta, off->rw, off->rb, E, d);
+    pack_rows(s->Wp + Gg * d, s->bp + Gg, theta, off->rw, off->rb, nr - Gg, d);
     pack_rows(s->Wp + nr * d, s->bp + nr, theta, off->W1, off->b1, R2, d);
     *w2 = ffn ? theta + off->W2 : NULL;
     *b2 = ffn && off->b2 != SIZE_MAX ? theta + off->b2 : NULL;
@@ -595,8 +661,8 @@ void MT_FUSED_KERNEL(double *sq_sum, double *grad, const double *theta, const do
         add_rows(grad, off->ow, s.gW, Gg, d, dp);
         add_part(grad, off->ob, s.gb, Gg);
     }
-    add_rows(grad, off->rw, s.gW + Gg * dp, E, d, dp);
-    add_part(grad, off->rb, s.gb + Gg, E);
+    add_rows(grad, off->rw, s.gW + Gg * dp, nr - Gg, d, dp);
+    add_part(grad, off->rb, s.gb + Gg, nr - Gg);
     add_rows(grad, off->W1, s.gW + nr * dp, R2, d, dp);
     add_part(grad, off->b1, s.gb + nr, R2);
     if (ffn) {
@@ -648,10 +714,10 @@ MT_INLINE void block_jacobian(double *J, size_t P, mt_fused_scratch *s, const do
     spread_block(s->xT, s->Xp, X, m, d, MT_FUSED_PAD(d));
     block_forward(s, c, w2, b2);
     for (size_t l = 0; l < B; l++) s->df[l] = l < m ? 1.0 : 0.0;
-    double *dG = gate_grad(s, c);
+    double *dG = gate_grad(s, c); /* the routed experts' rows: a shared gate is a constant */
     for (size_t e = 0; e < E; e++)
         for (size_t l = 0; l < B; l++) {
-            dG[e * B + l] = s->df[l] * s->O[e * B + l];
+            if (e >= c->n_shared) dG[(e - c->n_shared) * B + l] = s->df[l] * s->O[e * B + l];
             s->O[e * B + l] = s->G[e * B + l] * s->df[l];
         }
     if (ffn) {

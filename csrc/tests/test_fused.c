@@ -1,7 +1,8 @@
 /* mt_moe_mse_loss_and_grad takes the fused path (mt_fused.h) for the configurations it supports:
  * its loss and gradient equal those of the layer-at-a-time path (mt_moe_forward, the MSE,
  * mt_moe_backward) for every gate (top-k with k = 1, 2 and E, the temperature gate with and
- * without top-k, hierarchical with one and several groups), both expert kinds, every
+ * without top-k, hierarchical with one and several groups, the normalised sigmoid with and
+ * without top-k; each also beside shared experts), both expert kinds, every
  * activation, with and without biases and normalised directions, and for batches that fill no
  * block, one block exactly and several blocks with a remainder. Every instruction-set variant
  * the CPU runs (mt_isa.h: baseline, AVX2 with FMA, AVX-512 with FMA) is checked, against the
@@ -60,6 +61,8 @@ static double fused(double *grad, double *f, mt_isa isa, const mt_moe_config *c,
  * tolerances: FMA and 8-lane sums change only the rounding). */
 static void check_config_ties(mt_moe_config c, size_t n, int tie);
 static void check_config(mt_moe_config c, size_t n) { check_config_ties(c, n, 0); }
+/* router scores near -800 - e on every row, where every sigmoid underflows */
+static void check_config_low_scores(mt_moe_config c, size_t n) { check_config_ties(c, n, 2); }
 
 /* tie: router rows 1 and 2 (and their biases) copied from row 0, so three experts tie on every
  * row: top-k must break the tie as mt_gate_topk_forward does (the lowest index first). */
@@ -77,7 +80,14 @@ static void check_config_ties(mt_moe_config c, size_t n, int tie)
     for (size_t i = 0; i < P; i++) theta[i] = 0.5 * mt_test_normal(&st);
     for (size_t i = 0; i < n * c.d_in; i++) X[i] = mt_test_normal(&st);
     for (size_t i = 0; i < n; i++) y[i] = mt_test_normal(&st);
-    if (tie) {
+    if (tie == 2) {
+        const mt_param_block *w = &L.block[0], *b = &L.block[1]; /* router.weight, router.bias */
+        CHECK(c.bias && c.gate != MT_GATE_HIERARCHICAL);
+        for (size_t e = 0; e < w->shape[0]; e++) {
+            for (size_t k = 0; k < c.d_in; k++) theta[w->offset + e * c.d_in + k] *= 1e-3;
+            theta[b->offset + e] = -800.0 - (double)e;
+        }
+    } else if (tie) {
         const mt_param_block *w = &L.block[0], *b = &L.block[1]; /* router.weight, router.bias */
         CHECK(c.bias && c.gate == MT_GATE_TOPK && c.n_experts >= 3);
         for (size_t e = 1; e < 3; e++) {
@@ -150,6 +160,8 @@ static void check_supports(void)
     CHECK(mt_fused_supports(&o));
     o = c, o.gate = MT_GATE_HIERARCHICAL, o.groups = 2;
     CHECK(mt_fused_supports(&o));
+    o = c, o.gate = MT_GATE_NORMALIZED_SIGMOID, o.top_k = 2, o.n_shared = 1;
+    CHECK(mt_fused_supports(&o));
     o = c, o.aux_z = 0.1;
     CHECK(!mt_fused_supports(&o));
     o = c, o.aux_switch = 0.1;
@@ -161,7 +173,7 @@ static void check_supports(void)
 /* The gates checked: each with the number of experts it runs on. */
 typedef struct {
     mt_gate_kind gate;
-    size_t top_k, groups, n_experts;
+    size_t top_k, groups, n_experts, n_shared;
 } gate_case;
 
 int main(void)
@@ -171,12 +183,17 @@ int main(void)
     check_supports();
     check_isa();
     const gate_case gates[] = {
-        {MT_GATE_SOFTMAX, 0, 0, 3},     {MT_GATE_TEMPERATURE, 0, 0, 4},
-        {MT_GATE_SIGMOID, 0, 0, 5},     {MT_GATE_TOPK, 1, 0, 4},
-        {MT_GATE_TOPK, 2, 0, 5},        {MT_GATE_TOPK, 3, 0, 3},
-        {MT_GATE_TEMPERATURE, 1, 0, 3}, {MT_GATE_TEMPERATURE, 2, 0, 4},
-        {MT_GATE_HIERARCHICAL, 0, 1, 3}, {MT_GATE_HIERARCHICAL, 0, 2, 4},
-        {MT_GATE_HIERARCHICAL, 0, 3, 6},
+        {MT_GATE_SOFTMAX, 0, 0, 3, 0},     {MT_GATE_TEMPERATURE, 0, 0, 4, 0},
+        {MT_GATE_SIGMOID, 0, 0, 5, 0},     {MT_GATE_TOPK, 1, 0, 4, 0},
+        {MT_GATE_TOPK, 2, 0, 5, 0},        {MT_GATE_TOPK, 3, 0, 3, 0},
+        {MT_GATE_TEMPERATURE, 1, 0, 3, 0}, {MT_GATE_TEMPERATURE, 2, 0, 4, 0},
+        {MT_GATE_HIERARCHICAL, 0, 1, 3, 0}, {MT_GATE_HIERARCHICAL, 0, 2, 4, 0},
+        {MT_GATE_HIERARCHICAL, 0, 3, 6, 0},
+        {MT_GATE_NORMALIZED_SIGMOID, 0, 0, 4, 0}, {MT_GATE_NORMALIZED_SIGMOID, 1, 0, 3, 0},
+        {MT_GATE_NORMALIZED_SIGMOID, 2, 0, 5, 0}, {MT_GATE_NORMALIZED_SIGMOID, 2, 0, 5, 2},
+        {MT_GATE_SOFTMAX, 0, 0, 4, 1},            {MT_GATE_TOPK, 2, 0, 5, 2},
+        {MT_GATE_TOPK, 1, 0, 3, 1},               {MT_GATE_TEMPERATURE, 2, 0, 4, 1},
+        {MT_GATE_HIERARCHICAL, 0, 3, 4, 1},       {MT_GATE_SIGMOID, 0, 0, 3, 2},
     };
     const size_t batches[] = {1, 5, MT_FUSED_ROWS, 2 * MT_FUSED_ROWS + 3};
     for (size_t gi = 0; gi < sizeof gates / sizeof gates[0]; gi++)
@@ -188,6 +205,7 @@ int main(void)
                                        .hidden = 1 + (size_t)act % 4, .depth = 1, .d_out = 1,
                                        .gate = gates[gi].gate, .top_k = gates[gi].top_k,
                                        .groups = gates[gi].groups, .expert = (mt_expert_kind)ex,
+                                       .n_shared = gates[gi].n_shared,
                                        .activation = (mt_act)act,
                                        .gate_activation = (mt_act)((act + 3) % MT_ACT_COUNT),
                                        .temperature = 0.7, .bias = variant != 1,
@@ -208,6 +226,12 @@ int main(void)
     check_config(w2, 300);
     w2.gate = MT_GATE_HIERARCHICAL, w2.top_k = 0, w2.groups = 2;
     check_config(w2, 300);
+    w2.gate = MT_GATE_NORMALIZED_SIGMOID, w2.top_k = 2, w2.groups = 0, w2.n_shared = 2;
+    check_config(w2, 300);
+    /* a lane whose every chosen sigmoid underflows is still normalised */
+    mt_moe_config low = w1;
+    low.gate = MT_GATE_NORMALIZED_SIGMOID, low.top_k = 2, low.n_shared = 1;
+    check_config_low_scores(low, 100);
     /* ties under top-1 and top-2 */
     for (size_t k = 1; k <= 2; k++) {
         mt_moe_config t = w1;
