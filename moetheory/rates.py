@@ -57,7 +57,7 @@ import numpy as np
 
 from . import samplers
 from .estimate import em, em_sample, free_mask, least_squares
-from .metrics.atoms import atoms, expert_blocks
+from .metrics.atoms import atoms, expert_blocks, require_routed
 from .metrics.voronoi import LossOverflowError, hierarchical_voronoi_loss, voronoi_loss
 from .model import MoE
 from .rates_em import _em_atoms, _em_kind, _em_start, _em_truth
@@ -490,6 +490,7 @@ class Experiment:
         if not (callable(loss) or loss in _LOSSES):
             raise ValueError(f"loss must be 'D1', 'D2' or a callable, got {loss!r}")
         config = truth.config
+        require_routed(config, "Experiment (its losses are over atoms)")
         k_true = config["n_experts"]
         if isinstance(fit_experts, bool) or not isinstance(fit_experts, numbers.Integral) or \
                 fit_experts < k_true:

@@ -130,6 +130,8 @@ def test_surgeries_that_index_router_rows_by_expert_refuse_shared_experts():
         mt.prune_surgery.experts(model, [0, 1])
     with pytest.raises(ValueError, match="n_shared=1"):
         mt.metrics.atoms(model)
+    with pytest.raises(ValueError, match="Experiment .*n_shared=1"):
+        mt.rates.Experiment(model, fit_experts=4, reps=2, n=[100, 300], noise_sd=0.1)
     H, G = mt.prune_surgery.expert_outputs(model, np.zeros((3, 2)))
     assert H.shape == (3, 4, 1) and np.all(G[:, 0] == 1)
 

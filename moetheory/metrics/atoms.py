@@ -66,6 +66,16 @@ def _moe(model):
     return model
 
 
+def require_routed(config, who):
+    """ValueError naming `who` for a model with shared experts: each atom pairs a gate row with
+    its expert, a shared expert has no gate row, and the losses over such pairs
+    (metrics.voronoi) are not defined for it here."""
+    if config.get("n_shared"):
+        raise ValueError(f"{who} needs a model whose every expert is routed (atoms pair a gate "
+                         f"row with each expert); this one has n_shared={config['n_shared']} "
+                         f"shared experts")
+
+
 def expert_blocks(model):
     """The names of a model's expert parameter blocks, in layout order.
 
@@ -180,11 +190,7 @@ def atoms(model, params=None):
     """
     model = _moe(model)
     config = model.config
-    if config.get("n_shared"):
-        # each atom pairs a gate row with its expert; a shared expert has no gate row, and the
-        # losses over such pairs (metrics.voronoi) are not defined for it here
-        raise ValueError(f"atoms needs a model whose every expert is routed; this one has "
-                         f"n_shared={config['n_shared']} shared experts")
+    require_routed(config, "atoms")
     blocks = _selected_blocks(model, params)
     p = _effective(model)
     E = config["n_experts"]
