@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 
 from .model import MoE
+from .metrics.atoms import require_routed
 
 __all__ = ["experts", "neurons", "expert_outputs", "merge_duplicates", "merge_neurons",
            "single_linkage"]
@@ -42,13 +43,6 @@ def _indices(keep, n, what):
     return keep
 
 
-def _check_routed_only(config, who):
-    """ValueError for a model with shared experts: the surgeries index router rows by expert."""
-    if config.get("n_shared"):
-        raise ValueError(f"{who} needs a model without shared experts (its router rows are "
-                         f"indexed by expert); got n_shared={config['n_shared']}")
-
-
 def experts(model, keep):
     """A model made of the kept experts of `model` (router rows and expert parameters copied).
 
@@ -66,7 +60,7 @@ def experts(model, keep):
         min(top_k, k); hierarchical gates keep only the groups that keep an expert.
     """
     c = model.config
-    _check_routed_only(c, "experts")
+    require_routed(c, "experts")
     E = c["n_experts"]
     keep = _indices(keep, E, "expert")
     changes = dict(n_experts=int(keep.size))
@@ -300,7 +294,7 @@ def merge_duplicates(model, threshold=0.999, *, drop_tol=1e-8):
     # Duplicates are judged by the first layer only, and the parity rule (h(-z) = -h(z)) holds
     # for one hidden layer, not through further layers.
     _check_one_hidden_layer(c, "merge_duplicates")
-    _check_routed_only(c, "merge_duplicates")
+    require_routed(c, "merge_duplicates")
     plain_temperature = (c["gate"] == "temperature" and c["top_k"] is None
                          and c["gate_activation"] is None)
     if c["gate"] not in ("sigmoid", "softmax") and not plain_temperature:

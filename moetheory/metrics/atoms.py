@@ -67,12 +67,12 @@ def _moe(model):
 
 
 def require_routed(config, who):
-    """ValueError naming `who` for a model with shared experts: each atom pairs a gate row with
-    its expert, a shared expert has no gate row, and the losses over such pairs
-    (metrics.voronoi) are not defined for it here."""
+    """ValueError naming `who` for a model with shared experts, the one check of every piece
+    that pairs each expert with a gate row (atoms and the losses over them, the surgeries that
+    index router rows by expert): a shared expert has no gate row."""
     if config.get("n_shared"):
-        raise ValueError(f"{who} needs a model whose every expert is routed (atoms pair a gate "
-                         f"row with each expert); this one has n_shared={config['n_shared']} "
+        raise ValueError(f"{who} needs a model whose every expert is routed (it pairs each "
+                         f"expert with a gate row); this one has n_shared={config['n_shared']} "
                          f"shared experts")
 
 
