@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "mt_columns.h"
+#include "mt_em_drive.h"
 #include "mt_exp.h"
 #include "mt_log.h"
 #include "mt_parallel.h"
@@ -62,6 +63,7 @@ struct mt_em_workspace {
     double *coef;     /* (K, d + 1) */
     double *sse_new;  /* (K,) */
     double *cst;      /* (2 K) per expert -log(2 pi sigma2) / 2, then 1 / (2 sigma2) */
+    double *drive;    /* mt_em_drive_scratch(flat size with outer scale) for SQUAREM */
     int *ok;          /* (K,) */
     double *block;    /* the one allocation all of the above point into (ok apart) */
 };
@@ -76,6 +78,7 @@ void mt_em_options_default(mt_em_options *opt)
     opt->tol = 1e-6;
     opt->gate_steps = MT_EM_GATE_STEPS;
     opt->expert_steps = MT_EM_EXPERT_STEPS;
+    opt->accelerate = 0;
     opt->interrupt = NULL;
     opt->interrupt_ctx = NULL;
 }
@@ -230,6 +233,8 @@ mt_status mt_em_options_validate(const mt_em_options *opt, mt_why *why)
     if (opt->expert_steps < 0)
         return mt_fail(why, "expert_steps", "expert_steps must be >= 0, got %d",
                        opt->expert_steps);
+    if (opt->accelerate != 0 && opt->accelerate != 1)
+        return mt_fail(why, "accelerate", "accelerate must be 0 or 1, got %d", opt->accelerate);
     return MT_OK;
 }
 
@@ -244,7 +249,8 @@ mt_status mt_em_workspace_alloc(mt_em_workspace **ws, size_t n_max, size_t d, si
     size_t n_cols = block_cols(d, K);
     size_t T = (size_t)mt_threads();
     size_t count = (p1 + K) * n_max + T * n_cols * BLOCK + T * n_sums + 2 * state_count(P) + Pg
-                   + 3 * P + P * P + K * p1 + 3 * K;
+                   + 3 * P + P * P + K * p1 + 3 * K
+                   + mt_em_drive_scratch(mt_em_params_size(d, K, 1));
     mt_em_workspace *w = malloc(sizeof *w);
     if (!w) return MT_ENOMEM;
     w->block = malloc(count * sizeof(double));
@@ -270,7 +276,8 @@ mt_status mt_em_workspace_alloc(mt_em_workspace **ws, size_t n_max, size_t d, si
     w->Lc = q; q += P * P;
     w->coef = q; q += K * p1;
     w->sse_new = q; q += K;
-    w->cst = q;
+    w->cst = q; q += 2 * K;
+    w->drive = q;
     *ws = w;
     return MT_OK;
 }
@@ -939,6 +946,71 @@ mt_status mt_em_loglik(double *loglik, double *resp, const mt_em_params *params,
     return isfinite(L) ? MT_OK : MT_ENONFINITE;
 }
 
+/* The EM as csrc/mt_em_drive.h's map: the fit's parameters, data and workspace. */
+typedef struct {
+    mt_em_params *p;
+    const double *y;
+    size_t n, d, K;
+    const mt_em_options *opt;
+    mt_em_workspace *ws;
+} em_fit_ctx;
+
+static double fit_estep(void *ctx)
+{
+    em_fit_ctx *c = ctx;
+    return estep(NULL, 1, c->p, c->y, c->n, c->d, c->K, c->opt, c->ws);
+}
+
+static void fit_mstep(void *ctx)
+{
+    em_fit_ctx *c = ctx;
+    gate_mstep(c->p, c->n, c->d, c->K, c->opt->gate_steps, c->ws);
+    if (c->opt->expert == MT_EM_LINEAR)
+        linear_mstep(c->p, c->y, c->n, c->d, c->K, c->ws);
+    else
+        ffn_mstep(c->p, c->y, c->n, c->d, c->K, c->opt, c->ws);
+}
+
+/* The blocks of mt_em_params in their flat order, with their lengths. */
+static size_t param_blocks(double **blocks, size_t *lens, const mt_em_params *p, size_t d,
+                           size_t K)
+{
+    size_t m = 0;
+    blocks[m] = p->beta0; lens[m++] = K;
+    blocks[m] = p->beta1; lens[m++] = K * d;
+    blocks[m] = p->a; lens[m++] = K * d;
+    blocks[m] = p->b; lens[m++] = K;
+    if (p->c) { blocks[m] = p->c; lens[m++] = K; }
+    blocks[m] = p->sigma2; lens[m++] = K;
+    return m;
+}
+
+static void fit_get(void *ctx, double *flat)
+{
+    em_fit_ctx *c = ctx;
+    double *blocks[6];
+    size_t lens[6], m = param_blocks(blocks, lens, c->p, c->d, c->K);
+    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(flat, blocks[i], lens[i] * sizeof *flat);
+}
+
+static void fit_set(void *ctx, const double *flat)
+{
+    em_fit_ctx *c = ctx;
+    double *blocks[6];
+    size_t lens[6], m = param_blocks(blocks, lens, c->p, c->d, c->K);
+    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(blocks[i], flat, lens[i] * sizeof *flat);
+}
+
+static int fit_admissible(void *ctx, const double *flat)
+{
+    em_fit_ctx *c = ctx;
+    size_t size = mt_em_params_size(c->d, c->K, c->opt->outer_scale);
+    if (!mt_all_finite(flat, size)) return 0;
+    const double *sigma2 = flat + size - c->K;  /* sigma2 is the last block */
+    for (size_t k = 0; k < c->K; k++) if (!(sigma2[k] > MT_EM_SIGMA2_MIN)) return 0;
+    return 1;
+}
+
 mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *converged,
                     const double *X, const double *y, size_t n, size_t d, size_t K,
                     const mt_em_options *opt, mt_em_workspace *ws)
@@ -950,26 +1022,13 @@ mt_status mt_em_fit(mt_em_params *params, double *trace, int *n_iter, int *conve
     *n_iter = 0;
     *converged = 0;
     load_design(ws, X, n, d);
-    double L_prev = estep(NULL, 1, params, y, n, d, K, opt, ws);
-    if (!isfinite(L_prev)) return MT_ENONFINITE;
-    for (int t = 0; t < opt->max_iter; t++) {
-        if (opt->interrupt && t % MT_EM_POLL_EVERY == 0 && opt->interrupt(opt->interrupt_ctx))
-            return MT_EINTERRUPTED;
-        gate_mstep(params, n, d, K, opt->gate_steps, ws);
-        if (opt->expert == MT_EM_LINEAR)
-            linear_mstep(params, y, n, d, K, ws);
-        else
-            ffn_mstep(params, y, n, d, K, opt, ws);
-        double L = estep(NULL, 1, params, y, n, d, K, opt, ws);
-        trace[t] = L;
-        *n_iter = t + 1;
-        if (!isfinite(L)) return MT_ENONFINITE;
-        if (fabs(L - L_prev) < opt->tol * fabs(L_prev)) {
-            *converged = 1;
-            break;
-        }
-        L_prev = L;
-    }
+    em_fit_ctx ctx = {params, y, n, d, K, opt, ws};
+    mt_em_map map = {&ctx, mt_em_params_size(d, K, opt->outer_scale), fit_estep, fit_mstep,
+                     fit_get, fit_set, NULL, fit_admissible, opt->interrupt, opt->interrupt_ctx,
+                     MT_EM_POLL_EVERY};
+    st = mt_em_drive(&map, trace, n_iter, converged, opt->max_iter, opt->tol, opt->accelerate,
+                     ws->drive);
+    if (st != MT_OK) return st;
     /* A fit that ends degenerate has met the tolerance on a likelihood that is not the model's
      * (a variance at its floor inflates it without bound): not converged. */
     if (*converged && mt_em_degeneracy(NULL, params, d, K, ws)) *converged = 0;

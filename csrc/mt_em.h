@@ -23,6 +23,9 @@
  * Stopping: after iteration t (t = 0, 1, ...) the log-likelihood L_{t+1} of the new parameters
  * is stored in trace[t]; the fit stops as converged when |L_{t+1} - L_t| < tol * |L_t|
  * (L_0 is the log-likelihood of the initial parameters), else after max_iter iterations.
+ * With opt.accelerate = 1 the iterations are SQUAREM's cycles over these EM steps, the same
+ * stopping rule tested after every EM step (csrc/mt_em_drive.h says exactly how); a proposal is
+ * admissible when every sigma2 is above MT_EM_SIGMA2_MIN and every parameter finite.
  *
  * Decisions a caller must know:
  * - Log-likelihoods are SUMS over the n samples (not means), with the Gaussian constant.
@@ -81,6 +84,7 @@ typedef struct {
     double tol;              /* >= 0, relative change of the log-likelihood that stops */
     int gate_steps;          /* >= 0 Newton steps on the gate per M-step (default 5) */
     int expert_steps;        /* >= 0 Gauss-Newton steps per ffn expert per M-step (default 5) */
+    int accelerate;          /* 0: plain EM (default); 1: SQUAREM (csrc/mt_em_drive.h) */
     mt_interrupt_fn interrupt; /* may be NULL */
     void *interrupt_ctx;
 } mt_em_options;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "mt_columns.h"
+#include "mt_em_drive.h"
 #include "mt_exp.h"
 #include "mt_log.h"
 #include "mt_simd.h"
@@ -53,6 +54,7 @@ struct mt_gmoe_workspace {
     double *acc;      /* (K,) sums of squared residuals */
     double *Ls;       /* (d, d) the floored Cholesky factor of one S_k */
     double *u;        /* (d,) */
+    double *drive;    /* mt_em_drive_scratch(the full-covariance flat size) for SQUAREM */
     int *ok;          /* (K,) components the M-step updates */
     double *block;    /* the one allocation the doubles point into */
 };
@@ -64,6 +66,7 @@ void mt_gmoe_options_default(mt_gmoe_options *opt)
     opt->max_iter = 2000;
     opt->tol = 1e-5;
     opt->var_floor = MT_GMOE_VAR_FLOOR;
+    opt->accelerate = 0;
     opt->interrupt = NULL;
     opt->interrupt_ctx = NULL;
 }
@@ -101,7 +104,8 @@ mt_status mt_gmoe_workspace_alloc(mt_gmoe_workspace **ws, size_t n_max, size_t d
     const size_t big = (size_t)1 << 40;  /* keeps every product below SIZE_MAX */
     if (d > 4096 || K > 4096 || n_max > big / (d + K)) return MT_EINVAL;
     size_t count = n_max * (d + K) + block_cols(d, K) * BLOCK + 2 * K * d * d + 3 * K * d
-                   + 7 * K + d * d + d;
+                   + 7 * K + d * d + d
+                   + mt_em_drive_scratch(mt_gmoe_params_size(d, K, MT_GMOE_FULL));
     mt_gmoe_workspace *w = malloc(sizeof *w);
     if (!w) return MT_ENOMEM;
     w->block = malloc(count * sizeof(double));
@@ -128,7 +132,8 @@ mt_status mt_gmoe_workspace_alloc(mt_gmoe_workspace **ws, size_t n_max, size_t d
     w->ybar = q; q += K;
     w->acc = q; q += K;
     w->Ls = q; q += d * d;
-    w->u = q;
+    w->u = q; q += d;
+    w->drive = q;
     *ws = w;
     return MT_OK;
 }
@@ -512,13 +517,91 @@ mt_status mt_gmoe_loglik(double *joint, double *conditional, double *resp, doubl
     return isfinite(L) && isfinite(cond) ? MT_OK : MT_ENONFINITE;
 }
 
+/* The EM as csrc/mt_em_drive.h's map. */
+typedef struct {
+    mt_gmoe_params *p;
+    const double *y;
+    size_t n, d, K;
+    const mt_gmoe_options *opt;
+    mt_gmoe_workspace *ws;
+    int *degenerate;
+} gmoe_fit_ctx;
+
+static double fit_estep(void *ctx)
+{
+    gmoe_fit_ctx *c = ctx;
+    /* the floors keep every Gamma_k of an M-step positive definite: a failure there means
+     * overflow; a proposal's failure means it left the domain. Either is not a likelihood. */
+    if (factor_gammas(c->ws, c->p, c->d, c->K, c->opt->cov) != MT_OK) return NAN;
+    return estep(NULL, NULL, 1, c->p, c->y, c->n, c->d, c->K, c->ws);
+}
+
+static void fit_mstep(void *ctx)
+{
+    gmoe_fit_ctx *c = ctx;
+    mstep(c->p, c->y, c->n, c->d, c->K, c->opt->cov, c->opt->var_floor, c->ws, c->degenerate);
+}
+
+static size_t param_blocks(double **blocks, size_t *lens, const gmoe_fit_ctx *c)
+{
+    const mt_gmoe_params *p = c->p;
+    size_t d = c->d, K = c->K;
+    blocks[0] = p->pi; lens[0] = K;
+    blocks[1] = p->c; lens[1] = K * d;
+    blocks[2] = p->Gamma; lens[2] = K * gamma_size(d, c->opt->cov);
+    blocks[3] = p->A; lens[3] = K * d;
+    blocks[4] = p->b; lens[4] = K;
+    blocks[5] = p->nu; lens[5] = K;
+    return 6;
+}
+
+static void fit_get(void *ctx, double *flat)
+{
+    double *blocks[6];
+    size_t lens[6], m = param_blocks(blocks, lens, ctx);
+    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(flat, blocks[i], lens[i] * sizeof *flat);
+}
+
+static void fit_set(void *ctx, const double *flat)
+{
+    double *blocks[6];
+    size_t lens[6], m = param_blocks(blocks, lens, ctx);
+    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(blocks[i], flat, lens[i] * sizeof *flat);
+}
+
+/* An extrapolation keeps sum_k pi_k = 1 only to rounding (its coefficients sum to 1) */
+static void fit_project(void *ctx, double *flat)
+{
+    const gmoe_fit_ctx *c = ctx;
+    double total = 0.0;
+    for (size_t k = 0; k < c->K; k++) total += flat[k];
+    if (total > 0.0 && isfinite(total))
+        for (size_t k = 0; k < c->K; k++) flat[k] /= total;
+}
+
+static int fit_admissible(void *ctx, const double *flat)
+{
+    const gmoe_fit_ctx *c = ctx;
+    const size_t d = c->d, K = c->K, size = mt_gmoe_params_size(d, K, c->opt->cov);
+    const double floor = c->opt->var_floor;
+    if (!mt_all_finite(flat, size)) return 0;
+    for (size_t k = 0; k < K; k++) {
+        if (!(flat[k] >= 0.0) || !(flat[size - K + k] >= floor)) return 0;  /* pi, nu */
+        if (c->opt->cov == MT_GMOE_DIAG)
+            for (size_t j = 0; j < d; j++)
+                if (!(flat[K + K * d + k * d + j] >= floor)) return 0;
+    }
+    return 1;  /* a full Gamma_k not positive definite fails in the proposal's E-step */
+}
+
 mt_status mt_gmoe_fit(mt_gmoe_params *params, double *trace, int *n_iter, int *converged,
                       int *degenerate, const double *X, const double *y, size_t n, size_t d,
                       size_t K, const mt_gmoe_options *opt, mt_gmoe_workspace *ws)
 {
     if (!trace || !n_iter || !converged || !degenerate || !opt) return MT_EINVAL;
     if (opt->max_iter < 1 || !(opt->tol >= 0.0) || !isfinite(opt->tol)
-        || !(opt->var_floor > 0.0) || !isfinite(opt->var_floor))
+        || !(opt->var_floor > 0.0) || !isfinite(opt->var_floor)
+        || (opt->accelerate != 0 && opt->accelerate != 1))
         return MT_EINVAL;
     mt_status st = check_data(X, y, n, d, K, ws);
     if (st == MT_OK) st = check_model(params, d, K, opt->cov, 0);
@@ -528,24 +611,13 @@ mt_status mt_gmoe_fit(mt_gmoe_params *params, double *trace, int *n_iter, int *c
     *converged = 0;
     *degenerate = 0;
     load_columns(ws, X, n, d);
-    double L_prev = estep(NULL, NULL, 1, params, y, n, d, K, ws);
-    if (!isfinite(L_prev)) return MT_ENONFINITE;
-    for (int t = 0; t < opt->max_iter; t++) {
-        if (opt->interrupt && t % MT_GMOE_POLL_EVERY == 0 && opt->interrupt(opt->interrupt_ctx))
-            return MT_EINTERRUPTED;
-        mstep(params, y, n, d, K, opt->cov, opt->var_floor, ws, degenerate);
-        /* the floors keep every Gamma_k positive definite; a failure here means overflow */
-        if (factor_gammas(ws, params, d, K, opt->cov) != MT_OK) return MT_ENONFINITE;
-        double L = estep(NULL, NULL, 1, params, y, n, d, K, ws);
-        trace[t] = L;
-        *n_iter = t + 1;
-        if (!isfinite(L)) return MT_ENONFINITE;
-        if (fabs(L - L_prev) < opt->tol * fabs(L_prev)) {
-            *converged = 1;
-            break;
-        }
-        L_prev = L;
-    }
+    gmoe_fit_ctx ctx = {params, y, n, d, K, opt, ws, degenerate};
+    mt_em_map map = {&ctx, mt_gmoe_params_size(d, K, opt->cov), fit_estep, fit_mstep, fit_get,
+                     fit_set, fit_project, fit_admissible, opt->interrupt, opt->interrupt_ctx,
+                     MT_GMOE_POLL_EVERY};
+    st = mt_em_drive(&map, trace, n_iter, converged, opt->max_iter, opt->tol, opt->accelerate,
+                     ws->drive);
+    if (st != MT_OK) return st;
     for (size_t k = 0; k < K; k++) if (params->pi[k] == 0.0) *degenerate = 1;
     return MT_OK;
 }

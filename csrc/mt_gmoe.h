@@ -22,6 +22,10 @@
  *           A_k = S_k^{-1} s_k (the weighted least-squares slope, with the full S_k for either
  *           covariance), b_k = ybar_k - A_k . c_k,
  *           nu_k = sum_i r_ik (y_i - A_k . x_i - b_k)^2 / W_k.
+ * With opt.accelerate = 1 the iterations are SQUAREM's cycles over these EM steps, with the same
+ * stopping rule tested after every EM step (csrc/mt_em_drive.h); a proposal has its pi
+ * renormalised to sum 1 and is admissible when every pi_k >= 0, every nu_k and diagonal
+ * Gamma_k entry >= var_floor, every parameter finite and every full Gamma_k positive definite.
  * Each block is the exact maximiser of the expected complete log-likelihood, so the joint
  * log-likelihood never decreases (while no floor below acts).
  * Stopping: after iteration t (t = 0, 1, ...) the joint log-likelihood L_{t+1} of the new
@@ -74,6 +78,7 @@ typedef struct {
     int max_iter;            /* >= 1 EM iterations at most (1: the peers' one-step estimator) */
     double tol;              /* >= 0, relative change of the joint log-likelihood that stops */
     double var_floor;        /* > 0, floor of variances and squared Cholesky pivots */
+    int accelerate;          /* 0: plain EM (default); 1: SQUAREM (csrc/mt_em_drive.h) */
     mt_interrupt_fn interrupt; /* may be NULL */
     void *interrupt_ctx;
 } mt_gmoe_options;

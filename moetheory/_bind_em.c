@@ -99,7 +99,8 @@ static int em_count(int *out, const size_arg *a)
 static PyObject *em_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"theta", "X", "y", "K", "expert", "act", "outer_scale", "max_iter",
-                             "tol", "gate_steps", "expert_steps", "theta_name", NULL};
+                             "tol", "gate_steps", "expert_steps", "accelerate", "theta_name",
+                             NULL};
     PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
     PyArrayObject *theta = NULL, *X = NULL, *y = NULL, *fitted = NULL, *trace = NULL;
     PyArrayObject *flags = NULL;
@@ -109,12 +110,14 @@ static PyObject *em_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
     size_arg max_iter = {"max_iter", 2000}, gate_steps = {"gate_steps", MT_EM_GATE_STEPS};
     size_arg expert_steps = {"expert_steps", MT_EM_EXPERT_STEPS};
     real_arg tol = {"tol", 1e-6};
+    bool_arg accelerate = {"accelerate", 0};
     const char *theta_name = "theta";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO&|O&O&O&O&O&O&O&s", kwlist, &theta_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO&|O&O&O&O&O&O&O&O&s", kwlist, &theta_obj,
                                      &X_obj, &y_obj, conv_size, &ma.K, conv_name, &ma.expert,
                                      conv_name, &ma.act, conv_bool, &ma.outer_scale, conv_size,
                                      &max_iter, conv_real, &tol, conv_size, &gate_steps,
-                                     conv_size, &expert_steps, &theta_name))
+                                     conv_size, &expert_steps, conv_bool, &accelerate,
+                                     &theta_name))
         return NULL;
     mt_em_options opt;
     mt_em_options_default(&opt);
@@ -122,6 +125,7 @@ static PyObject *em_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
         em_count(&opt.expert_steps, &expert_steps) < 0)
         return NULL;
     opt.tol = tol.value;
+    opt.accelerate = accelerate.value;
     if (em_parse(theta_obj, theta_name, X_obj, y_obj, &ma, &opt, &theta, &X, &y) < 0) goto done;
     opt.interrupt = bind_poll_signals;
     const size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1), K = ma.K.value;

@@ -100,7 +100,7 @@ done:
 static PyObject *gmoe_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"theta", "X", "y", "K", "cov", "max_iter", "tol", "var_floor",
-                             NULL};
+                             "accelerate", NULL};
     PyObject *theta_obj, *X_obj, *y_obj, *result = NULL;
     PyArrayObject *theta = NULL, *X = NULL, *y = NULL, *fitted = NULL, *trace = NULL;
     mt_gmoe_workspace *ws = NULL;
@@ -109,10 +109,13 @@ static PyObject *gmoe_fit(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
     size_arg K_arg = {"K", 0}, iter_arg = {"max_iter", (size_t)opt.max_iter};
     name_arg cov_arg = COV_ARG;
     real_arg tol_arg = {"tol", opt.tol}, floor_arg = {"var_floor", opt.var_floor};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO&|O&O&O&O&", kwlist, &theta_obj, &X_obj,
+    bool_arg accelerate = {"accelerate", 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO&|O&O&O&O&O&", kwlist, &theta_obj, &X_obj,
                                      &y_obj, conv_size, &K_arg, conv_name, &cov_arg, conv_size,
-                                     &iter_arg, conv_real, &tol_arg, conv_real, &floor_arg))
+                                     &iter_arg, conv_real, &tol_arg, conv_real, &floor_arg,
+                                     conv_bool, &accelerate))
         return NULL;
+    opt.accelerate = accelerate.value;
     size_t K = K_arg.value;
     if (iter_arg.value < 1 || iter_arg.value > INT_MAX) {
         PyErr_Format(PyExc_ValueError, "max_iter must be an integer in [1, %d], got %zu", INT_MAX,
@@ -236,7 +239,8 @@ static PyMethodDef gmoe_methods[] = {
      "the summed log p(x, y) and log p(y | x) of the Gaussian-gated MoE (csrc/mt_gmoe.h), the "
      "posteriors of z given (x, y) and the gate g(x)."},
     {"gmoe_fit", (PyCFunction)(void (*)(void))gmoe_fit, METH_VARARGS | METH_KEYWORDS,
-     "gmoe_fit(theta, X, y, K, cov='full', max_iter=2000, tol=1e-5, var_floor=1e-10) -> "
+     "gmoe_fit(theta, X, y, K, cov='full', max_iter=2000, tol=1e-5, var_floor=1e-10, "
+     "accelerate=False) -> "
      "(theta_fitted, trace (n_iter,), n_iter, converged, degenerate): closed-form EM on the "
      "joint likelihood (csrc/mt_gmoe.h); theta is not modified."},
     {"gmoe_sample", (PyCFunction)(void (*)(void))gmoe_sample, METH_VARARGS | METH_KEYWORDS,

@@ -320,7 +320,7 @@ class GMoEResult:
 
 
 def gmoe_em(X, y, K, *, init, max_iter=2000, tol=1e-5, n_init=1, seed=0, one_step=False,
-            cov=None, var_floor=VAR_FLOOR):
+            cov=None, var_floor=VAR_FLOOR, accelerate=False):
     """EM for the Gaussian-gated MoE on the joint likelihood of (x, y) (the C core's
     ``mt_gmoe_fit``, closed-form M-step).
 
@@ -351,6 +351,9 @@ def gmoe_em(X, y, K, *, init, max_iter=2000, tol=1e-5, n_init=1, seed=0, one_ste
         Covariance of the fitted Gamma; None takes the start's.
     var_floor : float, default 1e-10
         Floor of every variance and squared Cholesky pivot (``csrc/mt_gmoe.h``).
+    accelerate : bool, default False
+        SQUAREM over the EM steps (as :func:`moetheory.estimate.em`'s ``accelerate``: the
+        same fixed points and stopping rule, far fewer iterations where EM crawls).
 
     Returns
     -------
@@ -396,7 +399,8 @@ def gmoe_em(X, y, K, *, init, max_iter=2000, tol=1e-5, n_init=1, seed=0, one_ste
         if cov0 != fit_cov:
             raise ValueError(f"{what}['Gamma'] is {cov0}, but cov = {fit_cov!r} was asked for")
         theta, trace, n_iter, converged, degenerate = _core.gmoe_fit(
-            gmoe_pack(start), X, y, K, fit_cov, max_iter, float(tol), float(var_floor))
+            gmoe_pack(start), X, y, K, fit_cov, max_iter, float(tol), float(var_floor),
+            accelerate)
         logliks[r] = trace[-1]
         if best is None or trace[-1] > best.loglik:
             best_cov = fit_cov
