@@ -50,7 +50,7 @@ from . import _core
 
 __all__ = ["GMoELikelihood", "GMoEResult", "gmoe_params_size", "gmoe_pack", "gmoe_unpack",
            "gmoe_sample", "gmoe_loglik", "gmoe_em", "true_model", "TYPE_II_MODELS",
-           "peers_start", "peers_sample_sizes", "params_from_peers"]
+           "peers_start", "random_start", "peers_sample_sizes", "params_from_peers"]
 
 _KEYS = ("pi", "c", "Gamma", "A", "b", "nu")
 _COVS = ("full", "diag")
@@ -522,6 +522,41 @@ def peers_start(truth, K, n, rng):
         out["b"][i] = t["b"][j] + rng.normal(0, loc, size=(1, 1))[0, 0]
         out["nu"][i] = t["nu"][j] + np.abs(rng.normal(0, scale, size=1))[0]
     return out
+
+
+def random_start(X, y, K, rng, cov="full"):
+    """A start drawn from the data alone (no knowledge of the truth), for restarts.
+
+    The centres c_k are K distinct sample points x_i drawn at random, every Gamma_k the sample
+    covariance of x (its diagonal for ``cov="diag"``), pi_k = 1 / K, A_k = 0, b_k the y of the
+    point that gave c_k, nu_k the sample variance of y: each component starts as a flat expert
+    around one observed point, and EM sorts the points out.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d), n >= K
+    y : array_like, shape (n,)
+    K : int
+    rng : numpy.random.Generator
+    cov : {"full", "diag"}
+
+    Returns
+    -------
+    dict
+    """
+    X, y = _data(X, y)
+    n, d = X.shape
+    K = _int_at_least("K", K, 1)
+    if n < K:
+        raise ValueError(f"X needs at least K = {K} rows for a random start, got {n}")
+    if cov not in _COVS:
+        raise ValueError(f"cov must be 'full' or 'diag', got {cov!r}")
+    pick = rng.choice(n, size=K, replace=False)
+    S = np.atleast_2d(np.cov(X, rowvar=False)) + VAR_FLOOR * np.eye(d)
+    Gamma = np.repeat((S if cov == "full" else np.diag(S))[None], K, axis=0)
+    return {"pi": np.full(K, 1.0 / K), "c": X[pick].copy(), "Gamma": Gamma,
+            "A": np.zeros((K, d)), "b": y[pick].copy(),
+            "nu": np.full(K, max(float(np.var(y)), VAR_FLOOR))}
 
 
 def params_from_peers(pi, c, Gamma, A, b, nu):

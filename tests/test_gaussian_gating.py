@@ -373,3 +373,23 @@ def test_binding_keeps_no_references_and_leaks_no_memory():
         tracemalloc.stop()
     assert growth < 2_000_000, f"traced memory grew by {growth} bytes over 1000 calls"
     assert [sys.getrefcount(a) for a in arrays] == before
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_random_start_is_a_valid_data_drawn_start(cov, rng):
+    from moetheory.gaussian_gating import random_start
+
+    truth = true_model(1)
+    X, y = gmoe_sample(truth, 200, seed=2)
+    s = random_start(X, y, 4, np.random.default_rng(0), cov=cov)
+    assert s["Gamma"].shape == ((4, 1, 1) if cov == "full" else (4, 1))
+    # every centre is a sample point, with its own y as the expert's level
+    rows = [int(np.flatnonzero(X[:, 0] == c)[0]) for c in s["c"][:, 0]]
+    assert len(set(rows)) == 4 and np.array_equal(s["b"], y[rows])
+    assert np.isfinite(gmoe_loglik(s, X, y).joint)
+    again = random_start(X, y, 4, np.random.default_rng(0), cov=cov)
+    assert all(np.array_equal(s[k], again[k]) for k in s)
+    with pytest.raises(ValueError, match="at least K"):
+        random_start(X[:3], y[:3], 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="cov"):
+        random_start(X, y, 4, np.random.default_rng(0), cov="banded")

@@ -32,7 +32,8 @@ def test_reproduce_writes_figures_and_standard_rows(tmp_path, monkeypatch):
     with open(tmp_path / "gmoe_cells.csv") as f:
         assert len(list(csv.DictReader(f))) == 3 * 2
     keys = {"claim", "theory", "tol", "slope", "ci_low", "ci_high", "r2", "verdict"}
-    assert [r["quantity"] for r in rows] == ["loss_one_step", "loss_converged", "loss_start"]
+    assert [r["quantity"] for r in rows] == ["loss_one_step", "loss_converged", "loss_random",
+                                            "loss_start"]
     for r in rows:
         assert keys | {"setting", "quantity", "mode", "figure"} <= set(r)
         assert r["mode"] == "quick" and r["figure"] in G.FIGURES

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from moetheory.metrics import normalize_gate, voronoi_loss
+from moetheory.metrics import align_gauge, normalize_gate, voronoi_loss
 from moetheory.metrics.voronoi import hierarchical_voronoi_loss, normalize_hierarchical_gate
 
 # One true measure used by the hand-computed cases: k* = 2, d = 1, p = 1.
@@ -451,3 +451,61 @@ def test_non_real_arrays_are_refused_with_typeerror(bad, kind):
     # the hierarchical outer arrays go through the same check
     with pytest.raises(TypeError, match=r"fitted\['outer_bias'\] must hold real numbers"):
         hierarchical_voronoi_loss(dict(H_TRUTH, outer_bias=bad), H_TRUTH)
+
+
+# ---------------------------------------------------------------- gauge="aligned"
+
+def _split(measure_, j, parts):
+    """The measure with true atom j split into `parts` atoms of equal mass (same location)."""
+    b, W, e = (np.asarray(measure_[k], float) for k in ("gate_bias", "gate_weight", "expert"))
+    rows = [i for i in range(len(b)) if i != j] + [j] * parts
+    bias = b[rows].copy()
+    bias[-parts:] -= math.log(parts)
+    return measure(bias, W[rows], e[rows])
+
+
+@pytest.mark.parametrize("k_true, d, p, parts", [(2, 1, 1, 1), (3, 2, 2, 1), (2, 1, 3, 2),
+                                                  (3, 2, 1, 3)])
+def test_aligned_loss_is_zero_up_to_a_translation(k_true, d, p, parts):
+    rng = np.random.default_rng(10 + k_true + d + parts)
+    truth = random_measure(rng, k_true, d, p)
+    fit = _split(truth, 0, parts)
+    t0, t1 = rng.normal() * 5, rng.normal(size=d) * 10
+    moved = dict(fit, gate_bias=fit["gate_bias"] + t0, gate_weight=fit["gate_weight"] + t1)
+    assert voronoi_loss(moved, truth) > 0.1               # the given gauge sees the translation
+    assert voronoi_loss(moved, truth, gauge="aligned") < 1e-10
+    back = align_gauge(moved, truth)
+    np.testing.assert_allclose(back["gate_bias"], fit["gate_bias"], atol=1e-12)
+    np.testing.assert_allclose(back["gate_weight"], fit["gate_weight"], atol=1e-12)
+    np.testing.assert_array_equal(back["expert"], fit["expert"])
+
+
+def test_aligned_loss_ignores_which_atom_is_the_reference():
+    # the truth in the zero-last-row gauge; the fit is the same measure with another atom as
+    # its reference (what EM from a random start returns about as often as not)
+    truth = measure([-8.0, 0.0], [[25.0], [0.0]], [[-20.0, 15.0], [20.0, -5.0]])
+    b, W = normalize_gate(truth["gate_bias"], truth["gate_weight"], reference=0)
+    mirrored = measure(b[::-1], W[::-1], truth["expert"][::-1])  # reference: the first atom
+    assert mirrored["gate_bias"][-1] == 0.0 and mirrored["gate_weight"][0, 0] == -25.0
+    assert voronoi_loss(mirrored, truth) > 1e3
+    assert voronoi_loss(mirrored, truth, gauge="aligned") < 1e-9
+
+
+def test_aligned_gauge_moves_a_near_truth_fit_little():
+    rng = np.random.default_rng(3)
+    truth = random_measure(rng, 3, 2, 2)
+    truth["gate_bias"], truth["gate_weight"] = normalize_gate(truth["gate_bias"],
+                                                              truth["gate_weight"])
+    noisy = {k: v + 1e-3 * rng.normal(size=np.shape(v)) for k, v in truth.items()}
+    given = voronoi_loss(noisy, truth)
+    aligned = voronoi_loss(noisy, truth, gauge="aligned")
+    assert 0.2 * given < aligned < 5 * given
+
+
+def test_gauge_argument_is_checked():
+    with pytest.raises(ValueError, match="gauge"):
+        voronoi_loss(TRUTH, TRUTH, gauge="best")
+    with pytest.raises(ValueError, match="gauge"):
+        voronoi_loss({}, {}, convention="crpe-sgame", gauge="aligned")
+    with pytest.raises(ValueError, match="same d and p"):
+        align_gauge(measure([0.0], [[1.0]], [[1.0]]), measure([0.0], [[1.0, 2.0]], [[1.0]]))

@@ -33,6 +33,12 @@ and the true gates in the same gauge before calling :func:`voronoi_loss`, for in
 one reference expert's gate parameters zero in both, as the CRPE-SGaME code does (the last true
 expert has beta_0 = 0, beta_1 = 0). :func:`normalize_gate` does that subtraction.
 
+A fixed reference makes the loss depend on which fitted atom plays the reference: a fit that
+equals the truth but has the true reference expert's twin somewhere else (EM from a random
+start lands there as often as not) has a large loss in that gauge. ``gauge="aligned"``
+(:func:`align_gauge`) first translates the fitted gate onto the truth's, so that the loss of
+two measures that differ only by a translation is 0.
+
 Hierarchical gate
 -----------------
 :func:`hierarchical_voronoi_loss` compares two-level measures (outer group atoms, each carrying
@@ -45,7 +51,7 @@ import numpy as np
 
 from .atoms import atoms
 
-__all__ = ["voronoi_loss", "normalize_gate", "VoronoiCells", "hierarchical_voronoi_loss",
+__all__ = ["voronoi_loss", "normalize_gate", "align_gauge", "GAUGES", "VoronoiCells", "hierarchical_voronoi_loss",
            "normalize_hierarchical_gate", "HierarchicalVoronoiCells", "LossOverflowError"]
 
 
@@ -54,6 +60,7 @@ class LossOverflowError(ValueError):
     loss's range). A rate experiment records such a fit as an infinite loss, flagged."""
 
 _KINDS = ("D1", "D2")
+GAUGES = ("given", "aligned")
 
 # Masses exp(b) are rescaled by exp(-max b) only above this bias: exp(512) ~ 2e222 leaves a
 # factor of ~1e86 of headroom for sums over atoms and the distance factors before float64
@@ -135,11 +142,53 @@ def normalize_gate(gate_bias, gate_weight, reference=-1):
 CONVENTIONS = ("moetheory", "crpe-gmoe", "crpe-sgame")
 
 
+def align_gauge(fitted, truth):
+    """The fitted atoms with their gate translated onto the truth's softmax gauge.
+
+    The translation (t_0, t_1) added to every fitted gate row is fixed by two rules that use
+    only gauge-free quantities: each fitted atom i is paired with the true atom j(i) whose
+    expert parameters are nearest (eta alone: the gate weights are what is being aligned);
+    t_0 makes the total masses equal, sum_i exp(beta_0i + t_0) = sum_j exp(beta*_0j), and t_1
+    is the mass-weighted mean of beta*_1j(i) - beta_1i (weights softmax(beta_0)). So a fit
+    that is the truth (or a split of it) up to a translation is mapped onto it exactly. The
+    rule is a choice, not the minimiser of the loss over translations; near the truth in the
+    truth's own gauge it moves the fit only by the (small) misfit of its masses and weights.
+
+    Parameters
+    ----------
+    fitted, truth : dict
+        Atoms ``{"gate_bias": (k,), "gate_weight": (k, d), "expert": (k, p)}``.
+
+    Returns
+    -------
+    dict
+        A copy of ``fitted`` with the translated ``gate_bias`` and ``gate_weight``.
+    """
+    fb, fW, fe = _atoms(fitted, "fitted")
+    tb, tW, te = _atoms(truth, "truth")
+    if fW.shape[1] != tW.shape[1] or fe.shape[1] != te.shape[1]:
+        raise ValueError(f"fitted and truth must have the same d and p, got gate_weight "
+                         f"{fW.shape} and {tW.shape}, expert {fe.shape} and {te.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        pair = _nearest(fe, te, "expert")
+
+    def logsumexp(b):
+        top = float(np.max(b))
+        return top + float(np.log(np.sum(np.exp(b - top))))
+
+    t0 = logsumexp(tb) - logsumexp(fb)
+    w = np.exp(fb - np.max(fb))
+    w /= w.sum()
+    t1 = w @ (tW[pair] - fW)
+    return dict(fitted, gate_bias=fb + t0, gate_weight=fW + t1[None, :])
+
+
 def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None,
-                 convention="moetheory", **published_options):
+                 convention="moetheory", gauge="given", **published_options):
     """Voronoi loss between fitted and true mixing measures.
 
-    Both measures must be in the same softmax gauge (see :func:`normalize_gate`).
+    Both measures must be in the same softmax gauge (see :func:`normalize_gate`), or
+    ``gauge="aligned"`` asked for.
 
     Cells: with omega_i = (beta_1i, eta_i) the concatenated gate weight and expert parameters,
     A_j = {i : |omega_i - omega*_j| <= |omega_i - omega*_l| for all l}, ties to the lowest j, so
@@ -189,6 +238,11 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None,
         :func:`moetheory.estimate.em_unpack`). With a published convention ``kind`` and
         ``params`` do not apply (the convention fixes its powers) and ``return_cells`` returns
         a :class:`~moetheory.metrics.published.PublishedCells`.
+    gauge : {"given", "aligned"}, default "given"
+        ``"given"``: the gates as passed (both in one gauge, e.g. a zero reference row).
+        ``"aligned"``: the fitted gate first translated onto the truth's
+        (:func:`align_gauge`), so that measures equal up to the softmax translation have loss
+        0 whichever fitted atom is the reference. Only with ``convention="moetheory"``.
     **published_options
         Passed to the published function (``type_ii`` for "crpe-gmoe"); only with a
         published convention.
@@ -208,7 +262,12 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None,
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if gauge not in GAUGES:
+        raise ValueError(f"gauge must be one of {GAUGES}, got {gauge!r}")
     if convention != "moetheory":
+        if gauge != "given":
+            raise ValueError(f"gauge={gauge!r} applies to convention='moetheory' only (a "
+                             f"published convention fixes its own gauge)")
         if params is not None:
             raise ValueError(f"params does not apply to convention={convention!r}")
         from . import published  # the published definitions have one owner
@@ -221,6 +280,8 @@ def voronoi_loss(fitted, truth, *, kind="D1", return_cells=False, params=None,
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
     fitted, truth = _measures(fitted, truth, params, hierarchical=False)
+    if gauge == "aligned":
+        fitted = align_gauge(fitted, truth)
     fb, fW, fe = _atoms(fitted, "fitted")
     tb, tW, te = _atoms(truth, "truth")
     if fW.shape[1] != tW.shape[1]:
