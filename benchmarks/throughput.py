@@ -8,6 +8,10 @@ Rows:
   the core's Jacobian (``least_squares(method="lm")``, scipy's trust-region reflective method
   with bounds): median CPU seconds per fit, iterations (residual evaluations for "lm"), and the
   final losses' largest relative difference (the two must reach the same optimum);
+* converged EM of the over-specified cells (CRPE-SGaME's truth fitted with K = 3 experts,
+  Paper 002's near-truth start; CRPE-GMoE's m1 fitted with K = 5, the peers' start), tolerance
+  1e-10, plain EM against SQUAREM (``accelerate=True``): median CPU seconds, EM steps, and the
+  median log-likelihood gain of SQUAREM over plain EM (positive: plain EM stopped short);
 * with ``--reproduce``: the CPU seconds (user + sys of the child) and wall seconds of
   ``moetheory reproduce all --quick`` into a temporary folder.
 
@@ -68,6 +72,56 @@ def fit_rows(ns, reps):
     return rows
 
 
+def _em_cell(kind, n, rep):
+    """(fit(accelerate) -> (loglik, n_iter)) of one over-specified EM cell."""
+    from moetheory import gaussian_gating as gg
+    from moetheory.experiments.softmax_rates_em import cell_seed
+
+    if kind == "CRPE-SGaME K=3":
+        exp = sr.em_experiment(sr.EMRatesConfig(k_fit=3, n_grid=(n,), reps=1, tol=1e-10,
+                                                max_iter=20000, n_init=1))
+        from moetheory.rates import _draw, _fit_em
+
+        spec, seed = exp._spec, cell_seed(0, n, rep)
+        truth = spec.truth()
+        X, y = _draw(spec, truth, n, seed)
+
+        def fit(accelerate):
+            s = spec if not accelerate else exp.with_settings(accelerate=True)._spec
+            _, info, _ = _fit_em(s, truth, X, y, n, seed)
+            return info["loglik"], info["n_iter"]
+        return fit
+    truth = gg.true_model(1)
+    X, y = gg.gmoe_sample(truth, n, seed=1000 + rep)
+    start = gg.peers_start(truth, 5, n, np.random.default_rng(rep))
+
+    def fit(accelerate):
+        res = gg.gmoe_em(X, y, 5, init=start, tol=1e-10, max_iter=20000, accelerate=accelerate)
+        return res.loglik, res.n_iter
+    return fit
+
+
+def em_rows(ns, reps):
+    mt.set_num_threads(1)
+    rows = []
+    for kind in ("CRPE-SGaME K=3", "CRPE-GMoE m1 K=5"):
+        for n in ns:
+            cpu, iters, gain = {False: [], True: []}, {False: [], True: []}, []
+            for rep in range(reps):
+                fit = _em_cell(kind, n, rep)
+                ll = {}
+                for acc in (False, True):
+                    t0 = time.process_time()
+                    ll[acc], it = fit(acc)
+                    cpu[acc].append(time.process_time() - t0)
+                    iters[acc].append(it)
+                gain.append((ll[True] - ll[False]) / abs(ll[False]))
+            a, b = statistics.median(cpu[False]), statistics.median(cpu[True])
+            rows.append((kind, n, a, statistics.median(iters[False]), b,
+                         statistics.median(iters[True]), a / b, statistics.median(gain)))
+    return rows
+
+
 def reproduce_row():
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -84,6 +138,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="replicates per cell (default 3)")
     ap.add_argument("--n", default="1000,10000", help="sample sizes (default 1000,10000)")
+    ap.add_argument("--em", action="store_true",
+                    help="also the converged-EM rows (plain against SQUAREM)")
+    ap.add_argument("--em-n", default="1000,3162,10000", help="EM sample sizes")
     ap.add_argument("--reproduce", action="store_true",
                     help="also time `moetheory reproduce all --quick`")
     args = ap.parse_args(argv)
@@ -98,6 +155,15 @@ def main(argv=None):
     for name, n, a, ia, b, ib, ratio, worst in fit_rows(ns, args.reps):
         print(f"| {name} | {n} | {a:.4f} | {ia:.0f} | {b:.4f} | {ib:.0f} | {ratio:.2f}x | "
               f"{worst:.1e} |")
+    if args.em:
+        print()
+        print("| over-specified EM cell | n | plain CPU s | EM steps | SQUAREM CPU s | EM steps | "
+              "plain / SQUAREM | median rel. log-lik gain of SQUAREM |")
+        print("|---|---|---|---|---|---|---|---|")
+        for kind, n, a, ia, b, ib, ratio, gain in em_rows(
+                [int(v) for v in args.em_n.split(",")], args.reps):
+            print(f"| {kind} | {n} | {a:.3f} | {ia:.0f} | {b:.3f} | {ib:.0f} | {ratio:.1f}x | "
+                  f"{gain:.1e} |")
     if args.reproduce:
         cpu, wall = reproduce_row()
         print()
