@@ -990,7 +990,7 @@ static void fit_get(void *ctx, double *flat)
     em_fit_ctx *c = ctx;
     double *blocks[6];
     size_t lens[6], m = param_blocks(blocks, lens, c->p, c->d, c->K);
-    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(flat, blocks[i], lens[i] * sizeof *flat);
+    mt_em_gather(flat, blocks, lens, m);
 }
 
 static void fit_set(void *ctx, const double *flat)
@@ -998,7 +998,7 @@ static void fit_set(void *ctx, const double *flat)
     em_fit_ctx *c = ctx;
     double *blocks[6];
     size_t lens[6], m = param_blocks(blocks, lens, c->p, c->d, c->K);
-    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(blocks[i], flat, lens[i] * sizeof *flat);
+    mt_em_scatter(flat, blocks, lens, m);
 }
 
 static int fit_admissible(void *ctx, const double *flat)

@@ -2,10 +2,21 @@
 #include "mt_em_drive.h"
 
 #include <math.h>
+#include <string.h>
 
 #define STEP_FACTOR 4.0  /* SQUAREM's mstep: step_max grows or shrinks by this factor */
 
 size_t mt_em_drive_scratch(size_t size) { return 3 * size; }
+
+void mt_em_gather(double *flat, double *const *blocks, const size_t *lens, size_t m)
+{
+    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(flat, blocks[i], lens[i] * sizeof *flat);
+}
+
+void mt_em_scatter(const double *flat, double *const *blocks, const size_t *lens, size_t m)
+{
+    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(blocks[i], flat, lens[i] * sizeof *flat);
+}
 
 static int poll(const mt_em_map *m)
 {

@@ -50,6 +50,11 @@ typedef struct {
     int poll_every;
 } mt_em_map;
 
+/* get/set for a model whose parameters are m separate blocks (blocks[i] of lens[i] doubles):
+ * gather copies them in order into flat, scatter copies flat back into them. */
+void mt_em_gather(double *flat, double *const *blocks, const size_t *lens, size_t m);
+void mt_em_scatter(const double *flat, double *const *blocks, const size_t *lens, size_t m);
+
 /* Doubles of scratch the accelerated driver needs: 3 * map->size (plain needs none). */
 size_t mt_em_drive_scratch(size_t size);
 

@@ -559,14 +559,14 @@ static void fit_get(void *ctx, double *flat)
 {
     double *blocks[6];
     size_t lens[6], m = param_blocks(blocks, lens, ctx);
-    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(flat, blocks[i], lens[i] * sizeof *flat);
+    mt_em_gather(flat, blocks, lens, m);
 }
 
 static void fit_set(void *ctx, const double *flat)
 {
     double *blocks[6];
     size_t lens[6], m = param_blocks(blocks, lens, ctx);
-    for (size_t i = 0; i < m; flat += lens[i], i++) memcpy(blocks[i], flat, lens[i] * sizeof *flat);
+    mt_em_scatter(flat, blocks, lens, m);
 }
 
 /* An extrapolation keeps sum_k pi_k = 1 only to rounding (its coefficients sum to 1) */
